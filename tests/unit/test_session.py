@@ -1,0 +1,241 @@
+"""Scripted timelines through the real Session, VAD state machine, chunker and history, with fake engines
+and a fake speaker on a virtual audio clock (no audio devices, no real time)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tests.fakes import (
+    RATE,
+    REPLY,
+    FakeLLM,
+    FakeSpeaker,
+    FakeSTT,
+    FakeTTS,
+    ScriptedMic,
+    SimClock,
+    marker_classifier,
+)
+from voicecli.config import TalkConfig, VadConfig
+from voicecli.errors import EngineError
+from voicecli.events import Event
+from voicecli.pipeline.history import History
+from voicecli.pipeline.session import APOLOGY, Session
+from voicecli.pipeline.vad import TurnDetector
+
+VAD = VadConfig()
+
+
+@dataclass
+class Rig:
+    clock: SimClock
+    speaker: FakeSpeaker
+    stt: FakeSTT
+    llm: FakeLLM
+    tts: FakeTTS
+    history: History
+    session: Session
+    events: list[Event] = field(default_factory=list)
+
+    def kinds(self, turn: int | None = None) -> list[str]:
+        return [e.kind for e in self.events if turn is None or e.turn_id == turn]
+
+    def first(self, kind: str, turn: int) -> Event:
+        return next(e for e in self.events if e.kind == kind and e.turn_id == turn)
+
+
+def run_timeline(
+    voiced: Callable[[Rig, float], bool],
+    seconds: float,
+    *,
+    stt_latency: float = 0.1,
+    llm_ttft: float = 0.1,
+    per_token: float = 0.02,
+    talk: TalkConfig | None = None,
+    llm_cls: type[FakeLLM] = FakeLLM,
+    tts_cls: type[FakeTTS] = FakeTTS,
+) -> Rig:
+    async def main() -> Rig:
+        clock = SimClock()
+        speaker = FakeSpeaker(clock)
+        stt = FakeSTT(clock, stt_latency)
+        llm = llm_cls(clock, ttft=llm_ttft, per_token=per_token)
+        tts = tts_cls(clock)
+        history = History("You are a test.", 2000, llm.count_tokens)
+        events: list[Event] = []
+        rig_ref: list[Rig] = []
+        mic = ScriptedMic(clock, speaker, lambda t: voiced(rig_ref[0], t), seconds)
+        session = Session(
+            source=mic,
+            sink=speaker,
+            stt=stt,
+            llm=llm,
+            tts=tts,
+            history=history,
+            vad_cfg=VAD,
+            talk_cfg=talk or TalkConfig(),
+            emit=events.append,
+            clock=clock,
+            detector=TurnDetector(VAD, classifier=marker_classifier),
+        )
+        rig = Rig(clock, speaker, stt, llm, tts, history, session, events)
+        rig_ref.append(rig)
+        await asyncio.wait_for(session.run(), timeout=60)
+        return rig
+
+    return asyncio.run(main())
+
+
+def reply_samples(text: str) -> int:
+    return int(0.25 * RATE) * len(text.split())
+
+
+def after_play(rig: Rig, turn: int, start: float, length: float, t: float) -> bool:
+    """Voiced from `start` s after turn `turn`'s first sample played, for `length` s."""
+    p = rig.speaker.play_start(turn)
+    return p is not None and p + start <= t < p + start + length
+
+
+def test_normal_turn_streams_in_stage_order() -> None:
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2, 8.0)
+    assert rig.session.turns_answered == 1
+    [record] = rig.session.records
+    assert record["user"] == rig.stt.finished[0]
+    assert record["assistant"] == REPLY
+    assert record["interrupted"] is False
+    # every sample of the reply reached the speaker, once
+    assert rig.speaker.played_samples(1) == reply_samples(REPLY)
+    # stage timestamps in pipeline order on one clock
+    order = ["speech_end", "eou", "stt_done", "llm_first_token", "first_clause", "tts_first_audio"]
+    times = [rig.first(k, 1).t for k in order] + [rig.first("play_start", 1).t]
+    assert times == sorted(times)
+    assert abs(rig.first("speech_end", 1).t - 1.2) < 0.021
+    # the pause started STT early, so confirming the turn did not wait for it
+    assert rig.first("stt_done", 1).data["speculative"] is True
+    assert len(rig.stt.calls) == 1
+    # streaming: the first clause was spoken while the LLM was still writing the rest
+    assert rig.first("tts_first_audio", 1).t < rig.llm.streams[0].stats.finished_at  # type: ignore[operator]
+    ttfa = rig.first("turn_end", 1).data["timings"]["ttfa"]
+    assert 0.5 <= ttfa < 1.0  # hangover (0.5 s) + fake STT/LLM/TTS latencies
+    assert [m.role for m in rig.history.messages()] == ["system", "user", "assistant"]
+
+
+def test_barge_in_flushes_cancels_and_keeps_only_what_was_played() -> None:
+    # Slow LLM so it is still generating when the user cuts in 200 ms into the reply.
+    rig = run_timeline(
+        lambda r, t: 0.2 <= t < 1.2 or after_play(r, 1, 0.2, 1.0, t), 10.0, per_token=0.15
+    )
+    onset = rig.speaker.play_start(1) + 0.2  # type: ignore[operator]
+    [barge] = [e for e in rig.events if e.kind == "barge_in"]
+    assert barge.turn_id == 1 and barge.data["during"] == "speaking"
+    # audio stopped within barge_in_min (300 ms) + one frame of the onset
+    [flush_t] = rig.speaker.flushes
+    assert onset + 0.3 - 0.001 <= flush_t <= onset + 0.3 + 0.041
+    assert all(t < flush_t for t, rid, _ in rig.speaker.timeline if rid == 1)
+    assert rig.llm.streams[0].cancelled
+    assert rig.llm.streams[0].produced < len(REPLY.split())
+    # history and transcript keep only the words that were played, marked as interrupted
+    first, second = rig.session.records
+    assert first["interrupted"] is True
+    heard = first["assistant"]
+    assert heard and REPLY.startswith(heard.rstrip(".,!"))
+    played_s = rig.speaker.played_samples(1) / RATE
+    assert abs(len(heard.split()) * 0.25 - played_s) <= 0.25
+    assistant_msgs = [m.content for m in rig.history.messages() if m.role == "assistant"]
+    assert heard in assistant_msgs[0] and assistant_msgs[0] != REPLY
+    # then the interrupting utterance is answered in full
+    assert second["interrupted"] is False and second["assistant"] == REPLY
+    assert rig.speaker.played_samples(2) == reply_samples(REPLY)
+
+
+def test_stale_stt_result_after_barge_in_is_ignored() -> None:
+    # STT takes 1 s; the user goes on talking while the assistant is still thinking.
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2 or 1.8 <= t < 2.6, 12.0, stt_latency=1.0)
+    [barge] = [e for e in rig.events if e.kind == "barge_in"]
+    assert barge.data["during"] == "thinking"
+    # the first (stale) transcription finished, but it never reached the LLM nor the speaker
+    assert len(rig.llm.prompts) == 1
+    assert rig.speaker.played_samples(1) == 0
+    # both stretches of speech were transcribed together and answered once
+    [record] = rig.session.records
+    assert record["turn"] == 2
+    seconds = float(record["user"].split()[2])
+    assert seconds >= 1.0 + 0.8  # both utterances (plus pre-roll / hangover)
+    assert rig.llm.prompts[0][-1].content == record["user"]
+    assert [m.role for m in rig.history.messages()] == ["system", "user", "assistant"]
+
+
+def test_cough_during_reply_does_not_interrupt() -> None:
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2 or after_play(r, 1, 0.6, 0.1, t), 9.0)
+    assert "barge_in" not in rig.kinds()
+    assert rig.speaker.flushes == []
+    [record] = rig.session.records
+    assert record["interrupted"] is False
+    assert rig.speaker.played_samples(1) == reply_samples(REPLY)
+
+
+def test_speech_while_thinking_is_answered_as_one_turn() -> None:
+    # The user pauses long enough to end the turn, then goes on while the LLM is still thinking.
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.0 or 1.6 <= t < 2.4, 12.0, llm_ttft=1.0)
+    assert [e.data["during"] for e in rig.events if e.kind == "barge_in"] == ["thinking"]
+    [record] = rig.session.records
+    assert record["assistant"] == REPLY
+    assert rig.speaker.played_samples(1) == 0
+    assert float(record["user"].split()[2]) >= 0.8 + 0.8
+
+
+def test_half_duplex_ignores_the_mic_while_speaking() -> None:
+    rig = run_timeline(
+        lambda r, t: 0.2 <= t < 1.2 or after_play(r, 1, 0.2, 1.0, t),
+        10.0,
+        talk=TalkConfig(barge_in=False),
+    )
+    assert "barge_in" not in rig.kinds()
+    assert rig.session.turns_answered == 1
+    assert rig.speaker.played_samples(1) == reply_samples(REPLY)
+
+
+class FailingLLM(FakeLLM):
+    """Raises after a few deltas, like a model that crashes mid-reply."""
+
+    def chat(self, messages, max_tokens=256):  # type: ignore[no-untyped-def]
+        stream = super().chat(messages, max_tokens)
+        if len(self.streams) == 1:
+            inner = stream._gen
+
+            async def broken():  # type: ignore[no-untyped-def]
+                n = 0
+                async for d in inner():
+                    if n == 7:
+                        raise EngineError("the model crashed", hint="")
+                    n += 1
+                    yield d
+
+            stream._gen = broken  # type: ignore[method-assign]
+        return stream
+
+
+def test_llm_failure_mid_stream_ends_with_an_apology_and_next_turn_works() -> None:
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2 or 7.0 <= t < 8.0, 16.0, llm_cls=FailingLLM)
+    first, second = rig.session.records
+    assert first["assistant"].endswith(APOLOGY)
+    assert first["assistant"].startswith("Sure, here is a short answer.")
+    assert second["assistant"] == REPLY
+    assert "error" in rig.kinds(1)
+
+
+class FlakyTTS(FakeTTS):
+    async def synthesize(self, text: str):  # type: ignore[no-untyped-def]
+        if "weather" in text:
+            raise EngineError("piper failed on this clause", hint="")
+        return await super().synthesize(text)
+
+
+def test_tts_failure_skips_only_that_clause() -> None:
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2, 9.0, tts_cls=FlakyTTS)
+    [record] = rig.session.records
+    assert "weather" not in record["assistant"]
+    assert record["assistant"] == "Sure, here is a short answer. Have a great day!"
+    assert any(e.kind == "warning" for e in rig.events)

@@ -1,0 +1,1 @@
+"""Audio I/O: formats, ring buffer, capture, playback, devices."""

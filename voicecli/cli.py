@@ -1,0 +1,40 @@
+"""The `voicecli` command line. Heavy imports (engines, audio) happen inside commands."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from voicecli.errors import VoicecliError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="A fully local voice assistant: talk to it, it answers out loud, interrupt it any time.",
+)
+
+
+def _register() -> None:
+    from voicecli.commands import devices
+
+    app.command("devices")(devices.devices)
+
+
+_register()
+
+
+def main() -> None:
+    err = Console(stderr=True)
+    try:
+        app()
+    except VoicecliError as exc:
+        err.print(f"[bold red]error:[/] {exc.message}")
+        if exc.hint:
+            err.print(f"[yellow]hint:[/] {exc.hint}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("[dim]interrupted[/]")
+        sys.exit(130)

@@ -1,0 +1,238 @@
+"""Configuration: frozen dataclasses per stage, from a TOML file, env overrides, then CLI flags.
+
+Precedence: defaults < config file < env (VOICECLI_<SECTION>_<KEY>) < flags.
+A bad key or value raises ConfigError naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from voicecli import paths
+from voicecli.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    input: str = ""  # device index or name substring; "" = system default
+    output: str = ""
+    echo: str = "off"  # auto | aec | half-duplex | off (echo cancellation: see issue 6)
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    dir: str = ""  # "" = platform data dir
+    stt: str = "whisper-base.en"
+    llm: str = "qwen2.5-0.5b-instruct-q4_k_m"
+    tts: str = "piper-en_US-lessac-medium"
+
+
+@dataclass(frozen=True)
+class SttConfig:
+    compute_type: str = "int8"
+    threads: int = 2
+    beam_size: int = 1
+    language: str = "en"
+    initial_prompt: str = ""
+
+
+@dataclass(frozen=True)
+class LlmConfig:
+    n_ctx: int = 2048
+    threads: int = 2
+    max_tokens: int = 200
+    history_tokens: int = 1024
+    system_prompt: str = (
+        "You are a helpful voice assistant running on the user's desktop. "
+        "Answer in one to three short spoken sentences. No markdown, no lists, no emoji."
+    )
+
+
+@dataclass(frozen=True)
+class TtsConfig:
+    speaker: int = 0
+    speed: float = 1.0
+
+
+@dataclass(frozen=True)
+class VadConfig:
+    aggressiveness: int = 2  # webrtcvad 0..3
+    floor_dbfs: float = -50.0
+    start_ms: int = 100  # voiced audio needed before SILENCE -> SPEECH (ignores clicks)
+    pause_ms: int = 200  # early pause signal: start speculative STT
+    hangover_ms: int = 500  # end of turn
+    preroll_ms: int = 300
+    min_utterance_ms: int = 250
+    max_utterance_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class TalkConfig:
+    barge_in: bool = True
+    barge_in_min_ms: int = 300  # speech needed to interrupt (a cough is shorter)
+
+
+@dataclass(frozen=True)
+class Config:
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    stt: SttConfig = field(default_factory=SttConfig)
+    llm: LlmConfig = field(default_factory=LlmConfig)
+    tts: TtsConfig = field(default_factory=TtsConfig)
+    vad: VadConfig = field(default_factory=VadConfig)
+    talk: TalkConfig = field(default_factory=TalkConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "audio.echo": ("auto", "aec", "half-duplex", "off"),
+    "stt.compute_type": ("int8", "int8_float32", "float32", "float16", "int16", "default"),
+}
+RANGES: dict[str, tuple[float, float]] = {
+    "vad.aggressiveness": (0, 3),
+    "vad.floor_dbfs": (-100, 0),
+    "stt.beam_size": (1, 10),
+    "stt.threads": (1, 64),
+    "llm.threads": (1, 64),
+    "llm.n_ctx": (256, 131072),
+    "tts.speed": (0.25, 4.0),
+}
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Convert `value` (from TOML, env text or a flag) to `typ`, or raise ConfigError."""
+    if isinstance(typ, types.UnionType):  # e.g. "int | None" is not used yet; keep strict
+        typ = next(t for t in typing.get_args(typ) if t is not type(None))
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if typ is str:
+            if isinstance(value, bool | dict | list):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"config key '{key}' has the value {value!r}, but it must be {typ.__name__}",
+            hint=f"fix '{key}' in {paths.config_file()} (or the env variable / flag that sets it)",
+        ) from None
+    raise ConfigError(f"config key '{key}' has an unsupported type")
+
+
+def _check(key: str, value: Any) -> None:
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(
+            f"config key '{key}' is {value!r}; allowed: {', '.join(CHOICES[key])}",
+            hint=f"fix '{key}' in {paths.config_file()}",
+        )
+    if key in RANGES:
+        lo, hi = RANGES[key]
+        if not lo <= value <= hi:
+            raise ConfigError(
+                f"config key '{key}' is {value!r}; allowed range {lo:g}..{hi:g}",
+                hint=f"fix '{key}' in {paths.config_file()}",
+            )
+
+
+def _apply(cfg: Config, overrides: dict[str, dict[str, Any]], source: str) -> Config:
+    sections = _sections()
+    new_sections: dict[str, Any] = {}
+    for section, values in overrides.items():
+        if section not in sections:
+            raise ConfigError(
+                f"unknown config section '{section}' in {source}",
+                hint="allowed sections: " + ", ".join(sections),
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section '{section}' in {source} must be a table")
+        current = new_sections.get(section, getattr(cfg, section))
+        hints = typing.get_type_hints(sections[section])
+        changes: dict[str, Any] = {}
+        for key, raw in values.items():
+            if key not in hints:
+                raise ConfigError(
+                    f"unknown config key '{section}.{key}' in {source}",
+                    hint=f"allowed keys in [{section}]: " + ", ".join(hints),
+                )
+            value = _coerce(f"{section}.{key}", raw, hints[key])
+            _check(f"{section}.{key}", value)
+            changes[key] = value
+        new_sections[section] = dataclasses.replace(current, **changes)
+    return dataclasses.replace(cfg, **new_sections)
+
+
+def _env_overrides() -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    sections = _sections()
+    for name, value in os.environ.items():
+        if not name.startswith("VOICECLI_"):
+            continue
+        rest = name[len("VOICECLI_") :].lower()
+        for section in sections:
+            if rest.startswith(section + "_"):
+                out.setdefault(section, {})[rest[len(section) + 1 :]] = value
+    return out
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not valid TOML: {exc}",
+            hint=f"fix or delete {path}",
+        ) from None
+
+
+def load(flags: dict[str, dict[str, Any]] | None = None, path: Path | None = None) -> Config:
+    """Defaults < file < env < flags. Flags with value None are ignored."""
+    path = path or paths.config_file()
+    cfg = _apply(Config(), read_file(path), str(path))
+    cfg = _apply(cfg, _env_overrides(), "the environment (VOICECLI_* variables)")
+    if flags:
+        cleaned = {s: {k: v for k, v in kv.items() if v is not None} for s, kv in flags.items()}
+        cfg = _apply(cfg, {s: kv for s, kv in cleaned.items() if kv}, "command-line flags")
+    return cfg
+
+
+def save(updates: dict[str, dict[str, Any]], path: Path | None = None) -> Path:
+    """Merge `updates` into the user's config file (validated first) and write it."""
+    path = path or paths.config_file()
+    data = read_file(path)
+    _apply(Config(), {**data, **updates}, "the update")  # validate before writing anything
+    for section, values in updates.items():
+        data.setdefault(section, {}).update(values)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(tomli_w.dumps(data), encoding="utf-8")
+    tmp.replace(path)
+    return path

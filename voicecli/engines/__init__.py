@@ -1,0 +1,1 @@
+"""Engine adapters (STT, LLM, TTS), each small and behind a Protocol in `base`."""

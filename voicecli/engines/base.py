@@ -1,0 +1,119 @@
+"""The contracts between the pipeline and the engines.
+
+Each adapter keeps its blocking library call behind exactly one executor call site and
+exposes async methods, so nothing CPU-heavy ever runs on the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """What STT heard in one utterance.
+
+    `is_speech` is False when the text is empty, punctuation-only, or a well-known silence
+    hallucination that the model's own probabilities say was not speech; the pipeline ignores it.
+    Times are seconds.
+    """
+
+    text: str
+    is_speech: bool
+    language: str = ""
+    no_speech_prob: float = 0.0
+    avg_logprob: float = 0.0
+    audio_s: float = 0.0
+    queue_wait_s: float = 0.0
+    compute_s: float = 0.0
+    retried: bool = False
+
+
+class SpeechToText(Protocol):
+    async def start(self) -> None:
+        """Load and warm up the model(s). Raises ModelError with a hint on failure."""
+
+    async def transcribe(self, audio: npt.NDArray[np.float32]) -> Transcript:
+        """audio: mono float32 in [-1, 1] at 16 kHz."""
+
+    async def close(self) -> None:
+        """Release workers (idempotent; never hangs)."""
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Role
+    content: str
+
+
+@dataclass
+class LLMStats:
+    """Per-generation numbers. Times are seconds on time.monotonic()."""
+
+    prompt_tokens: int = 0
+    # Tokens llama.cpp actually evaluated (the rest came from the reused KV-cache prefix).
+    prompt_tokens_evaluated: int = 0
+    completion_tokens: int = 0
+    started_at: float = 0.0
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    cancelled: bool = False
+    error: str | None = None
+
+
+class LLMStream(Protocol):
+    """Text deltas of one reply, as they are generated."""
+
+    stats: LLMStats
+
+    def __aiter__(self) -> AsyncIterator[str]: ...
+
+    def cancel(self) -> None:
+        """Stop generation within a token or two. Safe from any thread, idempotent."""
+
+
+class LanguageModel(Protocol):
+    async def start(self) -> None:
+        """Load and warm up (prefill the system prompt)."""
+
+    def chat(self, messages: Sequence[ChatMessage], max_tokens: int = 256) -> LLMStream:
+        """Start streaming a reply to `messages`."""
+
+    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Prompt tokens for these messages, with the model's own tokenizer and chat template."""
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Speech:
+    """Synthesised audio of one clause: mono int16 at `sample_rate`."""
+
+    text: str
+    pcm: npt.NDArray[np.int16]
+    sample_rate: int
+    compute_s: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.pcm) / float(self.sample_rate)
+
+
+class TextToSpeech(Protocol):
+    sample_rate: int  # output rate (the playback device's rate)
+
+    async def start(self) -> None:
+        """Load and warm up the voice."""
+
+    async def synthesize(self, text: str) -> Speech:
+        """One clause in; empty pcm when there is nothing speakable (no error)."""
+
+    async def close(self) -> None: ...

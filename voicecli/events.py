@@ -1,0 +1,71 @@
+"""Pipeline events: what every stage reports, with its turn id and a time on one clock.
+
+All times are seconds on time.monotonic(); audio-callback times (ADC/DAC) are mapped onto it by the audio
+layer. The same records go to the live view, the `--events` JSONL file and the benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+EventKind = Literal[
+    "session_start",
+    "state",  # data: state = listening | hearing | thinking | speaking
+    "speech_start",  # user voice onset (t = first voiced frame)
+    "pause",  # early pause: speculative STT starts
+    "resume",  # user spoke again after a pause: speculation discarded
+    "discarded",  # a blip shorter than the minimum utterance
+    "speech_end",  # t = end of the last voiced frame (ADC clock)
+    "eou",  # end of user turn confirmed
+    "stt_done",  # data: text, is_speech, compute_s, speculative
+    "stt_rejected",
+    "llm_first_token",
+    "llm_delta",  # data: text
+    "llm_done",  # data: prompt_tokens, prompt_tokens_evaluated, completion_tokens, tokens_per_s
+    "first_clause",  # data: text
+    "clause",  # data: text, index
+    "tts_first_audio",
+    "tts_clause",  # data: index, audio_s, compute_s
+    "play_start",  # t = DAC time of the reply's first sample
+    "play_end",
+    "barge_in",  # t = decision time; data: onset, played_text
+    "turn_end",  # data: the turn summary (see metrics.TurnMetrics)
+    "warning",  # data: message
+    "error",  # data: message
+    "mic_level",  # data: dbfs (sampled, not every frame)
+    "session_end",
+]
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: EventKind
+    t: float
+    turn_id: int = 0
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, "t": round(self.t, 6), "turn": self.turn_id, **self.data})
+
+
+class EventLog:
+    """Appends events as JSON lines; flushed per line so a crash keeps everything written so far."""
+
+    def __init__(self, path: Path, *, skip: frozenset[str] = frozenset({"mic_level", "llm_delta"})) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh: IO[str] | None = path.open("a", encoding="utf-8")
+        self._skip = skip
+
+    def __call__(self, event: Event) -> None:
+        if self._fh is None or event.kind in self._skip:
+            return
+        self._fh.write(event.to_json() + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None

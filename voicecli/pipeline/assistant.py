@@ -1,0 +1,153 @@
+"""Wiring: config -> models -> engines + audio streams -> Session. Shared by `talk` and `bench`, so the
+benchmark measures exactly the code the user runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from voicecli.config import Config
+from voicecli.engines.base import LanguageModel, SpeechToText, TextToSpeech
+from voicecli.events import Event
+from voicecli.pipeline.history import History
+from voicecli.pipeline.session import Session
+from voicecli.pipeline.transcript import Transcript
+
+
+@dataclass
+class Engines:
+    stt: SpeechToText
+    llm: LanguageModel
+    tts: TextToSpeech
+    paths: dict[str, Path]
+
+    async def close(self) -> None:
+        for engine in (self.stt, self.llm, self.tts):
+            with contextlib.suppress(Exception):
+                await engine.close()
+
+
+def resolve_models(cfg: Config) -> dict[str, Path]:
+    """Manifest names or local paths -> local files; a missing one is a ModelError naming the pull command."""
+    from voicecli import models
+
+    root = models.models_dir(cfg.models.dir)
+    return {
+        "stt": models.resolve("stt", cfg.models.stt, root),
+        "llm": models.resolve("llm", cfg.models.llm, root),
+        "tts": models.resolve("tts", cfg.models.tts, root),
+    }
+
+
+async def start_engines(cfg: Config, output_rate: int, paths: dict[str, Path] | None = None) -> Engines:
+    """Load and warm up all three engines concurrently (each in its own executor)."""
+    from voicecli.engines.llm import LlamaLLM
+    from voicecli.engines.stt import WhisperSTT
+    from voicecli.engines.tts import PiperTTS
+
+    paths = paths or resolve_models(cfg)
+    stt = WhisperSTT(
+        paths["stt"],
+        compute_type=cfg.stt.compute_type,
+        threads=cfg.stt.threads,
+        beam_size=cfg.stt.beam_size,
+        language=cfg.stt.language,
+        initial_prompt=cfg.stt.initial_prompt,
+    )
+    llm = LlamaLLM(paths["llm"], n_ctx=cfg.llm.n_ctx, threads=cfg.llm.threads)
+    tts = PiperTTS(paths["tts"], output_rate=output_rate, speaker=cfg.tts.speaker, speed=cfg.tts.speed)
+    engines = Engines(stt, llm, tts, paths)
+    try:
+        await asyncio.gather(stt.start(), llm.start(), tts.start())
+    except BaseException:
+        await engines.close()
+        raise
+    return engines
+
+
+async def converse(
+    cfg: Config,
+    *,
+    max_turns: int | None = None,
+    emit: Callable[[Event], None] | None = None,
+    transcript: Transcript | None = None,
+    paths: dict[str, Path] | None = None,
+    on_ready: Callable[[Session], None] | None = None,
+    install_signal_handlers: bool = True,
+) -> Session:
+    """Open the devices, load the engines, hold the conversation; always closes everything it opened.
+
+    SIGINT / SIGTERM stop the session; shutdown is bounded so Ctrl-C exits within about a second.
+    """
+    from voicecli.audio.capture import Capture
+    from voicecli.audio.devices import resolve_input, resolve_output
+    from voicecli.audio.playback import Playback
+
+    paths = paths or resolve_models(cfg)  # fail fast on missing models, before opening any device
+    capture = Capture(resolve_input(cfg.audio.input or None))
+    playback = Playback(resolve_output(cfg.audio.output or None))
+    engines: Engines | None = None
+    loop = asyncio.get_running_loop()
+    session: Session | None = None
+    stop_requested = asyncio.Event()
+
+    def request_stop() -> None:
+        stop_requested.set()
+        if session is not None:
+            session.stop()
+
+    if install_signal_handlers:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, request_stop)
+    try:
+        await playback.start()
+        engines = await start_engines(cfg, playback.rate, paths)
+        if stop_requested.is_set():
+            raise asyncio.CancelledError
+        history = History(cfg.llm.system_prompt, cfg.llm.history_tokens, engines.llm.count_tokens)
+        session = Session(
+            source=capture,
+            sink=playback,
+            stt=engines.stt,
+            llm=engines.llm,
+            tts=engines.tts,
+            history=history,
+            vad_cfg=cfg.vad,
+            talk_cfg=cfg.talk,
+            max_tokens=cfg.llm.max_tokens,
+            emit=emit,
+            transcript=transcript,
+            capture_overruns=lambda: capture.stats.overruns,
+            reply_underruns=playback.reply_underruns,
+        )
+        await capture.start()
+        if on_ready is not None:
+            on_ready(session)
+        run = asyncio.create_task(session.run(max_turns=max_turns))
+        stopper = asyncio.create_task(stop_requested.wait())
+        await asyncio.wait([run, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if not run.done():
+            # Give the session a moment to close the turn in flight, then cut it off.
+            done, _ = await asyncio.wait([run], timeout=0.5)
+            if not done:
+                run.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await run
+        stopper.cancel()
+        if run.done() and not run.cancelled() and run.exception() is not None:
+            raise run.exception()  # type: ignore[misc]
+        return session
+    finally:
+        if install_signal_handlers:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        with contextlib.suppress(Exception):
+            await capture.stop()
+        with contextlib.suppress(Exception):
+            await playback.stop()
+        if engines is not None:
+            await asyncio.wait_for(engines.close(), timeout=2.0)

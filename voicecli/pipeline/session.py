@@ -1,0 +1,505 @@
+"""The conversation: VAD turn-taking -> (speculative) STT -> streaming LLM -> clauses -> TTS -> playback,
+with barge-in (STOP - DRAIN - RESET).
+
+Threading model: everything here runs on the asyncio loop and is cheap; the engines keep their blocking
+work behind their own executors. Each assistant turn gets a `TurnContext` (turn id + cancel event); a
+barge-in cancels the turn's task, stops the LLM, flushes playback, and the history keeps only what the
+user actually heard.
+
+Queues and their overflow policy (DESIGN.md stage table):
+  LLM deltas -> chunker: the LLM adapter's bounded queue, producer waits.
+  chunker -> TTS: `CLAUSE_QUEUE` clauses, producer waits.
+  TTS -> playback ring: the sink's bounded ring, producer waits; dropped whole on barge-in.
+  VAD -> STT: at most one utterance in flight per turn; a newer confirmed utterance supersedes the older
+  (barge-in), whose late result is discarded by turn id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from voicecli.config import TalkConfig, VadConfig
+from voicecli.engines.base import LanguageModel, LLMStream, SpeechToText, TextToSpeech, Transcript
+from voicecli.errors import EngineError
+from voicecli.events import Event, EventKind
+from voicecli.pipeline import vad
+from voicecli.pipeline.chunker import ClauseChunker
+from voicecli.pipeline.history import History
+from voicecli.pipeline.metrics import LoopLagMonitor, TurnMetrics
+from voicecli.pipeline.ports import AudioSink, FrameLike, FrameSource
+from voicecli.pipeline.transcript import Transcript as TranscriptFile
+
+CLAUSE_QUEUE = 3
+APOLOGY = "Sorry, something went wrong while I was answering."
+MIC_LEVEL_EVERY = 5  # frames (100 ms) between mic level events
+
+
+class State(enum.Enum):
+    LISTENING = "listening"
+    HEARING = "hearing"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+
+
+@dataclass
+class TurnContext:
+    turn_id: int
+    metrics: TurnMetrics
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    stream: LLMStream | None = None
+    audio: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
+    user_text: str = ""
+    user_added: bool = False
+    # (first sample, end sample, text) of each clause queued for playback in this reply
+    clauses: list[tuple[int, int, str]] = field(default_factory=list)
+    reply_started: bool = False
+    interrupted: bool = False
+    spoken_any: bool = False
+
+
+def played_text(clauses: list[tuple[int, int, str]], played: int) -> str:
+    """The words the user actually heard: whole clauses before `played` samples, and the share of the
+    words of the clause that was cut, by its fraction of samples played."""
+    words: list[str] = []
+    for start, end, text in clauses:
+        if played >= end:
+            words.extend(text.split())
+        elif played > start:
+            part = text.split()
+            n = int(len(part) * (played - start) / max(1, end - start))
+            words.extend(part[:n])
+            break
+        else:
+            break
+    return " ".join(words)
+
+
+@dataclass
+class _Speculation:
+    audio_len: int
+    task: asyncio.Task[Transcript]
+
+
+class Session:
+    def __init__(
+        self,
+        *,
+        source: FrameSource,
+        sink: AudioSink,
+        stt: SpeechToText,
+        llm: LanguageModel,
+        tts: TextToSpeech,
+        history: History,
+        vad_cfg: VadConfig,
+        talk_cfg: TalkConfig,
+        max_tokens: int = 200,
+        emit: Callable[[Event], None] | None = None,
+        transcript: TranscriptFile | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        detector: vad.TurnDetector | None = None,
+        capture_overruns: Callable[[], int] | None = None,
+        reply_underruns: Callable[[int], int] | None = None,
+    ) -> None:
+        self.source = source
+        self.sink = sink
+        self.stt = stt
+        self.llm = llm
+        self.tts = tts
+        self.history = history
+        self.talk_cfg = talk_cfg
+        self.max_tokens = max_tokens
+        self._emit_cb = emit
+        self.transcript = transcript
+        self.clock = clock
+        self.detector = detector or vad.TurnDetector(vad_cfg)
+        self._capture_overruns = capture_overruns
+        self._reply_underruns = reply_underruns
+        self.state = State.LISTENING
+        self.turns_answered = 0
+        self.turns_started = 0
+        self.records: list[dict[str, Any]] = []  # the transcript records of this session
+        self._turn: TurnContext | None = None
+        self._last_task: asyncio.Task[None] | None = None
+        self._spec: _Speculation | None = None
+        self._barge_onset: float | None = None
+        self._next_turn_id = 1
+        self._max_turns: int | None = None
+        self._done = asyncio.Event()
+        self._lag = LoopLagMonitor(clock=clock)
+        self._frame_count = 0
+        self._overruns_seen = 0
+        # Audio of a turn cut off before it said anything: the user was still talking, so it is
+        # transcribed again together with what they said next.
+        self._pending_carry: npt.NDArray[np.float32] | None = None
+
+    # ---- events -------------------------------------------------------------------------------------------
+    def _emit(self, kind: EventKind, t: float | None = None, turn_id: int = 0, **data: Any) -> None:
+        if self._emit_cb is not None:
+            self._emit_cb(Event(kind, self.clock() if t is None else t, turn_id, data))
+
+    def _set_state(self, state: State, turn_id: int = 0) -> None:
+        if state is not self.state:
+            self.state = state
+            self._emit("state", turn_id=turn_id, state=state.value)
+
+    # ---- main loop ----------------------------------------------------------------------------------------
+    async def run(self, max_turns: int | None = None) -> None:
+        """Converse until the source ends, `stop()` is called, or `max_turns` replies have been given."""
+        self._max_turns = max_turns
+        self._emit("session_start")
+        self._emit("state", state=self.state.value)
+        lag_task = asyncio.create_task(self._lag.run())
+        try:
+            frames = self.source.frames()
+            async for frame in frames:
+                self.on_frame(frame)
+                if self._done.is_set():
+                    break
+            # The source ended (a file or a test): let the turn in flight finish.
+            if not self._done.is_set() and self._last_task is not None:
+                await asyncio.wait([self._last_task])
+        finally:
+            await self._shutdown()
+            lag_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag_task
+            self._emit("session_end", answered=self.turns_answered, loop_lag_max=self._lag.worst_ever)
+
+    def stop(self) -> None:
+        self._done.set()
+
+    async def _shutdown(self) -> None:
+        if self._turn is not None:
+            self._cancel_turn(self._turn, reason="shutdown")
+        if self._spec is not None:
+            self._spec.task.cancel()
+        if self._last_task is not None:
+            await asyncio.wait([self._last_task], timeout=1.0)
+
+    def on_frame(self, frame: FrameLike) -> None:
+        """Feed one 20 ms frame. Cheap and synchronous: the turn work happens in tasks."""
+        self._frame_count += 1
+        if self._frame_count % MIC_LEVEL_EVERY == 0 and self._emit_cb is not None:
+            from voicecli.audio.format import rms_dbfs
+
+            self._emit("mic_level", t=frame.t, dbfs=round(rms_dbfs(frame.pcm), 1))
+        if self._turn is not None and not self.talk_cfg.barge_in:
+            # Half duplex: the mic is ignored while the assistant is busy, so its own voice cannot trigger it.
+            self.detector.reset()
+            return
+        for ev in self.detector.process(frame.pcm, frame.t):
+            self._on_vad(ev)
+        if (
+            self._barge_onset is not None
+            and self._turn is not None
+            and self.detector.speech_s * 1000.0 >= self.talk_cfg.barge_in_min_ms
+        ):
+            self._barge_in(decided=frame.t + 0.02)
+
+    def _on_vad(self, ev: vad.Event) -> None:
+        if isinstance(ev, vad.SpeechStarted):
+            self._emit("speech_start", t=ev.t_onset)
+            if self._turn is not None:
+                self._barge_onset = ev.t_onset  # confirmed once it lasts barge_in_min_ms
+            else:
+                self._set_state(State.HEARING)
+        elif isinstance(ev, vad.Paused):
+            self._emit("pause", t=ev.t)
+            if self._turn is None:
+                self._start_speculation(ev.audio)
+        elif isinstance(ev, vad.Resumed):
+            self._emit("resume", t=ev.t)
+            self._drop_speculation()
+        elif isinstance(ev, vad.Discarded):
+            self._emit("discarded", t=ev.t, duration_s=ev.duration_s)
+            self._barge_onset = None
+            self._drop_speculation()
+            if self._turn is None:
+                self._set_state(State.LISTENING)
+        elif isinstance(ev, vad.Utterance):
+            self._on_utterance(ev)
+
+    # ---- speculation --------------------------------------------------------------------------------------
+    def _start_speculation(self, audio: npt.NDArray[np.float32]) -> None:
+        self._drop_speculation()
+        self._spec = _Speculation(len(audio), asyncio.create_task(self._transcribe(audio)))
+
+    def _drop_speculation(self) -> None:
+        if self._spec is not None:
+            self._spec.task.cancel()
+            self._spec = None
+
+    async def _transcribe(self, audio: npt.NDArray[np.float32]) -> Transcript:
+        return await self.stt.transcribe(audio)
+
+    # ---- turns --------------------------------------------------------------------------------------------
+    def _on_utterance(self, ev: vad.Utterance) -> None:
+        now = self.clock()
+        if self._turn is not None:
+            if self._barge_onset is None:
+                # Speech during the reply too short to count as a barge-in (a cough): keep talking.
+                self._emit("discarded", t=ev.t_confirmed, duration_s=ev.t_speech_end - ev.t_start)
+                self._drop_speculation()
+                return
+            self._barge_in(decided=now)
+        self._barge_onset = None
+        turn_id = self._next_turn_id
+        self._next_turn_id += 1
+        m = TurnMetrics(turn_id, speech_start=ev.t_start, speech_end=ev.t_speech_end, eou=now)
+        self._emit("speech_end", t=ev.t_speech_end, turn_id=turn_id)
+        self._emit("eou", t=now, turn_id=turn_id, forced=ev.forced, audio_s=len(ev.audio) / 16000.0)
+        spec = self._spec
+        self._spec = None
+        audio = ev.audio
+        if self._pending_carry is not None:
+            audio = np.concatenate([self._pending_carry, audio])
+            self._pending_carry = None
+            if spec is not None:
+                spec.task.cancel()
+            spec = None
+        if spec is not None and not spec.task.cancelled():
+            stt_task = spec.task  # the audio after the pause was silence: the speculative result stands
+            m.stt_speculative = True
+        else:
+            stt_task = asyncio.create_task(self._transcribe(audio))
+        ctx = TurnContext(turn_id, m, audio=audio)
+        self._turn = ctx
+        self.turns_started += 1
+        prev = self._last_task
+        ctx.task = asyncio.create_task(self._run_turn(ctx, stt_task, prev))
+        self._last_task = ctx.task
+        self._set_state(State.THINKING, turn_id)
+
+    def _barge_in(self, decided: float) -> None:
+        ctx = self._turn
+        if ctx is None:
+            return
+        ctx.metrics.barge_in_onset = self._barge_onset
+        ctx.metrics.barge_in_decided = decided
+        self._cancel_turn(ctx, reason="barge_in")
+        self._barge_onset = None
+        self._emit(
+            "barge_in",
+            t=decided,
+            turn_id=ctx.turn_id,
+            onset=ctx.metrics.barge_in_onset,
+            during="speaking" if ctx.spoken_any else "thinking",
+        )
+        self._set_state(State.HEARING)
+
+    def _cancel_turn(self, ctx: TurnContext, reason: str) -> None:
+        """STOP (cancel the task, stop the LLM) and DRAIN (flush playback) now; the task's own cleanup does
+        RESET (history keeps what was played)."""
+        ctx.interrupted = True
+        ctx.cancel.set()
+        if ctx.stream is not None:
+            ctx.stream.cancel()
+        if ctx.reply_started:
+            self.sink.flush()
+        if ctx.task is not None:
+            ctx.task.cancel()
+        if not ctx.spoken_any and reason == "barge_in":
+            # Nothing was said yet: the user was still talking. Their words join the next utterance.
+            self._pending_carry = ctx.audio
+        if self._turn is ctx:
+            self._turn = None
+
+    async def _run_turn(
+        self,
+        ctx: TurnContext,
+        stt_task: Awaitable[Transcript],
+        prev: asyncio.Task[None] | None,
+    ) -> None:
+        m = ctx.metrics
+        answered = False
+        try:
+            if prev is not None and not prev.done():
+                await asyncio.wait([prev])  # the previous turn's RESET lands in the history first
+            tr = await stt_task
+            m.stt_done = self.clock()
+            m.stt_compute_s = tr.compute_s
+            self._emit(
+                "stt_done",
+                turn_id=ctx.turn_id,
+                text=tr.text,
+                is_speech=tr.is_speech,
+                compute_s=tr.compute_s,
+                speculative=m.stt_speculative,
+            )
+            if not tr.is_speech:
+                self._emit("stt_rejected", turn_id=ctx.turn_id, text=tr.text)
+                return
+            ctx.user_text = tr.text
+            self.history.add_user(ctx.user_text)
+            ctx.user_added = True
+            answered = await self._reply(ctx)
+        except asyncio.CancelledError:
+            ctx.interrupted = True
+        finally:
+            self._finish_turn(ctx, answered)
+
+    async def _reply(self, ctx: TurnContext) -> bool:
+        m = ctx.metrics
+        stream = self.llm.chat(self.history.messages(), max_tokens=self.max_tokens)
+        ctx.stream = stream
+        self.sink.begin_reply(ctx.turn_id)
+        ctx.reply_started = True
+        clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=CLAUSE_QUEUE)
+        speaker = asyncio.create_task(self._speak(ctx, clauses))
+        chunker = ClauseChunker()
+        try:
+            try:
+                async for delta in stream:
+                    if m.llm_first_token is None:
+                        m.llm_first_token = self.clock()
+                        self._emit("llm_first_token", turn_id=ctx.turn_id)
+                    self._emit("llm_delta", turn_id=ctx.turn_id, text=delta)
+                    for clause in chunker.push(delta):
+                        await self._queue_clause(ctx, clauses, clause)
+                for clause in chunker.finish():
+                    await self._queue_clause(ctx, clauses, clause)
+            except EngineError as exc:
+                # The LLM failed mid-stream: say what was ready, then a short apology; the next turn works.
+                self._emit("error", turn_id=ctx.turn_id, message=exc.message)
+                for clause in [*chunker.finish(), APOLOGY]:
+                    await self._queue_clause(ctx, clauses, clause)
+            self._record_llm_stats(ctx, stream)
+            await clauses.put(None)
+            await speaker
+            self.sink.end_reply()
+            await self.sink.wait_reply_done(ctx.turn_id)
+            m.play_end = self.clock()
+            self._emit("play_end", t=m.play_end, turn_id=ctx.turn_id)
+            return True
+        finally:
+            if not speaker.done():
+                speaker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await speaker
+
+    async def _queue_clause(self, ctx: TurnContext, q: asyncio.Queue[str | None], clause: str) -> None:
+        m = ctx.metrics
+        index = len(ctx.clauses) + q.qsize()
+        if m.first_clause is None:
+            m.first_clause = self.clock()
+            self._emit("first_clause", turn_id=ctx.turn_id, text=clause)
+        self._emit("clause", turn_id=ctx.turn_id, text=clause, index=index)
+        await q.put(clause)
+
+    def _record_llm_stats(self, ctx: TurnContext, stream: LLMStream) -> None:
+        m, st = ctx.metrics, stream.stats
+        m.llm_prompt_tokens = st.prompt_tokens
+        m.llm_prompt_tokens_evaluated = st.prompt_tokens_evaluated
+        m.llm_completion_tokens = st.completion_tokens
+        if st.first_token_at is not None and st.finished_at is not None and st.completion_tokens > 1:
+            span = st.finished_at - st.first_token_at
+            m.llm_tokens_per_s = (st.completion_tokens - 1) / span if span > 0 else None
+        self._emit(
+            "llm_done",
+            turn_id=ctx.turn_id,
+            prompt_tokens=st.prompt_tokens,
+            prompt_tokens_evaluated=st.prompt_tokens_evaluated,
+            completion_tokens=st.completion_tokens,
+            tokens_per_s=m.llm_tokens_per_s,
+        )
+
+    async def _speak(self, ctx: TurnContext, q: asyncio.Queue[str | None]) -> None:
+        """Synthesise clauses in order and queue their audio; runs ahead of the speaker by the ring's size."""
+        m = ctx.metrics
+        rate = self.sink.rate
+        pos = 0
+        index = 0
+        while (clause := await q.get()) is not None:
+            try:
+                speech = await self.tts.synthesize(clause)
+            except EngineError as exc:
+                # One bad clause is skipped; the rest of the reply is still spoken.
+                self._emit("warning", turn_id=ctx.turn_id, message=f"TTS skipped a clause: {exc.message}")
+                continue
+            now = self.clock()
+            if m.tts_first_audio is None:
+                m.tts_first_audio = now
+                self._emit("tts_first_audio", t=now, turn_id=ctx.turn_id)
+            self._emit(
+                "tts_clause",
+                turn_id=ctx.turn_id,
+                index=index,
+                audio_s=speech.duration_s,
+                compute_s=speech.compute_s,
+            )
+            index += 1
+            if speech.pcm.size == 0:
+                continue
+            start = self.sink.play_start(ctx.turn_id)
+            if start is not None:
+                # When playback would have run dry waiting for this clause: a hole in the speech.
+                dry_at = start + pos / rate
+                m.max_clause_gap_s = max(m.max_clause_gap_s, now - dry_at)
+            ctx.clauses.append((pos, pos + len(speech.pcm), clause))
+            pos += len(speech.pcm)
+            m.tts_audio_s += speech.duration_s
+            m.tts_compute_s += speech.compute_s
+            await self.sink.write(speech.pcm)
+            if not ctx.spoken_any:
+                ctx.spoken_any = True
+                if self._turn is ctx:
+                    self._set_state(State.SPEAKING, ctx.turn_id)
+
+    def _finish_turn(self, ctx: TurnContext, answered: bool) -> None:
+        """RESET and bookkeeping; synchronous so it also runs fully inside a cancelled task."""
+        m = ctx.metrics
+        if ctx.stream is not None and not answered:
+            ctx.stream.cancel()
+        m.play_start = self.sink.play_start(ctx.turn_id) if ctx.reply_started else None
+        if m.play_start is not None:
+            self._emit("play_start", t=m.play_start, turn_id=ctx.turn_id)
+        full_text = " ".join(text for _, _, text in ctx.clauses)
+        if ctx.interrupted and ctx.reply_started:
+            heard = played_text(ctx.clauses, self.sink.played_samples(ctx.turn_id))
+        else:
+            heard = full_text
+        if ctx.user_added:
+            if ctx.spoken_any or not ctx.interrupted:
+                self.history.add_assistant(heard, interrupted=ctx.interrupted)
+            else:
+                # Cut off before a word was played: the user's words are re-sent with their next ones.
+                self.history.retract_user()
+        m.interrupted = ctx.interrupted
+        m.loop_lag_max_s = self._lag.take()
+        if self._reply_underruns is not None and ctx.reply_started:
+            m.underruns = self._reply_underruns(ctx.turn_id)
+        if self._capture_overruns is not None:
+            total = self._capture_overruns()
+            m.overruns, self._overruns_seen = total - self._overruns_seen, total
+        summary = m.summary()
+        record = {
+            "turn": ctx.turn_id,
+            "time": time.time(),
+            "user": ctx.user_text,
+            "assistant": heard,
+            "interrupted": ctx.interrupted,
+            "answered": answered,
+            "timings": summary,
+        }
+        if ctx.user_added and (ctx.spoken_any or not ctx.interrupted):
+            self.records.append(record)
+            if self.transcript is not None:
+                self.transcript.append(record)
+        self._emit("turn_end", turn_id=ctx.turn_id, **record)
+        if answered:
+            self.turns_answered += 1
+            if self._max_turns is not None and self.turns_answered >= self._max_turns:
+                self._done.set()
+        if self._turn is ctx:
+            self._turn = None
+            self._set_state(State.LISTENING)
