@@ -78,7 +78,7 @@ class VadConfig:
 @dataclass(frozen=True)
 class TalkConfig:
     barge_in: bool = True
-    barge_in_min_ms: int = 300  # speech needed to interrupt (a cough is shorter)
+    barge_in_min_ms: int = 200  # speech needed to interrupt: a cough or a click is shorter
 
 
 @dataclass(frozen=True)

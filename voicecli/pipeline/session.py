@@ -90,6 +90,18 @@ class _Speculation:
     task: asyncio.Task[Transcript]
 
 
+async def _joined(tasks: list[Any]) -> Transcript:
+    """One transcript for a monologue transcribed in chunks."""
+    results: list[Transcript] = list(await asyncio.gather(*tasks))
+    heard = [r for r in results if r.is_speech]
+    return Transcript(
+        text=" ".join(r.text for r in heard),
+        is_speech=bool(heard),
+        audio_s=sum(r.audio_s for r in results),
+        compute_s=results[-1].compute_s,  # the earlier chunks ran while the user was talking
+    )
+
+
 class Session:
     def __init__(
         self,
@@ -141,6 +153,11 @@ class Session:
         # Audio of a turn cut off before it said anything: the user was still talking, so it is
         # transcribed again together with what they said next.
         self._pending_carry: npt.NDArray[np.float32] | None = None
+        # Chunks of a monologue cut at max_utterance_s, transcribed while the user goes on talking;
+        # answered together once they stop.
+        self._parts: list[asyncio.Task[Transcript]] = []
+        self._parts_cut_at = 0.0
+        self._hangover_s = vad_cfg.hangover_ms / 1000.0
 
     # ---- events -------------------------------------------------------------------------------------------
     def _emit(self, kind: EventKind, t: float | None = None, turn_id: int = 0, **data: Any) -> None:
@@ -200,6 +217,13 @@ class Session:
         for ev in self.detector.process(frame.pcm, frame.t):
             self._on_vad(ev)
         if (
+            self._parts
+            and self.detector.state is vad.State.SILENCE
+            and frame.t - self._parts_cut_at >= self._hangover_s
+        ):
+            # The monologue was cut exactly where the user stopped: answer what was transcribed.
+            self._start_turn(None, speech_start=self._parts_cut_at, speech_end=self._parts_cut_at)
+        if (
             self._barge_onset is not None
             and self._turn is not None
             and self.detector.speech_s * 1000.0 >= self.talk_cfg.barge_in_min_ms
@@ -244,6 +268,13 @@ class Session:
 
     # ---- turns --------------------------------------------------------------------------------------------
     def _on_utterance(self, ev: vad.Utterance) -> None:
+        if ev.forced and self._turn is None:
+            # Max length reached while the user is still talking: transcribe this chunk now, answer later.
+            self._emit("eou", t=ev.t_confirmed, forced=True, audio_s=len(ev.audio) / 16000.0)
+            self._drop_speculation()
+            self._parts.append(asyncio.create_task(self._transcribe(ev.audio)))
+            self._parts_cut_at = ev.t_speech_end
+            return
         now = self.clock()
         if self._turn is not None:
             if self._barge_onset is None:
@@ -253,25 +284,41 @@ class Session:
                 return
             self._barge_in(decided=now)
         self._barge_onset = None
+        self._start_turn(ev.audio, ev.t_start, ev.t_speech_end, forced=ev.forced)
+
+    def _start_turn(
+        self,
+        audio: npt.NDArray[np.float32] | None,
+        speech_start: float,
+        speech_end: float,
+        forced: bool = False,
+    ) -> None:
+        now = self.clock()
         turn_id = self._next_turn_id
         self._next_turn_id += 1
-        m = TurnMetrics(turn_id, speech_start=ev.t_start, speech_end=ev.t_speech_end, eou=now)
-        self._emit("speech_end", t=ev.t_speech_end, turn_id=turn_id)
-        self._emit("eou", t=now, turn_id=turn_id, forced=ev.forced, audio_s=len(ev.audio) / 16000.0)
+        m = TurnMetrics(turn_id, speech_start=speech_start, speech_end=speech_end, eou=now)
+        self._emit("speech_end", t=speech_end, turn_id=turn_id)
+        n = 0 if audio is None else len(audio)
+        self._emit("eou", t=now, turn_id=turn_id, forced=forced, audio_s=n / 16000.0)
         spec = self._spec
         self._spec = None
-        audio = ev.audio
-        if self._pending_carry is not None:
+        parts, self._parts = self._parts, []
+        if audio is None:
+            audio = np.zeros(0, np.float32)
+        elif self._pending_carry is not None:
             audio = np.concatenate([self._pending_carry, audio])
             self._pending_carry = None
             if spec is not None:
                 spec.task.cancel()
             spec = None
+        stt_task: Awaitable[Transcript]
         if spec is not None and not spec.task.cancelled():
             stt_task = spec.task  # the audio after the pause was silence: the speculative result stands
             m.stt_speculative = True
-        else:
+        elif len(audio):
             stt_task = asyncio.create_task(self._transcribe(audio))
+        if parts:
+            stt_task = _joined([*parts, stt_task] if len(audio) else parts)
         ctx = TurnContext(turn_id, m, audio=audio)
         self._turn = ctx
         self.turns_started += 1

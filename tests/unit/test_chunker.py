@@ -1,0 +1,320 @@
+"""Clause chunker: every rule with its exact clauses, streaming invariance, and property tests."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from voicecli.pipeline.chunker import CODE_MENTION, LONG_WORD_CHARS, ClauseChunker, normalise, split_clauses
+
+
+def stream(text: str, sizes: list[int], **options: int) -> list[str]:
+    """Feed `text` in deltas of the given sizes (cycled), then finish."""
+    chunker = ClauseChunker(**options)
+    out: list[str] = []
+    i = 0
+    n = 0
+    while i < len(text):
+        size = sizes[n % len(sizes)]
+        out += chunker.push(text[i : i + size])
+        i += size
+        n += 1
+    return out + chunker.finish()
+
+
+# -- hard boundaries ---------------------------------------------------------------------------
+
+
+def test_sentence_ends_flush_at_period_exclamation_and_question() -> None:
+    assert split_clauses("It is late. Go home! Are you sure? Yes.") == [
+        "It is late.",
+        "Go home!",
+        "Are you sure?",
+        "Yes.",
+    ]
+
+
+def test_closing_quote_after_sentence_end_stays_with_the_sentence() -> None:
+    assert split_clauses('She said "stop." Then she left.') == ['She said "stop."', "Then she left."]
+
+
+def test_each_newline_ends_a_clause() -> None:
+    assert split_clauses("First paragraph without a stop\n\nSecond one\nthird line") == [
+        "First paragraph without a stop",
+        "Second one",
+        "third line",
+    ]
+
+
+def test_ellipsis_inside_a_sentence_does_not_split() -> None:
+    assert split_clauses("Well... maybe it works. Hmm… let me see.") == [
+        "Well... maybe it works.",
+        "Hmm… let me see.",
+    ]
+
+
+def test_ellipsis_before_a_capital_splits_once_the_clause_is_long_enough() -> None:
+    assert split_clauses("Fine. I was thinking about it… Maybe tomorrow.") == [
+        "Fine.",
+        "I was thinking about it…",
+        "Maybe tomorrow.",
+    ]
+
+
+# -- soft boundaries ---------------------------------------------------------------------------
+
+
+def test_comma_semicolon_colon_split_only_with_enough_words() -> None:
+    text = "Okay. Yes, fine. The result is good, and fast; nobody complained at all: great news."
+    assert split_clauses(text) == [
+        "Okay.",
+        "Yes, fine.",  # "Yes," is one word: too short to stand alone, even as the first clause
+        "The result is good,",
+        "and fast; nobody complained at all:",  # "and fast;" has 2 words, fewer than 4
+        "great news.",
+    ]
+
+
+def test_dashes_split_like_commas_but_hyphenated_words_stay() -> None:
+    assert split_clauses("Fine. This well-known trick works — mostly, but - sometimes not.") == [
+        "Fine.",
+        "This well-known trick works —",
+        "mostly, but - sometimes not.",
+    ]
+
+
+def test_first_clause_flushes_early() -> None:
+    # The first clause needs only first_min_words (2); later ones need min_clause_words (4).
+    assert split_clauses("Sure thing, here it is, as you asked, my friend.") == [
+        "Sure thing,",
+        "here it is, as you asked,",
+        "my friend.",
+    ]
+    assert split_clauses("Sure, here it is.", first_min_words=1) == ["Sure,", "here it is."]
+
+
+def test_first_clause_is_returned_by_push_before_the_reply_ends() -> None:
+    chunker = ClauseChunker()
+    assert chunker.push("Sure thing, ") == []  # the next word has not arrived: "," could be "1,000"
+    assert chunker.push("let me check.") == ["Sure thing,"]
+    assert chunker.finish() == ["let me check."]
+
+
+def test_max_words_forces_a_flush_at_a_word_boundary() -> None:
+    words = [f"w{i}" for i in range(60)]
+    clauses = split_clauses(" ".join(words), max_words=25)
+    assert clauses == [" ".join(words[:25]), " ".join(words[25:50]), " ".join(words[50:])]
+
+
+# -- never split ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "Pi is about 3.14 and e is 2.718.",
+        "We meet at 10:30, or at 5 p.m. tomorrow.",
+        "It costs $29.95 today.",
+        "The price is €5,000 for now.",
+        "There are 1,000,000 stars.",
+        "Bring tools, e.g. a hammer, i.e. the big one.",
+        "Dr. Smith met Mr. Jones and Mrs. Brown with Ms. Green on St. Mark's Square.",
+        "It is Team A vs. Team B today.",
+        "They flew to the U.S. Army base.",
+        "J. R. R. Tolkien wrote it.",
+        "See https://example.com/a.b?c=d for details.",
+        "Mail first.last@example.co.uk today.",
+        "Update to v1.2.3 now.",
+        "Apples, pears, etc. are fruit.",
+    ],
+)
+def test_never_split_inside_numbers_abbreviations_initials_urls(sentence: str) -> None:
+    assert split_clauses("Okay. " + sentence + " Done.", min_clause_words=25) == [
+        "Okay.",
+        sentence,
+        "Done.",
+    ]
+
+
+def test_a_trailing_period_is_held_until_the_next_char_arrives() -> None:
+    chunker = ClauseChunker()
+    assert chunker.push("The value is 3.") == []
+    assert chunker.push("14 exactly") == []
+    assert chunker.push(". Ask Dr.") == ["The value is 3.14 exactly."]
+    assert chunker.push(" Smith") == []
+    assert chunker.push(" today. Then") == ["Ask Dr. Smith today."]
+    assert chunker.finish() == ["Then"]
+
+
+def test_etc_before_a_capital_ends_the_sentence() -> None:
+    assert split_clauses(
+        "Bring pens, paper, etc. Then we start.", min_clause_words=25, first_min_words=25
+    ) == [
+        "Bring pens, paper, etc.",
+        "Then we start.",
+    ]
+
+
+# -- markdown and symbols ------------------------------------------------------------------------
+
+
+def test_bold_emphasis_and_underscores_are_stripped_but_snake_case_stays() -> None:
+    assert split_clauses("This is **very** *really* _quite_ __big__ for my_var and 2 * 3.") == [
+        "This is very really quite big for my_var and 2 * 3."
+    ]
+
+
+def test_headings_become_their_own_clause() -> None:
+    assert split_clauses("## Setup steps\nInstall it. #1 tip: relax") == [
+        "Setup steps",
+        "Install it.",
+        "#1 tip: relax",
+    ]
+
+
+def test_each_bullet_and_numbered_item_is_its_own_clause() -> None:
+    text = "You need:\n- flour\n* two eggs\n  + milk\n1. Mix them\n2) Bake it\n-5 degrees is cold"
+    assert split_clauses(text) == [
+        "You need:",
+        "flour",
+        "two eggs",
+        "milk",
+        "Mix them",
+        "Bake it",
+        "-5 degrees is cold",
+    ]
+
+
+def test_links_become_their_text_and_inline_code_its_text() -> None:
+    assert split_clauses(
+        "Read [the guide](https://x.org/a_b) and run `make test` now. ![A cat](cat.png)"
+    ) == [
+        "Read the guide and run make test now.",
+        "A cat",
+    ]
+
+
+def test_fenced_code_is_replaced_by_one_spoken_mention() -> None:
+    text = "Try this:\n```python\nprint('hi. there')\nx = [1, 2]\n```\nThat prints hi."
+    assert split_clauses(text) == ["Try this:", CODE_MENTION, "That prints hi."]
+
+
+def test_unterminated_code_fence_is_never_spoken() -> None:
+    assert split_clauses("Code:\n```\nrm -rf / . Secret words here.") == ["Code:", CODE_MENTION]
+
+
+def test_emoji_and_pictographs_are_dropped() -> None:
+    assert split_clauses("Great job 🎉 you did it 👍🏽! Weather ☀️ is 25°C → nice ✅.") == [
+        "Great job you did it!",
+        "Weather is 25°C nice.",
+    ]
+
+
+def test_rules_quotes_tables_and_whitespace_are_cleaned() -> None:
+    text = "> Quoted   text\there.\n\n---\n| a | b |\n|---|---|\nEnd."
+    assert split_clauses(text) == ["Quoted text here.", "a b", "End."]
+
+
+def test_backslash_escapes_keep_the_literal_char() -> None:
+    assert split_clauses(r"Use \*stars\* literally.") == ["Use *stars* literally."]
+
+
+def test_very_long_words_are_broken_and_clauses_come_out_while_streaming() -> None:
+    chunker = ClauseChunker(max_words=25)
+    early: list[str] = []
+    for _ in range(200):
+        early += chunker.push("x" * 50)  # 10,000 chars, never a space
+    late = chunker.finish()
+    assert all(len(word) <= LONG_WORD_CHARS for clause in early + late for word in clause.split())
+    assert sum(len(c.replace(" ", "")) for c in early) >= 10_000 - 25 * LONG_WORD_CHARS
+    assert "".join(early + late).replace(" ", "") == "x" * 10_000
+
+
+def test_endless_reply_without_punctuation_streams_out_in_bounded_clauses() -> None:
+    chunker = ClauseChunker(max_words=25)
+    emitted = 0
+    for _ in range(2000):
+        clauses = chunker.push("token ")
+        assert all(len(c.split()) == 25 for c in clauses)
+        emitted += len(clauses)
+    assert emitted == 2000 // 25 - 1  # the last 25 wait for the word after them
+    assert chunker.finish() == [" ".join(["token"] * 25)]
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+
+def test_finish_starts_a_new_reply_with_an_early_first_clause() -> None:
+    chunker = ClauseChunker()
+    assert chunker.push("One. Two words, and more") == ["One."]
+    assert chunker.finish() == ["Two words, and more"]
+    assert chunker.push("Hi there,") == []
+    assert chunker.push(" friend") == ["Hi there,"]
+
+
+def test_reset_drops_unspoken_text() -> None:
+    chunker = ClauseChunker()
+    chunker.push("This reply was interrupted mid")
+    chunker.reset()
+    assert chunker.push("New reply.") == []
+    assert chunker.finish() == ["New reply."]
+
+
+def test_empty_and_whitespace_only_replies_give_no_clauses() -> None:
+    assert split_clauses("") == []
+    assert split_clauses(" \n\t \n") == []
+    assert split_clauses("🎉 ** `` ✅ ") == []
+
+
+@pytest.mark.parametrize("options", [{"max_words": 0}, {"min_clause_words": 30}, {"first_min_words": 0}])
+def test_bad_limits_raise_value_error(options: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match="max_words"):
+        ClauseChunker(**options)
+
+
+# -- streaming invariance and properties ------------------------------------------------------
+
+SAMPLE = (
+    "# Answer\nSure thing, **Dr. Smith**: the total is $1,234.56 (about 3.5% more). "
+    "See [docs](https://ex.com/a.b?c=d) or mail a_b@ex.com... then run `v1.2.3` — quickly!\n"
+    "- first item, with a comma\n- second 🎉 item\n```sh\necho hi. there\n```\nJ. R. R. Tolkien, e.g. him."
+)
+
+
+def test_random_delta_sizes_give_the_same_clauses_as_one_push() -> None:
+    whole = split_clauses(SAMPLE)
+    rng = random.Random(7)
+    for _ in range(200):
+        sizes = [rng.randint(1, 12) for _ in range(50)]
+        assert stream(SAMPLE, sizes) == whole
+    assert stream(SAMPLE, [1]) == whole
+
+
+# Pieces that exercise every rule (markup, abbreviations, numbers) far more often than random text.
+PIECES = [*"ab Z9.,;:!?…-—*_`#>[]()!\\|~\n\t ", "...", "```", "1. ", "e.g.", "Dr.", "🎉", "$", "- ", "](u)"]
+markdownish = st.lists(st.sampled_from(PIECES), max_size=80).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(markdownish, st.text(max_size=200)), cuts=st.lists(st.integers(1, 15), min_size=1))
+def test_clauses_join_to_the_normalised_text_however_the_text_is_split(text: str, cuts: list[int]) -> None:
+    clauses = stream(text, cuts, max_words=6, min_clause_words=3)
+    assert " ".join(clauses) == normalise(text)
+    assert clauses == split_clauses(text, max_words=6, min_clause_words=3)
+    for clause in clauses:
+        assert clause and clause == clause.strip()
+        assert len(clause.split()) <= 6
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(alphabet=st.characters(codec=None), max_size=300))
+def test_arbitrary_unicode_never_crashes_and_keeps_the_invariants(text: str) -> None:
+    clauses = split_clauses(text)
+    assert " ".join(clauses) == normalise(text)
+    assert all(c and c == c.strip() and len(c.split()) <= 25 for c in clauses)
+    # Every clause must be encodable for the TTS engine (no lone surrogates, no controls).
+    for clause in clauses:
+        clause.encode("utf-8")

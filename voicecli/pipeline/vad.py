@@ -1,0 +1,289 @@
+"""Turn detection: a pure state machine over 20 ms frames (16 kHz mono int16, 320 samples).
+
+    SILENCE --(start_ms of mostly voiced frames)--> SPEECH      emits SpeechStarted
+    SPEECH  --(an unvoiced frame)-----------------> HANGOVER
+    HANGOVER --(a voiced frame)-------------------> SPEECH      emits Resumed if Paused was sent
+    HANGOVER --(pause_ms of silence)--------------> HANGOVER    emits Paused (start speculative STT)
+    HANGOVER --(hangover_ms of silence)-----------> SILENCE     emits Utterance, or Discarded if a blip
+    any utterance reaching max_utterance_s ---------------------> emits Utterance(forced=True)
+
+Times are seconds on the caller's clock; the `t` passed with a frame is the time of its first sample.
+The caller feeds frames in order; nothing here blocks, allocates per frame beyond a copy, or uses asyncio.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from voicecli.audio.format import (
+    FRAME_MS,
+    FRAME_SAMPLES,
+    SAMPLE_RATE,
+    Float32Array,
+    int16_to_float32,
+    rms_dbfs,
+)
+from voicecli.config import VadConfig
+from voicecli.errors import ConfigError
+
+FRAME_S = FRAME_MS / 1000.0
+# Fraction of the onset window that must be voiced (one unvoiced frame in five is forgiven).
+ONSET_VOICED_FRACTION = 0.8
+
+Classifier = Callable[[np.ndarray], bool]
+
+
+class State(enum.Enum):
+    SILENCE = "silence"
+    SPEECH = "speech"
+    HANGOVER = "hangover"
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    """The user started speaking. t_onset: seconds, first sample of the first voiced frame of the onset."""
+
+    t_onset: float
+
+
+@dataclass(frozen=True, eq=False)
+class Paused:
+    """Silence reached pause_ms after at least min_utterance_ms of speech: start speculative STT.
+
+    t: seconds, the moment the silence reached pause_ms. audio: float32 16 kHz, the utterance so far
+    (pre-roll included); if the turn then ends with no new speech, Utterance.audio is exactly this.
+    """
+
+    t: float
+    audio: Float32Array
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """Speech came back after a Paused, before the end of the turn. t: seconds, first voiced sample."""
+
+    t: float
+
+
+@dataclass(frozen=True, eq=False)
+class Utterance:
+    """End of a user turn.
+
+    audio: float32 in [-1, 1], 16 kHz mono; starts preroll_ms before the onset (when that much audio
+    was seen) and ends min(pause_ms, hangover_ms) after the speech (or at the cut when forced).
+    t_start: seconds, first sample of `audio`. t_speech_end: seconds, end of the last voiced frame.
+    t_confirmed: seconds, when the end of turn was decided (t_speech_end + hangover_ms, or the cut).
+    forced: True when max_utterance_s cut the speech; the rest follows as the next utterance.
+    """
+
+    audio: Float32Array
+    t_start: float
+    t_speech_end: float
+    t_confirmed: float
+    forced: bool
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class Discarded:
+    """Speech shorter than min_utterance_ms ended (a cough, a click): no turn.
+
+    t: seconds, when it was dropped. duration_s: seconds from onset to the end of the last voiced frame.
+    """
+
+    t: float
+    duration_s: float
+
+
+Event = SpeechStarted | Paused | Resumed | Utterance | Discarded
+
+
+def _frames(ms: float) -> int:
+    return max(1, math.ceil(ms / FRAME_MS - 1e-9))
+
+
+def webrtc_classifier(aggressiveness: int, floor_dbfs: float) -> Classifier:
+    """webrtcvad at `aggressiveness` AND a level above floor_dbfs (webrtcvad alone fires on faint hiss)."""
+    import webrtcvad  # local: keeps this module importable for tests that inject a classifier
+
+    vad = webrtcvad.Vad(aggressiveness)
+
+    def classify(frame: np.ndarray) -> bool:
+        return rms_dbfs(frame) > floor_dbfs and bool(vad.is_speech(frame.tobytes(), SAMPLE_RATE))
+
+    return classify
+
+
+def _check_config(cfg: VadConfig) -> None:
+    problems = {
+        "vad.start_ms": cfg.start_ms <= 0,
+        "vad.pause_ms": cfg.pause_ms <= 0,
+        "vad.hangover_ms": cfg.hangover_ms <= 0,
+        "vad.preroll_ms": cfg.preroll_ms < 0,
+        "vad.min_utterance_ms": cfg.min_utterance_ms < 0,
+        "vad.max_utterance_s": cfg.max_utterance_s * 1000 < max(cfg.start_ms, cfg.min_utterance_ms),
+    }
+    for key, bad in problems.items():
+        if bad:
+            raise ConfigError(
+                f"config key '{key}' has an unusable value in {cfg}",
+                hint=f"set '{key}' to a positive value (max_utterance_s above start_ms and min_utterance_ms)",
+            )
+
+
+class TurnDetector:
+    """Frames in, turn events out. See the module docstring for the states."""
+
+    def __init__(self, cfg: VadConfig, classifier: Classifier | None = None) -> None:
+        _check_config(cfg)
+        self.cfg = cfg
+        self._classify = classifier or webrtc_classifier(cfg.aggressiveness, cfg.floor_dbfs)
+        self._start_n = _frames(cfg.start_ms)
+        self._onset_need = max(1, math.ceil(ONSET_VOICED_FRACTION * self._start_n - 1e-9))
+        self._pause_n = _frames(cfg.pause_ms)
+        self._hang_n = _frames(cfg.hangover_ms)
+        self._tail_n = min(self._pause_n, self._hang_n)
+        self._preroll_n = math.ceil(cfg.preroll_ms / FRAME_MS - 1e-9)
+        self._max_n = max(self._start_n, round(cfg.max_utterance_s * 1000 / FRAME_MS))
+        # Recent frames (audio, t, voiced): pre-roll and the onset window. Bounded.
+        self._recent: deque[tuple[np.ndarray, float, bool]] = deque(maxlen=self._preroll_n + self._start_n)
+        # The utterance being recorded: preallocated, so memory is bounded by max_utterance_s.
+        self._buf = np.zeros((self._preroll_n + self._max_n) * FRAME_SAMPLES, dtype=np.int16)
+        self.reset()
+
+    # -- public --------------------------------------------------------------------------------
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def speech_s(self) -> float:
+        """Seconds from the onset to the end of the last voiced frame of the current utterance (0 if none)."""
+        if self._state is State.SILENCE or self._continue:
+            return 0.0
+        return max(0.0, self._t_voiced_end - self._t_onset)
+
+    def reset(self) -> None:
+        """Forget any partial utterance and the recent audio (e.g. while the mic is ignored)."""
+        self._state = State.SILENCE
+        self._recent.clear()
+        self._n = 0  # samples used in _buf
+        self._onset_frames = 0  # frames since the onset, onset included
+        self._t_start = self._t_onset = self._t_voiced_end = 0.0
+        self._voiced_end_n = 0  # samples in _buf up to the end of the last voiced frame
+        self._silent = 0
+        self._paused = False
+        self._continue = False  # a forced cut happened mid-speech: the next frame starts a new utterance
+
+    def process(self, frame: np.ndarray, t: float) -> list[Event]:
+        """Feed one 20 ms frame whose first sample is at `t` seconds; return the events it caused."""
+        if not isinstance(frame, np.ndarray) or frame.dtype != np.int16 or frame.shape != (FRAME_SAMPLES,):
+            got = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
+            raise ValueError(
+                f"VAD frames must be int16 arrays of shape ({FRAME_SAMPLES},) "
+                f"({FRAME_MS} ms at {SAMPLE_RATE} Hz mono); got {got}"
+            )
+        voiced = bool(self._classify(frame))
+        self._recent.append((frame.copy(), t, voiced))
+        events: list[Event] = []
+        if self._continue:  # the previous utterance was cut mid-speech: this frame starts the next
+            self._continue = False
+            self._start_utterance([(frame, t, voiced)], 0, t, events)
+            self._on_frame(voiced, t, events)
+        elif self._state is State.SILENCE:
+            self._maybe_start(events)
+        else:
+            self._buf[self._n : self._n + FRAME_SAMPLES] = frame
+            self._n += FRAME_SAMPLES
+            self._onset_frames += 1
+            self._on_frame(voiced, t, events)
+        return events
+
+    # -- internals -------------------------------------------------------------------------------
+    def _maybe_start(self, events: list[Event]) -> None:
+        window = list(self._recent)[-self._start_n :]
+        if not window[-1][2] or sum(v for _, _, v in window) < self._onset_need:
+            return
+        onset = len(self._recent) - len(window) + next(i for i, (_, _, v) in enumerate(window) if v)
+        first = max(0, onset - self._preroll_n)
+        frames = list(self._recent)[first:]
+        self._start_utterance(frames, onset - first, self._recent[onset][1], events)
+        self._t_voiced_end = frames[-1][1] + FRAME_S
+        self._voiced_end_n = self._n
+        self._check_max(frames[-1][1], voiced=True, events=events)
+
+    def _start_utterance(
+        self, frames: list[tuple[np.ndarray, float, bool]], onset: int, t_onset: float, events: list[Event]
+    ) -> None:
+        self._state = State.SPEECH
+        self._n = 0
+        for audio, _, _ in frames:
+            self._buf[self._n : self._n + FRAME_SAMPLES] = audio
+            self._n += FRAME_SAMPLES
+        self._t_start = frames[0][1]
+        self._t_onset = self._t_voiced_end = t_onset
+        self._voiced_end_n = 0
+        self._onset_frames = len(frames) - onset
+        self._silent = 0
+        self._paused = False
+        events.append(SpeechStarted(t_onset))
+
+    def _on_frame(self, voiced: bool, t: float, events: list[Event]) -> None:
+        """Update the turn with the frame at `t`, already appended to the buffer."""
+        if voiced:
+            self._t_voiced_end = t + FRAME_S
+            self._voiced_end_n = self._n
+            self._silent = 0
+            if self._state is State.HANGOVER and self._paused:
+                events.append(Resumed(t))
+            self._state = State.SPEECH
+            self._paused = False
+        else:
+            self._state = State.HANGOVER
+            self._silent += 1
+            if self._silent == self._pause_n and self._pause_n < self._hang_n and self._long_enough():
+                self._paused = True
+                events.append(Paused(t + FRAME_S, int16_to_float32(self._buf[: self._n])))
+            if self._silent >= self._hang_n:
+                self._end_turn(t + FRAME_S, events)
+                return
+        self._check_max(t, voiced, events)
+
+    def _long_enough(self) -> bool:
+        span = self._t_voiced_end - self._t_onset
+        return span > 0 and span * 1000 >= self.cfg.min_utterance_ms - 1e-6
+
+    def _end_turn(self, t_confirmed: float, events: list[Event]) -> None:
+        if not self._long_enough():  # a blip, or a continuation with no speech in it
+            events.append(Discarded(t_confirmed, self._t_voiced_end - self._t_onset))
+        else:
+            end = min(self._n, self._voiced_end_n + self._tail_n * FRAME_SAMPLES)
+            audio = int16_to_float32(self._buf[:end])
+            events.append(Utterance(audio, self._t_start, self._t_voiced_end, t_confirmed, forced=False))
+        self._state = State.SILENCE
+        self._n = 0
+        # Only the trailing silence may serve as the next pre-roll: speech belongs to one turn only.
+        while len(self._recent) > self._silent:
+            self._recent.popleft()
+
+    def _check_max(self, t: float, voiced: bool, events: list[Event]) -> None:
+        if self._onset_frames < self._max_n:
+            return
+        audio = int16_to_float32(self._buf[: self._n])
+        events.append(Utterance(audio, self._t_start, self._t_voiced_end, t + FRAME_S, forced=True))
+        self._n = 0
+        # Mid-speech, the next frame begins the next utterance at once (nothing is dropped); in a
+        # pause, wait for a fresh onset, whose pre-roll holds the frames in between.
+        self._continue = voiced
+        self._state = State.SPEECH if voiced else State.SILENCE
+        # Recent frames belong to the utterance just sent: they must not be its successor's pre-roll.
+        self._recent.clear()
