@@ -18,9 +18,10 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from voicecli.commands import devices, models, talk
+    from voicecli.commands import bench, devices, models, talk
 
     app.command("talk")(talk.talk)
+    app.command("bench")(bench.bench)
     app.command("devices")(devices.devices)
     app.add_typer(models.app, name="models", help="List, pull and verify the model files.")
 

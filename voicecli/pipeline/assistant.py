@@ -14,6 +14,7 @@ from voicecli.config import Config
 from voicecli.engines.base import LanguageModel, SpeechToText, TextToSpeech
 from voicecli.events import Event
 from voicecli.pipeline.history import History
+from voicecli.pipeline.ports import FrameLike
 from voicecli.pipeline.session import Session
 from voicecli.pipeline.transcript import Transcript
 
@@ -78,6 +79,9 @@ async def converse(
     paths: dict[str, Path] | None = None,
     on_ready: Callable[[Session], None] | None = None,
     install_signal_handlers: bool = True,
+    engines: Engines | None = None,
+    streaming: bool = True,
+    tap: Callable[[FrameLike], None] | None = None,
 ) -> Session:
     """Open the devices, load the engines, hold the conversation; always closes everything it opened.
 
@@ -87,10 +91,11 @@ async def converse(
     from voicecli.audio.devices import resolve_input, resolve_output
     from voicecli.audio.playback import Playback
 
-    paths = paths or resolve_models(cfg)  # fail fast on missing models, before opening any device
+    own_engines = engines is None
+    if engines is None:
+        paths = paths or resolve_models(cfg)  # fail fast on missing models, before opening any device
     capture = Capture(resolve_input(cfg.audio.input or None))
     playback = Playback(resolve_output(cfg.audio.output or None))
-    engines: Engines | None = None
     loop = asyncio.get_running_loop()
     session: Session | None = None
     stop_requested = asyncio.Event()
@@ -105,7 +110,8 @@ async def converse(
             loop.add_signal_handler(sig, request_stop)
     try:
         await playback.start()
-        engines = await start_engines(cfg, playback.rate, paths)
+        if engines is None:
+            engines = await start_engines(cfg, playback.rate, paths)
         if stop_requested.is_set():
             raise asyncio.CancelledError
         history = History(cfg.llm.system_prompt, cfg.llm.history_tokens, engines.llm.count_tokens)
@@ -123,6 +129,8 @@ async def converse(
             transcript=transcript,
             capture_overruns=lambda: capture.stats.overruns,
             reply_underruns=playback.reply_underruns,
+            streaming=streaming,
+            tap=tap,
         )
         await capture.start()
         if on_ready is not None:
@@ -149,5 +157,5 @@ async def converse(
             await capture.stop()
         with contextlib.suppress(Exception):
             await playback.stop()
-        if engines is not None:
+        if engines is not None and own_engines:
             await asyncio.wait_for(engines.close(), timeout=2.0)

@@ -32,7 +32,7 @@ from voicecli.engines.base import LanguageModel, LLMStream, SpeechToText, TextTo
 from voicecli.errors import EngineError
 from voicecli.events import Event, EventKind
 from voicecli.pipeline import vad
-from voicecli.pipeline.chunker import ClauseChunker
+from voicecli.pipeline.chunker import ClauseChunker, normalise
 from voicecli.pipeline.history import History
 from voicecli.pipeline.metrics import LoopLagMonitor, TurnMetrics
 from voicecli.pipeline.ports import AudioSink, FrameLike, FrameSource
@@ -121,7 +121,11 @@ class Session:
         detector: vad.TurnDetector | None = None,
         capture_overruns: Callable[[], int] | None = None,
         reply_underruns: Callable[[int], int] | None = None,
+        streaming: bool = True,
+        tap: Callable[[FrameLike], None] | None = None,
     ) -> None:
+        """`streaming=False` is the naive baseline for the benchmark: no speculative STT, the whole reply
+        is generated, then synthesised in one piece, then played."""
         self.source = source
         self.sink = sink
         self.stt = stt
@@ -136,6 +140,8 @@ class Session:
         self.detector = detector or vad.TurnDetector(vad_cfg)
         self._capture_overruns = capture_overruns
         self._reply_underruns = reply_underruns
+        self.streaming = streaming
+        self._tap = tap  # sees every mic frame (the benchmark locates the fed audio with it)
         self.state = State.LISTENING
         self.turns_answered = 0
         self.turns_started = 0
@@ -206,6 +212,8 @@ class Session:
     def on_frame(self, frame: FrameLike) -> None:
         """Feed one 20 ms frame. Cheap and synchronous: the turn work happens in tasks."""
         self._frame_count += 1
+        if self._tap is not None:
+            self._tap(frame)
         if self._frame_count % MIC_LEVEL_EVERY == 0 and self._emit_cb is not None:
             from voicecli.audio.format import rms_dbfs
 
@@ -239,7 +247,7 @@ class Session:
                 self._set_state(State.HEARING)
         elif isinstance(ev, vad.Paused):
             self._emit("pause", t=ev.t)
-            if self._turn is None:
+            if self._turn is None and self.streaming:
                 self._start_speculation(ev.audio)
         elif isinstance(ev, vad.Resumed):
             self._emit("resume", t=ev.t)
@@ -404,6 +412,7 @@ class Session:
         clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=CLAUSE_QUEUE)
         speaker = asyncio.create_task(self._speak(ctx, clauses))
         chunker = ClauseChunker()
+        whole: list[str] = []  # sequential mode: the reply is spoken only once it is complete
         try:
             try:
                 async for delta in stream:
@@ -411,8 +420,13 @@ class Session:
                         m.llm_first_token = self.clock()
                         self._emit("llm_first_token", turn_id=ctx.turn_id)
                     self._emit("llm_delta", turn_id=ctx.turn_id, text=delta)
+                    if not self.streaming:
+                        whole.append(delta)
+                        continue
                     for clause in chunker.push(delta):
                         await self._queue_clause(ctx, clauses, clause)
+                if whole:
+                    await self._queue_clause(ctx, clauses, normalise("".join(whole)))
                 for clause in chunker.finish():
                     await self._queue_clause(ctx, clauses, clause)
             except EngineError as exc:

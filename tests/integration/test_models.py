@@ -1,0 +1,486 @@
+"""`voicecli models`: real downloads from a local HTTP server, resume, checksums, offline, and the
+structural checks that turn a truncated model into a clear error instead of a C++ crash."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import mmap
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+from rich.progress import Progress
+from typer.testing import CliRunner
+
+from voicecli import models
+from voicecli.commands.models import app
+from voicecli.errors import ModelError
+
+# --- a tiny file server that honours HTTP Range -------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    root: Path
+    log: list[tuple[str, str | None, int]]  # (path, Range header, bytes sent)
+    honour_range = True
+    cut_after: int | None = None  # close the connection after this many body bytes
+
+    def do_GET(self) -> None:
+        path = self.root / self.path.lstrip("/")
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        rng = self.headers.get("Range")
+        start = 0
+        if rng and self.honour_range:
+            start = int(rng.removeprefix("bytes=").split("-")[0])
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.end_headers()
+                self.log.append((self.path, rng, 0))
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.cut_after is not None:
+            body = body[: self.cut_after]
+            self.close_connection = True
+        self.wfile.write(body)
+        self.log.append((self.path, rng, len(body)))
+
+    def log_message(self, *args: object) -> None:  # keep test output quiet
+        pass
+
+
+class Server:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.log: list[tuple[str, str | None, int]] = []
+        handler = type("H", (_Handler,), {"root": root, "log": self.log})
+        self.handler = handler
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def set_honour_range(self, value: bool) -> None:
+        self.handler.honour_range = value
+
+    def set_cut_after(self, value: int | None) -> None:
+        self.handler.cut_after = value
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    root = tmp_path / "served"
+    root.mkdir()
+    srv = Server(root)
+    srv.thread.start()
+    yield srv
+    srv.httpd.shutdown()
+    srv.httpd.server_close()
+
+
+# --- minimal valid model files (then truncated by the tests) ------------------------------------
+
+
+def make_gguf(path: Path, alignment: int = 32) -> Path:
+    """A small GGUF with a tokenizer vocabulary, an F32 and a Q8_0 tensor."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), arch="llama")
+    writer.add_block_count(1)
+    writer.add_context_length(64)
+    if alignment != 32:
+        writer.add_custom_alignment(alignment)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([f"t{i}" for i in range(2000)])
+    writer.add_token_merges([f"t{i} t{i + 1}" for i in range(1000)])
+    rng = np.random.default_rng(0)
+    writer.add_tensor("token_embd.weight", rng.standard_normal((256, 64), dtype=np.float32))
+    q8 = gguf.quants.quantize(rng.standard_normal((64, 64), dtype=np.float32), gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor("output.weight", q8, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor("output_norm.weight", np.ones(64, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def make_piper_voice(out_dir: Path, name: str = "voice") -> Path:
+    """An ONNX graph with a Piper voice's inputs and a 64 KB weight, plus its .onnx.json."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(
+        np.random.default_rng(1).standard_normal((256, 64)).astype(np.float32), "emb"
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["emb", "input"], ["output"])],
+        "piper-like",
+        [
+            helper.make_tensor_value_info("input", TensorProto.INT64, [1, "n"]),
+            helper.make_tensor_value_info("input_lengths", TensorProto.INT64, [1]),
+            helper.make_tensor_value_info("scales", TensorProto.FLOAT, [3]),
+        ],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, "n", 64])],
+        initializer=[weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / f"{name}.onnx"
+    onnx.save(model, str(onnx_path))
+    config = {
+        "audio": {"sample_rate": 22050},
+        "espeak": {"voice": "en-us"},
+        "num_symbols": 256,
+        "num_speakers": 1,
+        "phoneme_id_map": {"_": [0], "^": [1], "$": [2]},
+    }
+    onnx_path.with_name(onnx_path.name + ".json").write_text(json.dumps(config), encoding="utf-8")
+    return onnx_path
+
+
+def truncate(path: Path, keep: float) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+# --- a temporary manifest served by the local server --------------------------------------------
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def serve_models(server_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base_url: str) -> Path:
+    """Put a GGUF model and a Piper voice on the server; write a manifest for them; return it."""
+    (server_root / "tiny-llm").mkdir()
+    llm = make_gguf(server_root / "tiny-llm" / "tiny.gguf")
+    voice = make_piper_voice(server_root / "tiny-voice", "tiny-voice")
+    voice_json = voice.with_name(voice.name + ".json")
+    entries = [("tiny-llm", "llm", [llm]), ("tiny-voice", "tts", [voice, voice_json])]
+    lines = []
+    for name, kind, files in entries:
+        lines += [
+            "[[models]]",
+            f'name = "{name}"',
+            f'kind = "{kind}"',
+            "default = true",
+            'license = "MIT"',
+            'description = "generated for tests"',
+            "files = [",
+        ]
+        for f in files:
+            url = f"https://huggingface.co/unreachable/{f.name}"  # the base URL override wins
+            lines.append(
+                f'  {{ path = "{f.name}", url = "{url}", size = {f.stat().st_size}, sha256 = "{_sha(f)}" }},'
+            )
+        lines += ["]", ""]
+    manifest = tmp_path / "manifest.toml"
+    manifest.write_text("\n".join(lines), encoding="utf-8")
+    monkeypatch.setenv("VOICECLI_MANIFEST", str(manifest))
+    monkeypatch.setenv("VOICECLI_MODELS_BASE_URL", base_url)
+    return manifest
+
+
+@pytest.fixture
+def served(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Server:
+    serve_models(server.root, tmp_path, monkeypatch, server.url)
+    return server
+
+
+def quiet_progress() -> Progress:
+    return Progress(console=Console(file=io.StringIO(), force_terminal=False))
+
+
+# --- pull ---------------------------------------------------------------------------------------
+
+
+def test_pull_downloads_verifies_and_the_engines_paths_resolve(served: Server, tmp_path: Path) -> None:
+    dest = tmp_path / "models"
+    progress = quiet_progress()
+    with progress:
+        results = models.pull([], dest, progress)  # no names: the defaults
+    assert sorted((r.name, r.path.name, r.state) for r in results) == [
+        ("tiny-llm", "tiny.gguf", "downloaded"),
+        ("tiny-voice", "tiny-voice.onnx", "downloaded"),
+        ("tiny-voice", "tiny-voice.onnx.json", "downloaded"),
+    ]
+    # every progress bar ran to its end, and the bytes are the served bytes
+    assert all(t.finished and t.completed == t.total for t in progress.tasks)
+    root = served.root
+    for r in results:
+        assert r.path.read_bytes() == (root / r.name / r.path.name).read_bytes()
+        assert r.sha256 == _sha(r.path)
+    assert not list(dest.rglob("*.part"))
+    # the real structural checks accept what was pulled
+    llm = models.resolve("llm", "tiny-llm", dest)
+    assert llm == dest / "tiny-llm" / "tiny.gguf"
+    assert models.resolve("tts", "tiny-voice", dest) == dest / "tiny-voice" / "tiny-voice.onnx"
+    # a second pull finds everything present and downloads nothing
+    served.log.clear()
+    again = models.pull(["tiny-llm"], dest)
+    assert [r.state for r in again] == ["present"] and served.log == []
+
+
+def test_pull_resumes_a_partial_download_with_a_range_request(served: Server, tmp_path: Path) -> None:
+    dest = tmp_path / "models"
+    full = (served.root / "tiny-llm" / "tiny.gguf").read_bytes()
+    half = len(full) // 2
+    (dest / "tiny-llm").mkdir(parents=True)
+    (dest / "tiny-llm" / "tiny.gguf.part").write_bytes(full[:half])
+    progress = quiet_progress()
+    with progress:
+        models.pull(["tiny-llm"], dest, progress)
+    assert (dest / "tiny-llm" / "tiny.gguf").read_bytes() == full
+    assert served.log == [("/tiny-llm/tiny.gguf", f"bytes={half}-", len(full) - half)]
+    assert progress.tasks[0].completed == len(full)
+
+
+def test_dropped_connection_keeps_the_part_and_the_next_pull_resumes(served: Server, tmp_path: Path) -> None:
+    dest = tmp_path / "models"
+    full = (served.root / "tiny-llm" / "tiny.gguf").read_bytes()
+    served.set_cut_after(20_000)
+    with pytest.raises(ModelError, match="interrupted") as err:
+        models.pull(["tiny-llm"], dest)
+    assert "run the same command again to resume" in err.value.hint
+    part = dest / "tiny-llm" / "tiny.gguf.part"
+    assert part.read_bytes() == full[:20_000]
+    assert not (dest / "tiny-llm" / "tiny.gguf").exists()
+    served.set_cut_after(None)
+    models.pull(["tiny-llm"], dest)
+    assert (dest / "tiny-llm" / "tiny.gguf").read_bytes() == full
+    assert served.log[-1] == ("/tiny-llm/tiny.gguf", "bytes=20000-", len(full) - 20_000)
+
+
+def test_pull_restarts_when_the_server_ignores_range(served: Server, tmp_path: Path) -> None:
+    dest = tmp_path / "models"
+    full = (served.root / "tiny-llm" / "tiny.gguf").read_bytes()
+    (dest / "tiny-llm").mkdir(parents=True)
+    (dest / "tiny-llm" / "tiny.gguf.part").write_bytes(full[:1000])
+    served.set_honour_range(False)
+    models.pull(["tiny-llm"], dest)
+    assert (dest / "tiny-llm" / "tiny.gguf").read_bytes() == full  # not 1000 bytes + the whole file
+
+
+def test_complete_part_file_is_finished_without_refetching(served: Server, tmp_path: Path) -> None:
+    dest = tmp_path / "models"
+    full = (served.root / "tiny-llm" / "tiny.gguf").read_bytes()
+    (dest / "tiny-llm").mkdir(parents=True)
+    (dest / "tiny-llm" / "tiny.gguf.part").write_bytes(full)
+    models.pull(["tiny-llm"], dest)
+    assert (dest / "tiny-llm" / "tiny.gguf").read_bytes() == full
+    assert served.log == []
+
+
+def test_wrong_checksum_is_rejected_and_the_partial_file_removed(
+    served: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = Path(os.environ["VOICECLI_MANIFEST"])
+    root = served.root
+    good = _sha(root / "tiny-llm" / "tiny.gguf")
+    manifest.write_text(manifest.read_text().replace(good, "0" * 64), encoding="utf-8")
+    dest = tmp_path / "models"
+    with pytest.raises(ModelError, match=r"checksum mismatch for tiny\.gguf") as err:
+        models.pull(["tiny-llm"], dest)
+    assert good in err.value.message  # what we got is printed next to what was expected
+    assert not (dest / "tiny-llm" / "tiny.gguf").exists()
+    assert not (dest / "tiny-llm" / "tiny.gguf.part").exists()
+
+
+def test_server_that_does_not_have_the_file_is_a_clear_error(served: Server, tmp_path: Path) -> None:
+    shutil.rmtree(served.root / "tiny-voice")
+    with pytest.raises(ModelError, match="HTTP 404") as err:
+        models.pull(["tiny-voice"], tmp_path / "models")
+    assert "/tiny-voice/tiny-voice.onnx" in err.value.message
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def blackhole() -> Iterator[str]:
+    """An address whose TCP handshakes go unanswered, like a dead network: a listener with a full
+    accept queue (backlog 0, one connection parked) makes the kernel drop further SYNs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    parked = socket.create_connection(("127.0.0.1", port), timeout=1)
+    yield f"http://127.0.0.1:{port}"
+    parked.close()
+    listener.close()
+
+
+@pytest.mark.parametrize("kind", ["refused", "blackhole"])
+def test_unreachable_server_fails_fast_with_an_offline_message(
+    served: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blackhole: str, kind: str
+) -> None:
+    base = f"http://127.0.0.1:{_closed_port()}" if kind == "refused" else blackhole
+    monkeypatch.setenv("VOICECLI_MODELS_BASE_URL", base)
+    start = time.monotonic()
+    with pytest.raises(ModelError, match=r"cannot reach .*are you offline") as err:
+        models.pull(["tiny-llm"], tmp_path / "models")
+    assert time.monotonic() - start < 5.0
+    assert base.removeprefix("http://") in err.value.message
+    assert "again" in err.value.hint
+    assert not (tmp_path / "models" / "tiny-llm" / "tiny.gguf").exists()
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+
+
+def test_cli_list_pull_verify(served: Server, tmp_path: Path) -> None:
+    runner = CliRunner()
+    dest = tmp_path / "models"
+
+    def listed() -> dict[str, str]:
+        result = runner.invoke(app, ["list", "--json", "--dir", str(dest)])
+        assert result.exit_code == 0, result.output
+        return {m["name"]: m["state"] for m in json.loads(result.stdout)["models"]}
+
+    assert listed() == {"tiny-llm": "missing", "tiny-voice": "missing"}
+    result = runner.invoke(app, ["pull", "tiny-llm", "--dir", str(dest)])
+    assert result.exit_code == 0, result.output
+    assert "downloaded" in result.stdout and "sha256 ok" in result.stdout
+    assert listed() == {"tiny-llm": "present", "tiny-voice": "missing"}
+
+    result = runner.invoke(app, ["verify", "--json", "--dir", str(dest)])
+    assert result.exit_code == 0
+    assert {m["name"]: m["state"] for m in json.loads(result.stdout)["models"]}["tiny-llm"] == "ok"
+
+    gguf_file = dest / "tiny-llm" / "tiny.gguf"
+    data = bytearray(gguf_file.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit: same size, so only the hash can tell
+    gguf_file.write_bytes(bytes(data))
+    result = runner.invoke(app, ["verify", "--dir", str(dest)])
+    assert result.exit_code == 4
+    assert "voicecli models pull tiny-llm" in result.stdout
+    result = runner.invoke(app, ["verify", "--json", "--dir", str(dest)])
+    report = {m["name"]: m for m in json.loads(result.stdout)["models"]}
+    assert report["tiny-llm"]["state"] == "corrupt" and "sha256" in report["tiny-llm"]["problems"][0]
+
+    # pull repairs it
+    assert runner.invoke(app, ["pull", "tiny-llm", "--dir", str(dest)]).exit_code == 0
+    assert runner.invoke(app, ["verify", "--dir", str(dest)]).exit_code == 0
+
+
+# --- structural checks: truncated / corrupt files name the file ---------------------------------
+
+
+@pytest.mark.parametrize("alignment", [32, 64])
+def test_gguf_header_walk_agrees_with_the_gguf_reader(tmp_path: Path, alignment: int) -> None:
+    from gguf import GGUFReader
+
+    path = make_gguf(tmp_path / "m.gguf", alignment)
+    reader = GGUFReader(path)
+    expected = max(t.data_offset + int(t.n_bytes) for t in reader.tensors)
+    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        assert models._gguf_extent(buf, path.stat().st_size) == (3, expected)
+
+
+def test_valid_gguf_passes_and_truncated_gguf_names_the_file(tmp_path: Path) -> None:
+    path = make_gguf(tmp_path / "m.gguf")
+    models.check_gguf(path)
+    size = path.stat().st_size
+    for keep in (size - 1, size // 2, 5000, 30):  # in the tensors, ..., in the vocabulary, in the header
+        cut = tmp_path / f"cut-{keep}.gguf"
+        cut.write_bytes(path.read_bytes()[:keep])
+        with pytest.raises(ModelError, match="truncated") as err:
+            models.check_gguf(cut)
+        assert str(cut) in err.value.message
+    other = tmp_path / "not.gguf"
+    other.write_bytes(b"PK\x03\x04" + bytes(100))
+    with pytest.raises(ModelError, match="not a GGUF file"):
+        models.check_gguf(other)
+
+
+def test_resolve_of_a_local_truncated_gguf_is_a_model_error(tmp_path: Path) -> None:
+    path = make_gguf(tmp_path / "m.gguf")
+    truncate(path, 0.7)
+    with pytest.raises(ModelError) as err:
+        models.resolve("llm", str(path), tmp_path)
+    assert str(path) in err.value.message
+
+
+def test_valid_piper_voice_passes_and_corrupt_one_names_the_file(tmp_path: Path) -> None:
+    voice = make_piper_voice(tmp_path / "ok")
+    models.check_piper_voice(voice)
+    for keep in (0.6, 0.02):
+        bad = make_piper_voice(tmp_path / f"cut-{keep}")
+        truncate(bad, keep)
+        with pytest.raises(ModelError, match="truncated or corrupt ONNX") as err:
+            models.check_piper_voice(bad)
+        assert str(bad) in err.value.message
+    garbage = make_piper_voice(tmp_path / "garbage")
+    garbage.write_bytes(os.urandom(4096))
+    with pytest.raises(ModelError, match=str(garbage)):
+        models.check_piper_voice(garbage)
+
+
+def test_piper_voice_config_problems_name_the_config(tmp_path: Path) -> None:
+    voice = make_piper_voice(tmp_path / "v")
+    config = voice.with_name(voice.name + ".json")
+    config.write_text('{"audio": {}}')
+    with pytest.raises(ModelError, match="not a valid Piper voice config") as err:
+        models.check_piper_voice(voice)
+    assert str(config) in err.value.message
+    config.unlink()
+    with pytest.raises(ModelError, match=r"missing its config voice\.onnx\.json"):
+        models.resolve("tts", str(voice), tmp_path)
+
+
+def _whisper_dir(tmp_path: Path) -> Path:
+    from voicecli.testmodels import whisper
+
+    return whisper.generate(tmp_path / "whisper", size="tiny")
+
+
+def test_valid_whisper_dir_passes_and_truncated_model_bin_names_the_file(tmp_path: Path) -> None:
+    model = _whisper_dir(tmp_path)
+    models.check_whisper_dir(model)
+    model_bin = model / "model.bin"
+    good = model_bin.read_bytes()
+    for keep in (0.99, 0.5, 0.001):
+        model_bin.write_bytes(good[: int(len(good) * keep)])
+        with pytest.raises(ModelError, match="truncated") as err:
+            models.check_whisper_dir(model)
+        assert str(model_bin) in err.value.message
+    model_bin.write_bytes(good)
+    (model / "config.json").unlink()
+    with pytest.raises(ModelError, match=r"missing config\.json"):
+        models.resolve("stt", str(model), tmp_path)
+
+
+def test_models_the_engines_load_pass_the_checks(tmp_path: Path) -> None:
+    """No false alarms: the generated models that the engine tests load through faster-whisper,
+    llama.cpp and Piper all pass resolve's structural checks."""
+    from voicecli.testmodels import llama, piper, whisper
+
+    paths: dict[models.Kind, Path] = {
+        "stt": whisper.generate(tmp_path / "stt", size="tiny"),
+        "llm": llama.generate(tmp_path / "llm", "tiny"),
+        "tts": piper.generate(tmp_path / "tts", "tiny"),
+    }
+    for kind, path in paths.items():
+        assert models.resolve(kind, str(path), tmp_path) == path

@@ -1,0 +1,169 @@
+"""Benchmark statistics, the rich table, the per-turn waterfall and the JSON report."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from voicecli.bench.runner import TurnResult
+
+# metric -> (label, unit): "s" shown in ms, "" as a plain number
+METRICS: dict[str, tuple[str, str]] = {
+    "ttfa": ("TTFA (true end of speech -> first reply sample)", "s"),
+    "turn_confirm": ("turn confirmed", "s"),
+    "stt": ("STT compute", "s"),
+    "stt_done": ("STT done", "s"),
+    "llm_ttft": ("LLM first token (after STT)", "s"),
+    "first_clause": ("first clause", "s"),
+    "tts_first_audio": ("TTS first audio", "s"),
+    "play_start": ("play start", "s"),
+    "tokens_per_s": ("LLM tokens/s", ""),
+    "tts_rtf": ("TTS real-time factor", ""),
+    "max_clause_gap": ("largest gap between clauses", "s"),
+    "underruns": ("underruns inside replies", ""),
+    "overruns": ("capture overruns", ""),
+    "loop_lag_max": ("worst event-loop lag", "s"),
+    "barge_in_reaction": ("barge-in (onset -> stop decision)", "s"),
+    "vad_end_error": ("VAD end-of-speech error", "s"),
+}
+
+
+def summarise(results: list[TurnResult]) -> dict[str, dict[str, float | int | None]]:
+    out: dict[str, dict[str, float | int | None]] = {}
+    for key in METRICS:
+        values = [r.metrics.get(key) for r in results]
+        nums = np.array([v for v in values if v is not None], dtype=np.float64)
+        if nums.size == 0:
+            out[key] = {"n": 0, "p50": None, "p95": None, "max": None}
+        else:
+            out[key] = {
+                "n": int(nums.size),
+                "p50": float(np.percentile(nums, 50)),
+                "p95": float(np.percentile(nums, 95)),
+                "max": float(nums.max()),
+            }
+    return out
+
+
+def _fmt(value: float | int | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.0f} ms" if unit == "s" else f"{value:.3g}"
+
+
+def table(summary: dict[str, Any], sequential: dict[str, Any] | None, title: str) -> Table:
+    t = Table(title=title)
+    t.add_column("metric")
+    t.add_column("n", justify="right")
+    for col in ("p50", "p95", "max"):
+        t.add_column(col, justify="right")
+    if sequential is not None:
+        t.add_column("sequential p50", justify="right")
+        t.add_column("ratio", justify="right")
+    for key, (label, unit) in METRICS.items():
+        row = summary[key]
+        cells = [label, str(row["n"]), *(_fmt(row[c], unit) for c in ("p50", "p95", "max"))]
+        if sequential is not None:
+            seq = sequential[key]["p50"]
+            cells.append(_fmt(seq, unit))
+            ratio = seq / row["p50"] if seq and row["p50"] and unit == "s" and row["p50"] > 0 else None
+            cells.append(f"{ratio:.1f}x" if ratio else "")
+        t.add_row(*cells)
+    return t
+
+
+WATERFALL = [  # (from, to, glyph, style): the stages as they overlap after the end of speech
+    ("end", "eou", "░", "dim"),
+    ("eou", "stt_done", "▒", "cyan"),
+    ("stt_done", "llm_first_token", "▓", "yellow"),
+    ("llm_first_token", "tts_first_audio", "█", "magenta"),
+    ("tts_first_audio", "play_start", "▌", "green"),
+]
+
+
+def waterfall(results: list[TurnResult], width: int = 60) -> list[Text]:
+    """One bar per turn from the true end of speech to the first reply sample; legend on top."""
+    spans = [r.metrics.get("ttfa") or 0.0 for r in results]
+    scale = max([s for s in spans if s] + [0.001])
+    lines = [
+        Text.assemble(
+            "legend: ",
+            ("░ confirm ", "dim"),
+            ("▒ stt ", "cyan"),
+            ("▓ llm ttft ", "yellow"),
+            ("█ clause+tts ", "magenta"),
+            ("▌ to speaker", "green"),
+            f"   (full width = {scale * 1000:.0f} ms)",
+        )
+    ]
+    for r in results:
+        line = Text(f"{r.clip[:18]:<18} ")
+        if r.true_end is None:
+            lines.append(line.append("(clip not located in the capture)", style="red"))
+            continue
+        stamps = {"end": r.true_end, **r.stamps}
+        pos = 0
+        for start, stop, glyph, style in WATERFALL:
+            if start not in stamps or stop not in stamps:
+                continue
+            a = int(round((stamps[start] - r.true_end) / scale * width))
+            b = int(round((stamps[stop] - r.true_end) / scale * width))
+            a, b = max(a, pos), max(b, pos)
+            line.append(" " * (a - pos))
+            line.append(glyph * (b - a), style=style)
+            pos = b
+        ttfa = r.metrics.get("ttfa")
+        line.append(" " * max(0, width - pos) + (f" {ttfa * 1000:5.0f} ms" if ttfa is not None else "  -"))
+        if r.interrupt:
+            line.append("  (interrupts)", style="yellow")
+        lines.append(line)
+    return lines
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+
+
+def model_info(paths: dict[str, Path], label: str) -> dict[str, Any]:
+    def size(p: Path) -> int:
+        if p.is_dir():
+            return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        return p.stat().st_size
+
+    return {"set": label, **{k: {"path": str(p), "bytes": size(p)} for k, p in paths.items()}}
+
+
+def to_json(results: list[TurnResult]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in results]
+
+
+def print_report(
+    console: Console,
+    results: list[TurnResult],
+    summary: dict[str, Any],
+    seq_summary: dict[str, Any] | None,
+    models: dict[str, Any],
+) -> None:
+    console.print(
+        f"models: {models['set']} — "
+        + ", ".join(f"{k} {Path(v['path']).name} ({v['bytes'] / 1e6:.1f} MB)" for k, v in models.items() if k != "set")
+    )
+    console.print(table(summary, seq_summary, f"voicecli bench — {len(results)} turns, streaming"))
+    for line in waterfall(results):
+        console.print(line)

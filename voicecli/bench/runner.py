@@ -1,0 +1,229 @@
+"""Drive the real conversation (`pipeline.assistant.converse`, the same code as `talk`) over a corpus of
+spoken turns and time every stage against the ground truth of the fed audio.
+
+The true end of speech of each clip is found on the capture clock: the fed clip is located in the captured
+mic frames by cross-correlation, so `true_end = ADC time of the clip's first sample + its speech end`."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from voicecli.audio.format import SAMPLE_RATE
+from voicecli.bench import vcard
+from voicecli.bench.corpus import Clip
+from voicecli.config import Config
+from voicecli.events import Event
+from voicecli.pipeline.assistant import Engines
+from voicecli.pipeline.ports import FrameLike
+from voicecli.pipeline.session import Session
+
+TURN_TIMEOUT_S = 90.0
+SETTLE_S = 0.4  # quiet time before feeding the next clip
+INTERRUPT_AFTER_S = 0.5  # how far into a reply an interrupting clip is fed
+
+
+@dataclass
+class TurnResult:
+    clip: str
+    interrupt: bool
+    feed_t: float
+    clip_t0: float | None = None  # ADC time of the clip's first sample (from the capture)
+    true_onset: float | None = None
+    true_end: float | None = None
+    turn_id: int | None = None
+    stamps: dict[str, float] = field(default_factory=dict)  # event kind -> monotonic time
+    timings: dict[str, Any] = field(default_factory=dict)  # the session's own per-turn summary
+    barge_in_reaction: float | None = None  # interrupting onset -> the assistant's decision to stop
+    metrics: dict[str, float | None] = field(default_factory=dict)
+
+
+class _Tap:
+    """Keeps the last minute of mic frames (bounded)."""
+
+    def __init__(self) -> None:
+        self.frames: collections.deque[tuple[float, npt.NDArray[np.int16]]] = collections.deque(maxlen=3000)
+
+    def __call__(self, frame: FrameLike) -> None:
+        self.frames.append((frame.t, frame.pcm.copy()))
+
+    def locate(self, clip: Clip, after: float) -> float | None:
+        """ADC time of the clip's first sample, by cross-correlation with what the mic captured."""
+        window = [(t, p) for t, p in self.frames if after - 0.3 <= t <= after + clip.duration_s + 3.0]
+        if not window:
+            return None
+        t0 = window[0][0]
+        got = np.concatenate([p for _, p in window]).astype(np.float64)
+        ref = clip.pcm.astype(np.float64)
+        if len(got) < len(ref):
+            return None
+        n = 1 << int(np.ceil(np.log2(len(got) + len(ref))))
+        corr = np.fft.irfft(np.fft.rfft(got, n) * np.conj(np.fft.rfft(ref, n)), n)[: len(got) - len(ref) + 1]
+        lag = int(np.argmax(corr))
+        return t0 + lag / SAMPLE_RATE
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.items: list[Event] = []
+        self.changed = asyncio.Event()
+
+    def __call__(self, ev: Event) -> None:
+        if ev.kind not in ("mic_level", "llm_delta"):
+            self.items.append(ev)
+            self.changed.set()
+
+    async def wait(self, pred: Any, start: int = 0, timeout: float = TURN_TIMEOUT_S) -> Event:
+        deadline = time.monotonic() + timeout
+        i = start
+        while True:
+            while i < len(self.items):
+                if pred(self.items[i]):
+                    return self.items[i]
+                i += 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the pipeline did not answer in time")
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), timeout=remaining)
+            except TimeoutError:
+                pass
+
+
+STAGES = ("eou", "stt_done", "llm_first_token", "first_clause", "tts_first_audio", "play_start")
+
+
+async def run_corpus(
+    cfg: Config,
+    engines: Engines,
+    clips: list[Clip],
+    *,
+    streaming: bool = True,
+    progress: Any = None,
+) -> list[TurnResult]:
+    """Converse over `clips` through the virtual sound card; one TurnResult per clip."""
+    from voicecli.pipeline import assistant
+
+    events = _Events()
+    tap = _Tap()
+    ready = asyncio.Event()
+    holder: list[Session] = []
+
+    def on_ready(session: Session) -> None:
+        holder.append(session)
+        ready.set()
+
+    conv = asyncio.create_task(
+        assistant.converse(
+            cfg,
+            emit=events,
+            engines=engines,
+            streaming=streaming,
+            tap=tap,
+            on_ready=on_ready,
+            install_signal_handlers=False,
+        )
+    )
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait([conv, waiter], return_when=asyncio.FIRST_COMPLETED)
+    if conv.done():
+        conv.result()  # raises the start-up error
+    session = holder[0]
+    results: list[TurnResult] = []
+    try:
+        await asyncio.sleep(1.0)  # let the streams settle before the first clip
+        marks: list[int] = []
+        for i, clip in enumerate(clips):
+            if not clip.interrupt:
+                await _wait_idle(session)
+            mark = len(events.items)
+            marks.append(mark)
+            res = TurnResult(clip.name, clip.interrupt, await vcard.feed(clip.pcm))
+            eou = await events.wait(lambda e: e.kind == "eou" and not e.data.get("forced"), mark)
+            res.turn_id = eou.turn_id
+            results.append(res)
+            if i + 1 < len(clips) and clips[i + 1].interrupt:
+                # The next clip cuts into this reply: feed it once the reply has been playing a while.
+                await events.wait(
+                    lambda e, tid=eou.turn_id: e.kind == "state" and e.turn_id == tid and e.data["state"] == "speaking",
+                    mark,
+                )
+                await asyncio.sleep(INTERRUPT_AFTER_S)
+            else:
+                await events.wait(lambda e, tid=eou.turn_id: e.kind == "turn_end" and e.turn_id == tid, mark)
+            if progress is not None:
+                progress(res)
+        for res, mark in zip(results, marks, strict=True):
+            for ev in events.items[mark:]:
+                if ev.turn_id == res.turn_id and ev.kind in (*STAGES, "speech_end", "play_end"):
+                    res.stamps.setdefault(ev.kind, ev.t)
+                if ev.turn_id == res.turn_id and ev.kind == "turn_end":
+                    res.timings = dict(ev.data.get("timings", {}))
+                if ev.kind == "barge_in" and res.interrupt and "barge_in" not in res.stamps:
+                    res.stamps["barge_in"] = ev.t
+    finally:
+        session.stop()
+        await asyncio.wait([conv], timeout=10)
+    for clip, res in zip(clips, results, strict=False):
+        res.clip_t0 = tap.locate(clip, res.feed_t)
+        if res.clip_t0 is not None:
+            res.true_onset = res.clip_t0 + clip.speech_start_s
+            res.true_end = res.clip_t0 + clip.speech_end_s
+        res.metrics = derive(res)
+    return results
+
+
+async def _wait_idle(session: Session) -> None:
+    """Until the assistant has finished speaking and listened for a moment."""
+    quiet_since: float | None = None
+    while True:
+        idle = session.state.value == "listening" and session._turn is None
+        now = time.monotonic()
+        if idle:
+            quiet_since = quiet_since or now
+            if now - quiet_since >= SETTLE_S:
+                return
+        else:
+            quiet_since = None
+        await asyncio.sleep(0.02)
+
+
+def derive(res: TurnResult) -> dict[str, float | None]:
+    """Per-turn numbers, with every 'since the end of speech' measured from the true end."""
+    end = res.true_end
+
+    def since(kind: str) -> float | None:
+        t = res.stamps.get(kind)
+        return None if t is None or end is None else t - end
+
+    tm = res.timings
+    barge = res.stamps.get("barge_in")
+    return {
+        "ttfa": since("play_start"),
+        "turn_confirm": since("eou"),
+        "stt": tm.get("stt"),
+        "stt_done": since("stt_done"),
+        "llm_ttft": tm.get("llm_ttft"),
+        "first_clause": since("first_clause"),
+        "tts_first_audio": since("tts_first_audio"),
+        "play_start": since("play_start"),
+        "tokens_per_s": tm.get("tokens_per_s"),
+        "tts_rtf": tm.get("tts_rtf"),
+        "max_clause_gap": tm.get("max_clause_gap"),
+        "underruns": tm.get("underruns"),
+        "overruns": tm.get("overruns"),
+        "loop_lag_max": tm.get("loop_lag_max"),
+        "barge_in_reaction": (
+            None if barge is None or res.true_onset is None or not res.interrupt else barge - res.true_onset
+        ),
+        "vad_end_error": (
+            None if end is None or "speech_end" not in res.stamps else res.stamps["speech_end"] - end
+        ),
+    }

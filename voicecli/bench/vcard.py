@@ -1,0 +1,79 @@
+"""The virtual sound card for benchmarks: reuse a running rig (PULSE_SERVER set) or start scripts/vsound.sh,
+and feed clips into its microphone. Must run before sounddevice is imported (PortAudio lists devices once)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from voicecli.audio.format import SAMPLE_RATE
+from voicecli.errors import DeviceError
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "vsound.sh"
+MIC = "voicecli_mic"
+SPEAKER = "voicecli_speaker"
+MIC_FEED_SINK = "vmic_feed"
+
+
+def _rig_running() -> bool:
+    if not os.environ.get("PULSE_SERVER") or shutil.which("pactl") is None:
+        return False
+    out = subprocess.run(["pactl", "list", "short", "sinks"], capture_output=True, text=True, timeout=5)
+    return MIC_FEED_SINK in out.stdout
+
+
+@contextlib.contextmanager
+def virtual_card() -> Iterator[None]:
+    """Make the virtual mic and speaker available for the duration; stops only a rig it started."""
+    if _rig_running():
+        yield
+        return
+    if shutil.which("pulseaudio") is None or not SCRIPT.exists():
+        raise DeviceError(
+            "the benchmark feeds speech through a virtual sound card, and PulseAudio is not installed",
+            hint="sudo apt-get install pulseaudio pulseaudio-utils libasound2-plugins",
+        )
+    directory = tempfile.mkdtemp(prefix="voicecli-bench-vsound-")
+    subprocess.run(["bash", str(SCRIPT), "start", directory], check=True, capture_output=True, timeout=60)
+    saved = dict(os.environ)
+    try:
+        env = subprocess.run(
+            ["bash", str(SCRIPT), "env", directory], check=True, capture_output=True, text=True, timeout=10
+        ).stdout
+        for line in env.splitlines():
+            if line.startswith("export ") and "=" in line:
+                key, _, value = line[len("export ") :].partition("=")
+                os.environ[key] = value.strip().strip("'\"")
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        subprocess.run(["bash", str(SCRIPT), "stop", directory], capture_output=True, timeout=30)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def feed(pcm: npt.NDArray[np.int16]) -> float:
+    """Play 16 kHz mono int16 into the virtual mic without waiting for it to finish.
+    Returns the monotonic time the audio was handed over (the benchmark locates it exactly afterwards)."""
+    proc = await asyncio.create_subprocess_exec(
+        "pacat", "--playback", "-d", MIC_FEED_SINK, "--format=s16le", f"--rate={SAMPLE_RATE}",
+        "--channels=1", "--latency-msec=20", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    t = time.monotonic()
+    proc.stdin.write(pcm.astype("<i2").tobytes())
+    await proc.stdin.drain()
+    proc.stdin.close()
+    asyncio.get_running_loop().create_task(proc.wait())
+    return t

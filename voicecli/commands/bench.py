@@ -1,0 +1,112 @@
+"""`voicecli bench`: per-stage latency of the real pipeline, measured on the audio clock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from voicecli import config, paths
+
+
+class ModelSet(str, Enum):
+    test = "test"
+    real_size = "real-size"
+    default = "default"
+
+
+class Compare(str, Enum):
+    none = "none"
+    sequential = "sequential"
+
+
+def _model_paths(which: ModelSet, cfg: config.Config, console: Console) -> dict[str, Path]:
+    if which is ModelSet.default:
+        from voicecli.pipeline.assistant import resolve_models
+
+        return resolve_models(cfg)
+    from voicecli.testmodels import generate_all
+
+    size = "tiny" if which is ModelSet.test else "real"
+    return generate_all(paths.data_dir() / "generated-models", size, progress=lambda m: console.print(f"[dim]{m}[/]"))
+
+
+def bench(
+    turns: Annotated[int, typer.Option(help="Turns to run (the corpus is cycled).")] = 10,
+    corpus: Annotated[Path | None, typer.Option(help="A directory of WAVs (+ optional .txt) to feed.")] = None,
+    compare: Annotated[Compare, typer.Option(help="Also run a naive sequential pipeline.")] = Compare.none,
+    models: Annotated[ModelSet, typer.Option(help="test: tiny generated; real-size: generated with the real "
+                                             "dimensions; default: the pulled models.")] = ModelSet.test,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write every raw number here.")] = None,
+) -> None:  # fmt: skip
+    """Feed spoken turns through the virtual sound card and report per-stage latency (p50 / p95 / max)."""
+    from voicecli.bench import corpus as corpus_mod
+    from voicecli.bench import report, vcard
+
+    console = Console()
+    cfg = config.load({"audio": {"input": vcard.MIC, "output": vcard.SPEAKER}})
+    clips = corpus_mod.pick(corpus_mod.from_dir(corpus) if corpus else corpus_mod.builtin(), turns)
+    model_paths = _model_paths(models, cfg, console)
+    info = report.model_info(model_paths, models.value)
+    with vcard.virtual_card():
+        streaming, sequential = asyncio.run(_run(cfg, model_paths, clips, compare, console))
+    summary = report.summarise(streaming)
+    seq_summary = report.summarise(sequential) if sequential else None
+    report.print_report(console, streaming, summary, seq_summary, info)
+    ratio = None
+    if seq_summary and seq_summary["ttfa"]["p50"] and summary["ttfa"]["p50"]:
+        ratio = seq_summary["ttfa"]["p50"] / summary["ttfa"]["p50"]
+        console.print(f"[bold]TTFA p50: streaming {summary['ttfa']['p50'] * 1000:.0f} ms, sequential "
+                      f"{seq_summary['ttfa']['p50'] * 1000:.0f} ms: {ratio:.1f}x faster[/]")  # fmt: skip
+    if json_out:
+        doc: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "models": info,
+            "threads": {"stt": cfg.stt.threads, "llm": cfg.llm.threads, "tts": 1},
+            "config": {"vad": cfg.vad.__dict__, "talk": cfg.talk.__dict__, "stt_beam": cfg.stt.beam_size},
+            "machine": report.machine(),
+            "audio": "virtual sound card (PulseAudio null sinks through PortAudio)",
+            "turns": report.to_json(streaming),
+            "summary": summary,
+            "sequential": {"turns": report.to_json(sequential), "summary": seq_summary} if sequential else None,
+            "ttfa_ratio_sequential_over_streaming": ratio,
+        }
+        json_out.write_text(json.dumps(doc, indent=1, default=str))
+        console.print(f"[dim]raw numbers: {json_out}[/]")
+
+
+async def _run(
+    cfg: config.Config,
+    model_paths: dict[str, Path],
+    clips: list[Any],
+    compare: Compare,
+    console: Console,
+) -> tuple[list[Any], list[Any]]:
+    from voicecli.audio.devices import resolve_output
+    from voicecli.audio.playback import Playback
+    from voicecli.bench.runner import run_corpus
+    from voicecli.pipeline.assistant import start_engines
+
+    rate = Playback(resolve_output(cfg.audio.output)).rate
+    console.print("[dim]loading models ...[/]")
+    engines = await start_engines(cfg, rate, model_paths)
+    try:
+
+        def show(res: Any) -> None:
+            console.print(f"[dim]  fed {res.clip} (turn {res.turn_id})[/]")
+
+        console.print("streaming pipeline:")
+        streaming = await run_corpus(cfg, engines, clips, streaming=True, progress=show)
+        sequential = []
+        if compare is Compare.sequential:
+            console.print("sequential pipeline:")
+            sequential = await run_corpus(cfg, engines, clips, streaming=False, progress=show)
+        return streaming, sequential
+    finally:
+        await engines.close()
