@@ -1,3 +1,4 @@
 from voicecli.cli import main
 
-main()
+if __name__ == "__main__":  # spawned STT workers re-import this module
+    main()

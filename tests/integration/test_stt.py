@@ -1,0 +1,207 @@
+"""WhisperSTT against a generated scripted model, through real faster-whisper / ctranslate2 workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import soxr
+
+from voicecli.audio.format import SAMPLE_RATE
+from voicecli.engines.stt import WhisperSTT
+from voicecli.errors import EngineError, ModelError
+from voicecli.testmodels import whisper as whisper_gen
+
+pytestmark = pytest.mark.engines
+
+PHRASE = "what is the weather like today"
+
+
+def _alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return whisper_gen.generate(tmp_path_factory.mktemp("whisper") / "tiny", "tiny", phrase=PHRASE)
+
+
+@pytest.fixture(scope="session")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> npt.NDArray[np.float32]:
+    """An espeak-ng sentence as the pipeline hands it over: mono float32 at 16 kHz."""
+    wav = tmp_path_factory.mktemp("speech") / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), "please tell me the weather"], check=True)
+    with wave.open(str(wav)) as w:
+        rate = w.getframerate()
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    return np.asarray(soxr.resample(pcm.astype(np.float32) / 32768.0, rate, SAMPLE_RATE), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def runner() -> Iterator[asyncio.Runner]:
+    with asyncio.Runner() as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def stt(tiny_model: Path, runner: asyncio.Runner) -> Iterator[WhisperSTT]:
+    engine = WhisperSTT(tiny_model, threads=1)
+    runner.run(engine.start())
+    yield engine
+    runner.run(engine.close())
+
+
+def test_transcribes_speech_with_timings(
+    stt: WhisperSTT, runner: asyncio.Runner, speech: npt.NDArray[np.float32]
+) -> None:
+    t = runner.run(stt.transcribe(speech))
+    assert t.text == PHRASE
+    assert t.is_speech
+    assert t.language == "en"
+    assert t.no_speech_prob < 0.1
+    assert t.avg_logprob > -0.5
+    assert t.audio_s == pytest.approx(len(speech) / SAMPLE_RATE)
+    assert t.compute_s > 0.0
+    assert 0.0 <= t.queue_wait_s < 30.0
+    assert not t.retried
+
+
+@pytest.mark.parametrize("level", [0.0, 0.001])  # digital silence, white noise at -60 dBFS
+def test_silence_and_faint_noise_are_not_speech(
+    stt: WhisperSTT, runner: asyncio.Runner, level: float
+) -> None:
+    audio = (np.random.default_rng(7).standard_normal(SAMPLE_RATE) * level).astype(np.float32)
+    t = runner.run(stt.transcribe(audio))
+    # The model "hears" its silence hallucination with a high no_speech_prob: the filter drops it.
+    assert t.no_speech_prob > 0.6
+    assert t.text != PHRASE
+    assert not t.is_speech
+
+
+def test_empty_audio_is_not_speech(stt: WhisperSTT, runner: asyncio.Runner) -> None:
+    t = runner.run(stt.transcribe(np.zeros(0, dtype=np.float32)))
+    assert (t.text, t.is_speech) == ("", False)
+
+
+def test_a_second_request_waits_in_the_queue(
+    stt: WhisperSTT, runner: asyncio.Runner, speech: npt.NDArray[np.float32]
+) -> None:
+    async def both() -> list[float]:
+        results = await asyncio.gather(stt.transcribe(speech), stt.transcribe(speech))
+        assert [r.text for r in results] == [PHRASE, PHRASE]
+        return sorted(r.queue_wait_s for r in results)
+
+    first, second = runner.run(both())
+    # One worker: the later request waited at least for most of the earlier one's compute.
+    assert second > first
+
+
+def test_killed_worker_is_replaced_and_the_request_retried(
+    stt: WhisperSTT, runner: asyncio.Runner, speech: npt.NDArray[np.float32]
+) -> None:
+    long_audio = np.concatenate([speech] * 8)  # keeps the worker busy while it is killed
+    (victim,) = stt.worker_pids()
+
+    async def kill_mid_request() -> tuple[str, bool]:
+        task = asyncio.ensure_future(stt.transcribe(long_audio))
+        await asyncio.sleep(0.02)  # the request is submitted and being worked on
+        os.kill(victim, signal.SIGKILL)
+        t = await asyncio.wait_for(task, 120)
+        return t.text, t.retried
+
+    assert runner.run(kill_mid_request()) == (PHRASE, True)
+    assert not _alive(victim)
+    after = runner.run(stt.transcribe(speech))
+    assert (after.text, after.retried) == (PHRASE, False)
+    assert stt.worker_pids() and victim not in stt.worker_pids()
+
+
+def test_timeout_raises_and_the_next_request_works(
+    tiny_model: Path, runner: asyncio.Runner, speech: npt.NDArray[np.float32]
+) -> None:
+    engine = WhisperSTT(tiny_model, threads=1, timeout_s=0.001)
+    runner.run(engine.start())
+    try:
+        (stuck,) = engine.worker_pids()
+        with pytest.raises(EngineError, match="did not answer"):
+            runner.run(engine.transcribe(speech))
+        assert not _alive(stuck)  # the presumably stuck worker was killed, not left behind
+        engine.timeout_s = 60.0
+        assert runner.run(engine.transcribe(speech)).text == PHRASE
+    finally:
+        runner.run(engine.close())
+
+
+def test_truncated_model_is_a_model_error_naming_the_file(
+    tiny_model: Path, tmp_path: Path, runner: asyncio.Runner
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    model_bin = broken / "model.bin"
+    os.truncate(model_bin, model_bin.stat().st_size // 2)
+    engine = WhisperSTT(broken, threads=1, pull_name="whisper-base.en")
+    with pytest.raises(ModelError) as err:
+        runner.run(engine.start())
+    assert str(model_bin) in err.value.message
+    assert "voicecli models pull whisper-base.en" in err.value.hint
+    assert engine.worker_pids() == []
+    runner.run(engine.close())
+
+
+def test_missing_model_dir_names_the_pull_command(tmp_path: Path, runner: asyncio.Runner) -> None:
+    engine = WhisperSTT(tmp_path / "nowhere")
+    with pytest.raises(ModelError) as err:
+        runner.run(engine.start())
+    assert str(tmp_path / "nowhere") in err.value.message
+    assert "voicecli models pull whisper-base.en" in err.value.hint
+
+
+def test_missing_tokenizer_is_an_error_not_a_download(
+    tiny_model: Path, tmp_path: Path, runner: asyncio.Runner
+) -> None:
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_model, partial)
+    (partial / "tokenizer.json").unlink()
+    with pytest.raises(ModelError, match=r"tokenizer\.json"):
+        runner.run(WhisperSTT(partial).start())
+
+
+def test_close_leaves_no_worker_processes(tiny_model: Path, runner: asyncio.Runner) -> None:
+    engine = WhisperSTT(tiny_model, threads=1, workers=2)
+    runner.run(engine.start())
+    pids = engine.worker_pids()
+    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    runner.run(engine.close())
+    assert not any(_alive(p) for p in pids)
+    assert engine.worker_pids() == []
+    runner.run(engine.close())  # idempotent
+    engine.close_now()
+    with pytest.raises(EngineError):
+        runner.run(engine.transcribe(np.zeros(SAMPLE_RATE, dtype=np.float32)))
+
+
+def test_close_from_a_signal_handler(tiny_model: Path, runner: asyncio.Runner) -> None:
+    engine = WhisperSTT(tiny_model, threads=1)
+    runner.run(engine.start())
+    pids = engine.worker_pids()
+    previous = signal.signal(signal.SIGUSR1, lambda *_: engine.close_now())
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert pids and not any(_alive(p) for p in pids)
+    runner.run(engine.close())  # and once more from the normal path
