@@ -1,0 +1,237 @@
+"""LlamaLLM through the real llama.cpp with a generated, scripted tiny GGUF."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from voicecli.engines.base import ChatMessage, LLMStats
+from voicecli.engines.llm import QUEUE_DELTAS, LlamaLLM
+from voicecli.errors import EngineError, ModelError
+from voicecli.pipeline.history import History
+from voicecli.testmodels import llama as gen
+
+pytestmark = pytest.mark.engines
+
+SYSTEM = (
+    "You are a helpful voice assistant running on the user's desktop. Answer in one to three short "
+    "spoken sentences. No markdown, no lists, no emoji. Be friendly and precise."
+)
+REPLY_PIECES = len(gen.chain_pieces(gen.DEFAULT_REPLY))
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return gen.generate(tmp_path_factory.mktemp("llm"))
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_gguf: Path) -> Iterator[LlamaLLM]:
+    model = LlamaLLM(tiny_gguf, n_ctx=2048, threads=1, system_prompt=SYSTEM)
+    asyncio.run(model.start())
+    yield model
+    asyncio.run(model.close())
+
+
+def ask(text: str) -> list[ChatMessage]:
+    return [ChatMessage("system", SYSTEM), ChatMessage("user", text)]
+
+
+async def collect(model: LlamaLLM, messages: list[ChatMessage]) -> tuple[list[str], LLMStats]:
+    stream = model.chat(messages, max_tokens=128)
+    deltas = [d async for d in stream]
+    return deltas, stream.stats
+
+
+def test_streams_the_scripted_reply_delta_by_delta(llm: LlamaLLM) -> None:
+    deltas, stats = asyncio.run(asyncio.wait_for(collect(llm, ask("How is the weather?")), 30))
+    assert "".join(deltas) == gen.DEFAULT_REPLY
+    assert len(deltas) > 5
+    assert stats.completion_tokens == REPLY_PIECES
+    assert stats.first_token_at is not None and stats.finished_at is not None
+    assert stats.first_token_at <= stats.finished_at
+    assert not stats.cancelled and stats.error is None
+
+
+def test_cancel_mid_stream_stops_fast_and_next_turn_is_whole(llm: LlamaLLM) -> None:
+    async def run() -> tuple[list[str], list[str], LLMStats, str]:
+        stream = llm.chat(ask("Tell me about the weather."), max_tokens=128)
+        before: list[str] = []
+        after: list[str] = []
+        async for delta in stream:
+            (after if stream.stats.cancelled or len(before) >= 3 else before).append(delta)
+            if len(before) == 3 and not after:
+                stream.cancel()
+        cancelled_stats = stream.stats
+        full = await llm.chat(ask("And tomorrow?"), max_tokens=128).text()
+        return before, after, cancelled_stats, full
+
+    before, after, stats, full = asyncio.run(asyncio.wait_for(run(), 30))
+    assert len(before) == 3
+    assert len(after) <= 2, f"got {len(after)} deltas after cancel()"
+    assert stats.cancelled
+    # Generation itself stopped early (the producer was held by the bounded queue, then stopped).
+    assert stats.completion_tokens < REPLY_PIECES
+    assert full == gen.DEFAULT_REPLY
+
+
+def test_cancel_while_nobody_reads_does_not_wedge_the_model(llm: LlamaLLM) -> None:
+    async def run() -> str:
+        abandoned = llm.chat(ask("First question"), max_tokens=128)
+        await asyncio.sleep(0.2)  # the worker fills the bounded queue and waits
+        abandoned.cancel()
+        return await llm.chat(ask("Second question"), max_tokens=128).text()
+
+    assert asyncio.run(asyncio.wait_for(run(), 30)) == gen.DEFAULT_REPLY
+
+
+def test_a_slow_reader_holds_the_generator_back_without_losing_text(llm: LlamaLLM) -> None:
+    async def run() -> tuple[int, str]:
+        stream = llm.chat(ask("Go slowly."), max_tokens=128)
+        await asyncio.sleep(0.5)  # nobody reads: the bounded queue fills and the worker waits
+        generated_while_blocked = stream.stats.completion_tokens
+        return generated_while_blocked, await stream.text()
+
+    generated, text = asyncio.run(asyncio.wait_for(run(), 30))
+    assert generated <= QUEUE_DELTAS + 3 < REPLY_PIECES
+    assert text == gen.DEFAULT_REPLY
+
+
+def test_second_turn_evaluates_only_the_new_tokens(tiny_gguf: Path) -> None:
+    async def run() -> tuple[LLMStats, LLMStats, int, int]:
+        model = LlamaLLM(tiny_gguf, system_prompt=SYSTEM)
+        await model.start()
+        try:
+            first = ask("What should I wear today?")
+            s1 = model.chat(first, max_tokens=128)
+            reply = await s1.text()
+            second = [*first, ChatMessage("assistant", reply), ChatMessage("user", "And tomorrow?")]
+            s2 = model.chat(second, max_tokens=128)
+            await s2.text()
+            return s1.stats, s2.stats, model.count_tokens(first), model.count_tokens(second)
+        finally:
+            await model.close()
+
+    s1, s2, n1, n2 = asyncio.run(asyncio.wait_for(run(), 60))
+    assert s1.prompt_tokens == n1 and s2.prompt_tokens == n2
+    # Turn 1: the system prompt was prefilled at warm-up; only the user message is new.
+    system_only = n1 - len("What should I wear today?")  # generous: at most a token per character
+    assert s1.prompt_tokens_evaluated <= n1 - system_only
+    # Turn 2: everything up to the reply is cached; only the reply tail + new message are evaluated.
+    assert s2.prompt_tokens_evaluated <= n2 - n1
+    assert s2.prompt_tokens_evaluated < s2.prompt_tokens / 3
+
+
+def test_hundred_turns_of_history_stay_under_the_budget(llm: LlamaLLM) -> None:
+    budget = 300
+
+    async def run() -> tuple[list[int], History]:
+        history = History(SYSTEM, budget, llm.count_tokens)
+        sent: list[int] = []
+        for i in range(100):
+            history.add_user(f"Question {i}: is it warm enough for a walk by the river this evening?")
+            stream = llm.chat(history.messages(), max_tokens=64)
+            reply = await stream.text()
+            sent.append(stream.stats.prompt_tokens)
+            history.add_assistant(reply, interrupted=i % 7 == 3)
+        return sent, history
+
+    sent, history = asyncio.run(asyncio.wait_for(run(), 240))
+    assert max(sent) <= budget, "llama.cpp was sent more prompt tokens than the budget"
+    assert sent[-1] > budget // 3  # the history is used, not just the last message
+    assert history.truncated_turns > 50
+
+
+def test_error_mid_stream_reaches_the_consumer_and_the_model_survives(llm: LlamaLLM) -> None:
+    async def run() -> tuple[EngineError, LLMStats, str]:
+        stream = llm.chat(ask("word " * 5000), max_tokens=16)  # far beyond n_ctx=2048
+        with pytest.raises(EngineError) as err:
+            await stream.text()
+        return err.value, stream.stats, await llm.chat(ask("Still there?"), max_tokens=128).text()
+
+    error, stats, after = asyncio.run(asyncio.wait_for(run(), 60))
+    assert stats.error
+    assert "context" in str(error).lower()
+    assert after == gen.DEFAULT_REPLY
+
+
+def test_count_tokens_matches_what_llama_evaluates(llm: LlamaLLM) -> None:
+    messages = ask("Count me, please.")
+    stream_stats = asyncio.run(asyncio.wait_for(collect(llm, messages), 30))[1]
+    assert llm.count_tokens(messages) == stream_stats.prompt_tokens
+    longer = [*messages, ChatMessage("assistant", "Sure."), ChatMessage("user", "More words here.")]
+    assert llm.count_tokens(longer) > llm.count_tokens(messages)
+
+
+def test_missing_model_names_the_pull_command(tmp_path: Path) -> None:
+    model = LlamaLLM(tmp_path / "qwen.gguf", pull_name="qwen2.5-0.5b-instruct-q4_k_m")
+    with pytest.raises(ModelError) as err:
+        asyncio.run(model.start())
+    assert "voicecli models pull qwen2.5-0.5b-instruct-q4_k_m" in err.value.hint
+    assert str(tmp_path / "qwen.gguf") in err.value.message
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.99, 0.001])
+def test_truncated_gguf_is_a_model_error_naming_the_file(
+    tiny_gguf: Path, tmp_path: Path, keep: float
+) -> None:
+    broken = tmp_path / "broken.gguf"
+    data = tiny_gguf.read_bytes()
+    broken.write_bytes(data[: max(8, int(len(data) * keep))])
+    with pytest.raises(ModelError) as err:
+        asyncio.run(LlamaLLM(broken).start())
+    assert str(broken) in err.value.message
+    assert err.value.hint
+
+
+def test_not_a_gguf_is_a_model_error_naming_the_file(tmp_path: Path) -> None:
+    bogus = tmp_path / "model.gguf"
+    bogus.write_bytes(b"<html>404 Not Found</html>" * 100)
+    with pytest.raises(ModelError) as err:
+        asyncio.run(LlamaLLM(bogus).start())
+    assert str(bogus) in err.value.message and "not a GGUF" in err.value.message
+
+
+def test_corrupt_header_is_a_model_error_naming_the_file(tiny_gguf: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad-version.gguf"
+    data = bytearray(tiny_gguf.read_bytes())
+    data[4:8] = (99).to_bytes(4, "little")  # GGUF version field
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ModelError) as err:
+        asyncio.run(LlamaLLM(bad).start())
+    assert str(bad) in err.value.message and "corrupt" in err.value.message
+
+
+def test_generated_model_is_usable_from_a_copy(tiny_gguf: Path, tmp_path: Path) -> None:
+    """The generator writes a self-contained file (nothing else in the directory is needed)."""
+    copy = tmp_path / "elsewhere.gguf"
+    shutil.copy(tiny_gguf, copy)
+
+    async def run() -> str:
+        model = LlamaLLM(copy)
+        await model.start()
+        try:
+            return await model.chat(ask("hi"), max_tokens=128).text()
+        finally:
+            await model.close()
+
+    assert asyncio.run(asyncio.wait_for(run(), 30)) == gen.DEFAULT_REPLY
+
+
+def test_any_reply_with_repeats_and_newlines_can_be_scripted(tmp_path: Path) -> None:
+    reply = "No, no, no. Yes, yes!\nWell... it is what it is; it is 42, and 42 it is."
+    path = gen.generate(tmp_path, reply=reply)
+
+    async def run() -> str:
+        model = LlamaLLM(path, threads=1)
+        await model.start()
+        try:
+            return await model.chat(ask("anything"), max_tokens=128).text()
+        finally:
+            await model.close()
+
+    assert asyncio.run(asyncio.wait_for(run(), 30)) == reply

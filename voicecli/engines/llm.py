@@ -1,0 +1,441 @@
+"""llama.cpp language model behind the `LanguageModel` protocol.
+
+Threading: one dedicated worker thread owns the `llama_cpp.Llama` object (load, warm-up, every
+generation), so there is exactly one generation at a time and nothing heavy on the event loop.
+`_submit` is the single executor call site.
+
+Streaming: the worker iterates `create_chat_completion(stream=True)` and hands each text delta to
+the loop through a bounded asyncio.Queue; when the queue is full the worker waits (backpressure).
+Cancellation: a stop flag forces <|im_end|> at the very next sampled token (logits processor) and
+the worker also stops forwarding deltas; queued deltas are dropped. The model stays usable.
+
+KV-cache reuse: llama-cpp-python keeps the evaluated tokens and only decodes the prompt suffix
+that differs from the previous call, so a stable history prefix makes each turn cheap. The number
+actually decoded is read from llama.cpp's own perf counters (`prompt_tokens_evaluated`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import mmap
+import struct
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import numpy as np
+import numpy.typing as npt
+from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType
+
+from voicecli.engines.base import ChatMessage, LLMStats
+from voicecli.errors import EngineError, ModelError
+
+if TYPE_CHECKING:
+    from llama_cpp.llama_types import ChatCompletionRequestMessage
+
+T = TypeVar("T")
+
+QUEUE_DELTAS = 8  # LLM -> chunker bound: "small; producer waits" (DESIGN.md stage contracts)
+_END = object()  # end-of-stream marker (always fits: the queue holds QUEUE_DELTAS + 2 items)
+_WARMUP_SYSTEM = "You are a helpful assistant."
+
+
+@dataclass(frozen=True)
+class GGUFInfo:
+    path: Path
+    architecture: str
+    chat_template: str | None
+    n_tensors: int
+    data_bytes: int  # bytes the header says the file must have
+
+
+def inspect_gguf(path: Path, pull_name: str = "") -> GGUFInfo:
+    """Check that `path` is a complete GGUF before llama.cpp sees it (it may abort on bad files).
+
+    Walks the header and tensor table with the `gguf` package's type tables; gguf.GGUFReader
+    would do the same but decodes every vocabulary string in Python (~10 s for a 151k vocab).
+    """
+    pull = f"run `voicecli models pull {pull_name or path.stem}`"
+    again = f"{pull} again to replace it (or `voicecli models verify`)"
+    if not path.exists():
+        raise ModelError(
+            f"LLM model not found: {path}", hint=f"{pull}, or pass the path of a local .gguf file"
+        )
+    if not path.is_file():
+        raise ModelError(f"LLM model path is not a file: {path}", hint="pass the path of a .gguf file")
+    with path.open("rb") as f:
+        head = f.read(4)
+        if head != b"GGUF":
+            raise ModelError(f"{path} is not a GGUF model file (it starts with {head!r})", hint=again)
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            try:
+                info = _scan(path, buf)
+            except (struct.error, _Truncated) as e:
+                raise ModelError(f"{path} is truncated (the header ends early)", hint=again) from e
+            except (ValueError, KeyError, UnicodeDecodeError) as e:
+                raise ModelError(f"{path} is corrupt: {e}", hint=again) from e
+    size = path.stat().st_size
+    if info.data_bytes > size:
+        raise ModelError(f"{path} is truncated: {size} bytes, its tensors need {info.data_bytes}", hint=again)
+    return info
+
+
+class _Truncated(Exception):
+    pass
+
+
+_SCALARS = {
+    GGUFValueType.UINT8: "<B",
+    GGUFValueType.INT8: "<b",
+    GGUFValueType.UINT16: "<H",
+    GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I",
+    GGUFValueType.INT32: "<i",
+    GGUFValueType.FLOAT32: "<f",
+    GGUFValueType.BOOL: "<?",
+    GGUFValueType.UINT64: "<Q",
+    GGUFValueType.INT64: "<q",
+    GGUFValueType.FLOAT64: "<d",
+}
+
+
+def _scan(path: Path, buf: mmap.mmap) -> GGUFInfo:
+    pos = 4
+    size = len(buf)
+
+    def take(fmt: str) -> Any:
+        nonlocal pos
+        (value,) = struct.unpack_from(fmt, buf, pos)
+        pos += struct.calcsize(fmt)
+        return value
+
+    def string() -> str:
+        nonlocal pos
+        n = take("<Q")
+        if pos + n > size:
+            raise _Truncated
+        pos += n
+        return bytes(buf[pos - n : pos]).decode("utf-8")
+
+    def skip(vtype: int) -> None:
+        nonlocal pos
+        if vtype == GGUFValueType.STRING:
+            n = take("<Q")  # not `pos += take(...)`: take() moves pos itself
+            pos += n
+        elif vtype == GGUFValueType.ARRAY:
+            itype, count = take("<I"), take("<Q")
+            if itype in (GGUFValueType.STRING, GGUFValueType.ARRAY):
+                for _ in range(count):
+                    skip(itype)
+            else:
+                pos += count * struct.calcsize(_SCALARS[GGUFValueType(itype)])
+        else:
+            pos += struct.calcsize(_SCALARS[GGUFValueType(vtype)])
+        if pos > size:
+            raise _Truncated
+
+    version = take("<I")
+    if version not in (2, 3):
+        raise ValueError(f"unsupported GGUF version {version}")
+    n_tensors, n_kv = take("<Q"), take("<Q")
+    if n_tensors > 1 << 20 or n_kv > 1 << 20:
+        raise ValueError(f"implausible header ({n_tensors} tensors, {n_kv} keys)")
+    wanted: dict[str, Any] = {}
+    for _ in range(n_kv):
+        key, vtype = string(), take("<I")
+        if key in ("general.architecture", "tokenizer.chat_template") and vtype == GGUFValueType.STRING:
+            wanted[key] = string()
+        elif key == "general.alignment" and vtype == GGUFValueType.UINT32:
+            wanted[key] = take("<I")
+        else:
+            skip(vtype)
+    extent = 0
+    for _ in range(n_tensors):
+        string()  # name
+        dims = [take("<Q") for _ in range(take("<I"))]
+        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(take("<I"))]
+        offset = take("<Q")
+        extent = max(extent, offset + math.prod(dims) // block * type_size)
+    align = int(wanted.get("general.alignment", GGUF_DEFAULT_ALIGNMENT))
+    data_start = -(-pos // align) * align
+    return GGUFInfo(
+        path=path,
+        architecture=str(wanted.get("general.architecture", "?")),
+        chat_template=wanted.get("tokenizer.chat_template"),
+        n_tensors=n_tensors,
+        data_bytes=data_start + extent,
+    )
+
+
+class LlamaLLM:
+    """A local GGUF chat model. Call `await start()` once, then `chat()` per turn."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        n_ctx: int = 2048,
+        threads: int = 2,
+        seed: int = 0,
+        temperature: float = 0.7,
+        system_prompt: str = "",
+        pull_name: str = "",
+    ) -> None:
+        """`system_prompt` is prefilled at warm-up so the first turn reuses it from the KV cache;
+        `pull_name` is the manifest name used in "model missing" hints."""
+        self.model_path = Path(model_path)
+        self._n_ctx = n_ctx
+        self._threads = threads
+        self._seed = seed
+        self._temperature = temperature
+        self._warmup_system = system_prompt or _WARMUP_SYSTEM
+        self._pull_name = pull_name
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        self._llm: Any = None  # llama_cpp.Llama, owned by the worker thread
+        self._format: Callable[[list[ChatCompletionRequestMessage]], tuple[str, bool]] | None = None
+        self._current: LlamaStream | None = None
+        self.load_s = 0.0
+        self.warmup_s = 0.0
+
+    async def start(self) -> None:
+        if self._llm is None:
+            await self._submit(self._load)
+
+    def chat(self, messages: Sequence[ChatMessage], max_tokens: int = 256) -> LlamaStream:
+        """Start streaming a reply. A previous stream still running is cancelled first."""
+        if self._llm is None:
+            raise EngineError("the language model is not loaded", hint="await LlamaLLM.start() first")
+        if self._current is not None:
+            self._current.cancel()
+        stream = LlamaStream(asyncio.get_running_loop())
+        stream.job = self._submit(self._generate, stream, _dicts(messages), max_tokens)
+        self._current = stream
+        return stream
+
+    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Prompt tokens exactly as `chat()` would send them (template + generation prompt)."""
+        if self._llm is None or self._format is None:
+            raise EngineError("the language model is not loaded", hint="await LlamaLLM.start() first")
+        prompt, added_special = self._format(_dicts(messages))
+        return len(self._llm.tokenize(prompt.encode("utf-8"), add_bos=not added_special, special=True))
+
+    async def close(self) -> None:
+        if self._current is not None:
+            self._current.cancel()
+        if self._llm is not None:
+            await self._submit(self._free)
+        self._executor.shutdown(wait=False)
+
+    # --- the one executor call site -------------------------------------------------------
+
+    def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # --- worker thread ----------------------------------------------------------------------
+
+    def _load(self) -> None:
+        info = inspect_gguf(self.model_path, self._pull_name)
+        if not info.chat_template:
+            raise ModelError(
+                f"{self.model_path} has no chat template (tokenizer.chat_template)",
+                hint="use an instruct/chat GGUF, e.g. the default from `voicecli models list`",
+            )
+        import llama_cpp
+        from llama_cpp import llama_chat_format
+
+        t0 = time.monotonic()
+        try:
+            llm = llama_cpp.Llama(
+                model_path=str(self.model_path),
+                n_ctx=self._n_ctx,
+                n_threads=self._threads,
+                n_threads_batch=self._threads,
+                seed=self._seed,
+                verbose=False,
+                chat_format="chat_template.default",  # the GGUF's own template, never a guess
+            )
+        except (ValueError, RuntimeError) as e:
+            raise ModelError(
+                f"llama.cpp could not load {self.model_path}: {e}",
+                hint="check that it is a chat model GGUF llama.cpp supports (arch "
+                f"{info.architecture}); `voicecli models verify` re-checks downloaded files",
+            ) from e
+        self.load_s = time.monotonic() - t0
+        formatter = llama_chat_format.Jinja2ChatFormatter(
+            template=info.chat_template,
+            eos_token=_token_text(llm, llm.token_eos()),
+            bos_token=_token_text(llm, llm.token_bos()),
+        )
+
+        def fmt(messages: list[ChatCompletionRequestMessage]) -> tuple[str, bool]:
+            r = formatter(messages=messages)
+            return r.prompt, r.added_special
+
+        self._llm, self._format = llm, fmt
+        # Warm up: page the weights in and leave the system prompt in the KV cache.
+        t0 = time.monotonic()
+        llm.create_chat_completion(
+            messages=[{"role": "system", "content": self._warmup_system}, {"role": "user", "content": "Hi"}],
+            max_tokens=1,
+            seed=self._seed,
+        )
+        self.warmup_s = time.monotonic() - t0
+
+    def _free(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.close()
+
+    def _decoded(self) -> int:
+        """Tokens llama.cpp has decoded so far in this context (prompt batches + single tokens)."""
+        import llama_cpp
+
+        perf = llama_cpp.llama_perf_context(self._llm.ctx)
+        return int(perf.n_p_eval) + int(perf.n_eval)
+
+    def _generate(
+        self, stream: LlamaStream, messages: list[ChatCompletionRequestMessage], max_tokens: int
+    ) -> None:
+        from llama_cpp import LogitsProcessorList
+
+        llm, stats = self._llm, stream.stats
+        eos = llm.token_eos()
+        decoded_before = self._decoded()
+        sampled = 0
+        forced_end = False
+
+        def on_logits(_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]) -> Any:
+            nonlocal sampled, forced_end
+            if sampled == 0:  # the prompt has just been decoded
+                stats.prompt_tokens = int(llm.n_tokens)
+                stats.prompt_tokens_evaluated = self._decoded() - decoded_before
+            sampled += 1
+            stats.completion_tokens = sampled  # live count; corrected for the final <|im_end|> below
+            if stream.stopped:  # end the reply at this very token
+                forced_end = True
+                scores[:] = -np.inf
+                scores[eos] = 0.0
+            return scores
+
+        finish: str | None = None
+        chunks: Any = None
+        error: EngineError | None = None
+        try:
+            if stream.stopped:
+                return
+            chunks = llm.create_chat_completion(
+                messages=messages,
+                max_tokens=max_tokens,
+                stream=True,
+                temperature=self._temperature,
+                seed=self._seed,
+                logits_processor=LogitsProcessorList([on_logits]),
+            )
+            for chunk in chunks:
+                choice = chunk["choices"][0]
+                finish = choice.get("finish_reason") or finish
+                delta = choice["delta"].get("content")
+                if stream.stopped:
+                    break
+                if delta:
+                    if stats.first_token_at is None:
+                        stats.first_token_at = time.monotonic()
+                    if not stream.put(delta):
+                        break
+        except Exception as e:
+            stats.error = f"{type(e).__name__}: {e}"
+            error = EngineError(
+                f"the language model failed mid-reply: {stats.error}",
+                hint="the turn is abandoned; the model stays loaded for the next one",
+            )
+        finally:
+            if chunks is not None:
+                with contextlib.suppress(Exception):
+                    chunks.close()
+            # A reply that ended on <|im_end|> (its own or forced) sampled one token that is not text.
+            stats.completion_tokens = max(0, sampled - (1 if forced_end or finish == "stop" else 0))
+            stats.cancelled = stats.cancelled or stream.stopped
+            stats.finished_at = time.monotonic()
+            stream.put(error or _END)
+
+
+def _dicts(messages: Sequence[ChatMessage]) -> list[ChatCompletionRequestMessage]:
+    return [cast("ChatCompletionRequestMessage", {"role": m.role, "content": m.content}) for m in messages]
+
+
+def _token_text(llm: Any, token: int) -> str:
+    if token < 0:
+        return ""
+    return bytes(llm.detokenize([token], special=True)).decode("utf-8", errors="replace")
+
+
+class LlamaStream:
+    """One reply's text deltas (an `LLMStream`). Iterate it on the loop; cancel() from anywhere."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.stats = LLMStats(started_at=time.monotonic())
+        self.job: asyncio.Future[None] | None = None
+        self._loop = loop
+        self._queue: asyncio.Queue[object] = asyncio.Queue(QUEUE_DELTAS + 2)
+        self._stop = False
+        self._ended = False
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop
+
+    def cancel(self) -> None:
+        if self._stop:
+            return
+        self._stop = True
+        if not self._ended:
+            self.stats.cancelled = True  # even if generation had finished: the reader was cut off
+        with contextlib.suppress(RuntimeError):  # loop already closed: nobody is listening
+            self._loop.call_soon_threadsafe(self._drop_queued_text)
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self
+
+    async def __anext__(self) -> str:
+        while not self._ended:
+            item = await self._queue.get()
+            if isinstance(item, str):
+                if self._stop:
+                    continue  # generated before the stop took effect: never hand it out
+                return item
+            self._ended = True
+            if isinstance(item, BaseException):
+                raise item
+        raise StopAsyncIteration
+
+    async def text(self) -> str:
+        """The whole reply (convenience for tests and the naive baseline)."""
+        return "".join([d async for d in self])
+
+    # worker thread side
+    def put(self, item: object) -> bool:
+        """Hand `item` to the loop, waiting while the queue is full. False once the stream is stopped."""
+        if self._stop and isinstance(item, str):
+            return False
+        try:
+            asyncio.run_coroutine_threadsafe(self._queue.put(item), self._loop).result()
+        except RuntimeError:  # the loop is closed
+            self._stop = True
+            return False
+        return not self._stop
+
+    # loop side
+    def _drop_queued_text(self) -> None:
+        # Emptying the queue also releases a worker blocked on a full queue, so it sees the flag.
+        kept = []
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not isinstance(item, str):
+                kept.append(item)
+        for item in kept:
+            self._queue.put_nowait(item)
