@@ -4,6 +4,7 @@ recorded from the virtual speaker's monitor."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -44,10 +45,8 @@ class Talk:
             return []
         out = []
         for line in self.events_path.read_text().splitlines():
-            try:
+            with contextlib.suppress(json.JSONDecodeError):  # a line being written
                 out.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass  # a line being written
         return out
 
     def wait_for(self, pred: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
@@ -132,9 +131,7 @@ def by_kind(events: list[dict[str, Any]], kind: str, turn: int | None = None) ->
     return [e for e in events if e["kind"] == kind and (turn is None or e["turn"] == turn)]
 
 
-def test_one_question_one_spoken_answer(
-    talk: Callable[..., Talk], vsound: VSound, tmp_path: Path
-) -> None:
+def test_one_question_one_spoken_answer(talk: Callable[..., Talk], vsound: VSound, tmp_path: Path) -> None:
     wav = speak("What is the weather like today?", tmp_path / "q.wav")
     t = talk("--max-turns", "1")
     with vsound.record() as rec:
@@ -168,7 +165,9 @@ def test_barge_in_silences_the_reply_and_answers_the_new_question(
     talk: Callable[..., Talk], vsound: VSound, tmp_path: Path
 ) -> None:
     q1 = speak("What is the weather like today?", tmp_path / "q1.wav")
-    q2pcm, q2rate = read_wav(speak("Stop, tell me something else instead.", tmp_path / "q2.wav", voice="en+f3"))
+    q2pcm, q2rate = read_wav(
+        speak("Stop, tell me something else instead.", tmp_path / "q2.wav", voice="en+f3")
+    )
     onset_in_wav, _ = speech_bounds(q2pcm, q2rate)
     t = talk("--max-turns", "2")
     with vsound.record() as rec:

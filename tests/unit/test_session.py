@@ -124,9 +124,7 @@ def test_normal_turn_streams_in_stage_order() -> None:
 
 def test_barge_in_flushes_cancels_and_keeps_only_what_was_played() -> None:
     # Slow LLM so it is still generating when the user cuts in 200 ms into the reply.
-    rig = run_timeline(
-        lambda r, t: 0.2 <= t < 1.2 or after_play(r, 1, 0.2, 1.0, t), 10.0, per_token=0.15
-    )
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2 or after_play(r, 1, 0.2, 1.0, t), 10.0, per_token=0.15)
     onset = rig.speaker.play_start(1) + 0.2  # type: ignore[operator]
     [barge] = [e for e in rig.events if e.kind == "barge_in"]
     assert barge.turn_id == 1 and barge.data["during"] == "speaking"

@@ -114,8 +114,8 @@ def waterfall(results: list[TurnResult], width: int = 60) -> list[Text]:
         for start, stop, glyph, style in WATERFALL:
             if start not in stamps or stop not in stamps:
                 continue
-            a = int(round((stamps[start] - r.true_end) / scale * width))
-            b = int(round((stamps[stop] - r.true_end) / scale * width))
+            a = round((stamps[start] - r.true_end) / scale * width)
+            b = round((stamps[stop] - r.true_end) / scale * width)
             a, b = max(a, pos), max(b, pos)
             line.append(" " * (a - pos))
             line.append(glyph * (b - a), style=style)
@@ -137,7 +137,12 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def model_info(paths: dict[str, Path], label: str) -> dict[str, Any]:
@@ -162,7 +167,9 @@ def print_report(
 ) -> None:
     console.print(
         f"models: {models['set']} — "
-        + ", ".join(f"{k} {Path(v['path']).name} ({v['bytes'] / 1e6:.1f} MB)" for k, v in models.items() if k != "set")
+        + ", ".join(
+            f"{k} {Path(v['path']).name} ({v['bytes'] / 1e6:.1f} MB)" for k, v in models.items() if k != "set"
+        )
     )
     console.print(table(summary, seq_summary, f"voicecli bench — {len(results)} turns, streaming"))
     for line in waterfall(results):

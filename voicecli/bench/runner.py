@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,10 +92,8 @@ class _Events:
             if remaining <= 0:
                 raise TimeoutError("the pipeline did not answer in time")
             self.changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), timeout=remaining)
-            except TimeoutError:
-                pass
 
 
 STAGES = ("eou", "stt_done", "llm_first_token", "first_clause", "tts_first_audio", "play_start")
@@ -152,7 +151,9 @@ async def run_corpus(
             if i + 1 < len(clips) and clips[i + 1].interrupt:
                 # The next clip cuts into this reply: feed it once the reply has been playing a while.
                 await events.wait(
-                    lambda e, tid=eou.turn_id: e.kind == "state" and e.turn_id == tid and e.data["state"] == "speaking",
+                    lambda e, tid=eou.turn_id: (
+                        e.kind == "state" and e.turn_id == tid and e.data["state"] == "speaking"
+                    ),
                     mark,
                 )
                 await asyncio.sleep(INTERRUPT_AFTER_S)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -15,13 +15,13 @@ from rich.console import Console
 from voicecli import config, paths
 
 
-class ModelSet(str, Enum):
+class ModelSet(StrEnum):
     test = "test"
     real_size = "real-size"
     default = "default"
 
 
-class Compare(str, Enum):
+class Compare(StrEnum):
     none = "none"
     sequential = "sequential"
 
@@ -33,8 +33,9 @@ def _model_paths(which: ModelSet, cfg: config.Config, console: Console) -> dict[
         return resolve_models(cfg)
     from voicecli.testmodels import generate_all
 
-    size = "tiny" if which is ModelSet.test else "real"
-    return generate_all(paths.data_dir() / "generated-models", size, progress=lambda m: console.print(f"[dim]{m}[/]"))
+    out = paths.data_dir() / "generated-models"
+    size: Literal["tiny", "real"] = "tiny" if which is ModelSet.test else "real"
+    return generate_all(out, size, progress=lambda m: console.print(f"[dim]{m}[/]"))
 
 
 def bench(
@@ -74,7 +75,9 @@ def bench(
             "audio": "virtual sound card (PulseAudio null sinks through PortAudio)",
             "turns": report.to_json(streaming),
             "summary": summary,
-            "sequential": {"turns": report.to_json(sequential), "summary": seq_summary} if sequential else None,
+            "sequential": {"turns": report.to_json(sequential), "summary": seq_summary}
+            if sequential
+            else None,
             "ttfa_ratio_sequential_over_streaming": ratio,
         }
         json_out.write_text(json.dumps(doc, indent=1, default=str))

@@ -127,8 +127,8 @@ async def converse(
             max_tokens=cfg.llm.max_tokens,
             emit=emit,
             transcript=transcript,
-            capture_overruns=lambda: capture.stats.overruns,
-            reply_underruns=playback.reply_underruns,
+            capture_overruns=lambda: capture.stats.overrun_samples,
+            playback_underruns=lambda: playback.stats.underruns,
             streaming=streaming,
             tap=tap,
         )

@@ -120,7 +120,7 @@ class Session:
         clock: Callable[[], float] = time.monotonic,
         detector: vad.TurnDetector | None = None,
         capture_overruns: Callable[[], int] | None = None,
-        reply_underruns: Callable[[int], int] | None = None,
+        playback_underruns: Callable[[], int] | None = None,
         streaming: bool = True,
         tap: Callable[[FrameLike], None] | None = None,
     ) -> None:
@@ -139,7 +139,8 @@ class Session:
         self.clock = clock
         self.detector = detector or vad.TurnDetector(vad_cfg)
         self._capture_overruns = capture_overruns
-        self._reply_underruns = reply_underruns
+        self._playback_underruns = playback_underruns  # running total; only counts inside replies
+        self._underruns_seen = 0
         self.streaming = streaming
         self._tap = tap  # sees every mic frame (the benchmark locates the fed audio with it)
         self.state = State.LISTENING
@@ -537,13 +538,14 @@ class Session:
                 self.history.retract_user()
         m.interrupted = ctx.interrupted
         m.loop_lag_max_s = self._lag.take()
-        if self._reply_underruns is not None and ctx.reply_started:
-            m.underruns = self._reply_underruns(ctx.turn_id)
+        if self._playback_underruns is not None:
+            total = self._playback_underruns()
+            m.underruns, self._underruns_seen = total - self._underruns_seen, total
         if self._capture_overruns is not None:
             total = self._capture_overruns()
             m.overruns, self._overruns_seen = total - self._overruns_seen, total
         summary = m.summary()
-        record = {
+        record: dict[str, Any] = {
             "turn": ctx.turn_id,
             "time": time.time(),
             "user": ctx.user_text,
@@ -556,7 +558,7 @@ class Session:
             self.records.append(record)
             if self.transcript is not None:
                 self.transcript.append(record)
-        self._emit("turn_end", turn_id=ctx.turn_id, **record)
+        self._emit("turn_end", None, ctx.turn_id, **record)
         if answered:
             self.turns_answered += 1
             if self._max_turns is not None and self.turns_answered >= self._max_turns:
