@@ -156,9 +156,7 @@ def _parse_model(path: Path, raw: Any) -> ModelSpec:
     try:
         spec.entry  # noqa: B018 - a GGUF / Piper model must name its main file
     except StopIteration:
-        raise _bad(
-            path, f"{kind} model '{name}' has no {'.gguf' if kind == 'llm' else '.onnx'} file"
-        ) from None
+        raise _bad(path, f"{kind} model '{name}' has no {'.gguf' if kind == 'llm' else '.onnx'} file") from None
     return spec
 
 
@@ -339,9 +337,7 @@ def _ct2_end(fh: Any, size: int) -> int:
 def check_whisper_dir(path: Path, name: str = "", expected_size: int = 0) -> None:
     """A faster-whisper model directory: model.bin (not truncated), config.json, a tokenizer."""
     if not path.is_dir():
-        raise ModelError(
-            f"{path} is not a directory", hint="a whisper model is a directory holding model.bin"
-        )
+        raise ModelError(f"{path} is not a directory", hint="a whisper model is a directory holding model.bin")
     model_bin, config = path / "model.bin", path / "config.json"
     for needed in (model_bin, config):
         if not needed.is_file():
@@ -371,9 +367,7 @@ def check_piper_voice(path: Path, name: str = "") -> None:
     from piper.config import PiperConfig
 
     if path.suffix != ".onnx":
-        raise ModelError(
-            f"{path} is not a Piper voice (.onnx file)", hint="give the path of the voice's .onnx file"
-        )
+        raise ModelError(f"{path} is not a Piper voice (.onnx file)", hint="give the path of the voice's .onnx file")
     config = path.with_name(path.name + ".json")
     if not config.is_file():
         raise _corrupt(path, f"missing its config {config.name} beside it", name)
@@ -388,9 +382,7 @@ def check_piper_voice(path: Path, name: str = "") -> None:
         # parses, but then references weights that are not there, which the checker rejects
         onnx.checker.check_model(str(path))
     except Exception as exc:  # DecodeError, ValidationError, ...
-        raise _corrupt(
-            path, f"a truncated or corrupt ONNX model ({str(exc).splitlines()[0][:200]})", name
-        ) from None
+        raise _corrupt(path, f"a truncated or corrupt ONNX model ({str(exc).splitlines()[0][:200]})", name) from None
 
 
 def check(kind: Kind, path: Path, name: str = "", expected_size: int = 0) -> None:
@@ -511,16 +503,12 @@ def status(models_dir: Path, manifest: Manifest | None = None) -> list[ModelStat
     for spec in manifest.models.values():
         state, detail = _state(spec, models_dir)
         out.append(
-            ModelStatus(
-                spec.name, spec.kind, spec.default, spec.size, state, str(spec.entry_path(models_dir)), detail
-            )
+            ModelStatus(spec.name, spec.kind, spec.default, spec.size, state, str(spec.entry_path(models_dir)), detail)
         )
     return out
 
 
-def verify(
-    models_dir: Path, manifest: Manifest | None = None, names: Iterable[str] = ()
-) -> list[ModelStatus]:
+def verify(models_dir: Path, manifest: Manifest | None = None, names: Iterable[str] = ()) -> list[ModelStatus]:
     """Re-hash every present model's files against the manifest.
 
     State per model: ok, unverified (no sha256 known for some file), missing (not pulled: no file
@@ -591,8 +579,7 @@ def _offline_error(url: str, reason: object) -> ModelError:
     host = urllib.parse.urlsplit(url).netloc or url
     return ModelError(
         f"cannot reach {host}: are you offline? ({reason})",
-        hint="check the network connection and run the same command again; "
-        "models already pulled keep working offline",
+        hint="check the network connection and run the same command again; models already pulled keep working offline",
     )
 
 
@@ -600,9 +587,7 @@ def _check_reachable(url: str, reached: set[str]) -> None:
     """Fail in seconds when the host is unreachable (a plain urlopen can hang for a long time)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ModelError(
-            f"cannot download {url}: only http(s) URLs are supported", hint="fix the URL in the manifest"
-        )
+        raise ModelError(f"cannot download {url}: only http(s) URLs are supported", hint="fix the URL in the manifest")
     if parts.netloc in reached or urllib.request.getproxies().get(parts.scheme):
         return  # already checked, or a proxy decides where we connect
     port = parts.port or (443 if parts.scheme == "https" else 80)

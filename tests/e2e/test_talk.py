@@ -98,9 +98,7 @@ def talk(vsound: VSound, tiny_models: dict[str, Path], tmp_path: Path) -> Iterat
             "VOICECLI_DATA_DIR": str(tmp_path / "data"),
             **(env or {}),
         }
-        proc = subprocess.Popen(
-            cmd, env=full_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        proc = subprocess.Popen(cmd, env=full_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         procs.append(proc)
         t = Talk(proc, events, transcript)
         t.wait_for(lambda e: e["kind"] == "session_start", timeout=90)
@@ -165,9 +163,7 @@ def test_barge_in_silences_the_reply_and_answers_the_new_question(
     talk: Callable[..., Talk], vsound: VSound, tmp_path: Path
 ) -> None:
     q1 = speak("What is the weather like today?", tmp_path / "q1.wav")
-    q2pcm, q2rate = read_wav(
-        speak("Stop, tell me something else instead.", tmp_path / "q2.wav", voice="en+f3")
-    )
+    q2pcm, q2rate = read_wav(speak("Stop, tell me something else instead.", tmp_path / "q2.wav", voice="en+f3"))
     onset_in_wav, _ = speech_bounds(q2pcm, q2rate)
     t = talk("--max-turns", "2")
     with vsound.record() as rec:

@@ -176,9 +176,7 @@ def test_missing_model_names_the_pull_command(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.99, 0.001])
-def test_truncated_gguf_is_a_model_error_naming_the_file(
-    tiny_gguf: Path, tmp_path: Path, keep: float
-) -> None:
+def test_truncated_gguf_is_a_model_error_naming_the_file(tiny_gguf: Path, tmp_path: Path, keep: float) -> None:
     broken = tmp_path / "broken.gguf"
     data = tiny_gguf.read_bytes()
     broken.write_bytes(data[: max(8, int(len(data) * keep))])

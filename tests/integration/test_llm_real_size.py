@@ -39,9 +39,7 @@ def test_real_size_model_is_q4_k_m_with_qwen_dimensions_and_speaks_its_script(tm
     assert text == gen.DEFAULT_REPLY
     meta = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
     assert meta.n_vocab() == gen.QWEN_VOCAB
-    dims = {
-        k: meta.metadata[f"qwen2.{k}"] for k in ("embedding_length", "block_count", "feed_forward_length")
-    }
+    dims = {k: meta.metadata[f"qwen2.{k}"] for k in ("embedding_length", "block_count", "feed_forward_length")}
     assert dims == {"embedding_length": "896", "block_count": "24", "feed_forward_length": "4864"}
     heads = (meta.metadata["qwen2.attention.head_count"], meta.metadata["qwen2.attention.head_count_kv"])
     assert heads == ("14", "2")

@@ -128,9 +128,7 @@ def make_piper_voice(out_dir: Path, name: str = "voice") -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    weight = numpy_helper.from_array(
-        np.random.default_rng(1).standard_normal((256, 64)).astype(np.float32), "emb"
-    )
+    weight = numpy_helper.from_array(np.random.default_rng(1).standard_normal((256, 64)).astype(np.float32), "emb")
     graph = helper.make_graph(
         [helper.make_node("Gather", ["emb", "input"], ["output"])],
         "piper-like",
@@ -189,9 +187,7 @@ def serve_models(server_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ]
         for f in files:
             url = f"https://huggingface.co/unreachable/{f.name}"  # the base URL override wins
-            lines.append(
-                f'  {{ path = "{f.name}", url = "{url}", size = {f.stat().st_size}, sha256 = "{_sha(f)}" }},'
-            )
+            lines.append(f'  {{ path = "{f.name}", url = "{url}", size = {f.stat().st_size}, sha256 = "{_sha(f)}" }},')
         lines += ["]", ""]
     manifest = tmp_path / "manifest.toml"
     manifest.write_text("\n".join(lines), encoding="utf-8")

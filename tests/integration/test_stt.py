@@ -81,9 +81,7 @@ def test_transcribes_speech_with_timings(
 
 
 @pytest.mark.parametrize("level", [0.0, 0.001])  # digital silence, white noise at -60 dBFS
-def test_silence_and_faint_noise_are_not_speech(
-    stt: WhisperSTT, runner: asyncio.Runner, level: float
-) -> None:
+def test_silence_and_faint_noise_are_not_speech(stt: WhisperSTT, runner: asyncio.Runner, level: float) -> None:
     audio = (np.random.default_rng(7).standard_normal(SAMPLE_RATE) * level).astype(np.float32)
     t = runner.run(stt.transcribe(audio))
     # The model "hears" its silence hallucination with a high no_speech_prob: the filter drops it.
@@ -170,9 +168,7 @@ def test_missing_model_dir_names_the_pull_command(tmp_path: Path, runner: asynci
     assert "voicecli models pull whisper-base.en" in err.value.hint
 
 
-def test_missing_tokenizer_is_an_error_not_a_download(
-    tiny_model: Path, tmp_path: Path, runner: asyncio.Runner
-) -> None:
+def test_missing_tokenizer_is_an_error_not_a_download(tiny_model: Path, tmp_path: Path, runner: asyncio.Runner) -> None:
     partial = tmp_path / "partial"
     shutil.copytree(tiny_model, partial)
     (partial / "tokenizer.json").unlink()

@@ -126,9 +126,7 @@ def test_speaker_id_selects_a_different_voice(voice_2spk: Path) -> None:
 
 
 @pytest.mark.parametrize(("speaker", "speakers"), [(2, 2), (-1, 2), (1, 1)])
-def test_speaker_out_of_range_fails_clearly(
-    voice: Path, voice_2spk: Path, speaker: int, speakers: int
-) -> None:
+def test_speaker_out_of_range_fails_clearly(voice: Path, voice_2spk: Path, speaker: int, speakers: int) -> None:
     path = voice_2spk if speakers == 2 else voice
     with pytest.raises(ConfigError) as err:
         PiperTTS(path, output_rate=48000, speaker=speaker)

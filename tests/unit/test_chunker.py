@@ -150,9 +150,7 @@ def test_a_trailing_period_is_held_until_the_next_char_arrives() -> None:
 
 
 def test_etc_before_a_capital_ends_the_sentence() -> None:
-    assert split_clauses(
-        "Bring pens, paper, etc. Then we start.", min_clause_words=25, first_min_words=25
-    ) == [
+    assert split_clauses("Bring pens, paper, etc. Then we start.", min_clause_words=25, first_min_words=25) == [
         "Bring pens, paper, etc.",
         "Then we start.",
     ]
@@ -189,9 +187,7 @@ def test_each_bullet_and_numbered_item_is_its_own_clause() -> None:
 
 
 def test_links_become_their_text_and_inline_code_its_text() -> None:
-    assert split_clauses(
-        "Read [the guide](https://x.org/a_b) and run `make test` now. ![A cat](cat.png)"
-    ) == [
+    assert split_clauses("Read [the guide](https://x.org/a_b) and run `make test` now. ![A cat](cat.png)") == [
         "Read the guide and run make test now.",
         "A cat",
     ]

@@ -268,9 +268,7 @@ runs = st.lists(st.tuples(st.booleans(), st.integers(1, 60)), max_size=40)
 
 @settings(max_examples=300, deadline=None)
 @given(cfg=configs, runs=runs)
-def test_fuzz_random_voiced_sequences_keep_the_invariants(
-    cfg: VadConfig, runs: list[tuple[bool, int]]
-) -> None:
+def test_fuzz_random_voiced_sequences_keep_the_invariants(cfg: VadConfig, runs: list[tuple[bool, int]]) -> None:
     flags = [v for v, n in runs for _ in range(n)] + [False] * 60
     det = TurnDetector(cfg, classifier=by_sign)
     open_turn = False

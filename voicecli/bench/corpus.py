@@ -79,9 +79,7 @@ def _espeak(text: str, voice: str, wpm: int, out: Path) -> npt.NDArray[np.int16]
     return _read_wav(out)
 
 
-def _with_margins(
-    pcm: npt.NDArray[np.int16], lead_s: float = 0.3, tail_s: float = 0.2
-) -> npt.NDArray[np.int16]:
+def _with_margins(pcm: npt.NDArray[np.int16], lead_s: float = 0.3, tail_s: float = 0.2) -> npt.NDArray[np.int16]:
     return np.concatenate(
         [np.zeros(int(lead_s * SAMPLE_RATE), np.int16), pcm, np.zeros(int(tail_s * SAMPLE_RATE), np.int16)]
     )

@@ -167,9 +167,7 @@ def print_report(
 ) -> None:
     console.print(
         f"models: {models['set']} — "
-        + ", ".join(
-            f"{k} {Path(v['path']).name} ({v['bytes'] / 1e6:.1f} MB)" for k, v in models.items() if k != "set"
-        )
+        + ", ".join(f"{k} {Path(v['path']).name} ({v['bytes'] / 1e6:.1f} MB)" for k, v in models.items() if k != "set")
     )
     console.print(table(summary, seq_summary, f"voicecli bench — {len(results)} turns, streaming"))
     for line in waterfall(results):

@@ -151,9 +151,7 @@ async def run_corpus(
             if i + 1 < len(clips) and clips[i + 1].interrupt:
                 # The next clip cuts into this reply: feed it once the reply has been playing a while.
                 await events.wait(
-                    lambda e, tid=eou.turn_id: (
-                        e.kind == "state" and e.turn_id == tid and e.data["state"] == "speaking"
-                    ),
+                    lambda e, tid=eou.turn_id: e.kind == "state" and e.turn_id == tid and e.data["state"] == "speaking",
                     mark,
                 )
                 await asyncio.sleep(INTERRUPT_AFTER_S)
@@ -224,7 +222,5 @@ def derive(res: TurnResult) -> dict[str, float | None]:
         "barge_in_reaction": (
             None if barge is None or res.true_onset is None or not res.interrupt else barge - res.true_onset
         ),
-        "vad_end_error": (
-            None if end is None or "speech_end" not in res.stamps else res.stamps["speech_end"] - end
-        ),
+        "vad_end_error": (None if end is None or "speech_end" not in res.stamps else res.stamps["speech_end"] - end),
     }

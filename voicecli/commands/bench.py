@@ -75,9 +75,7 @@ def bench(
             "audio": "virtual sound card (PulseAudio null sinks through PortAudio)",
             "turns": report.to_json(streaming),
             "summary": summary,
-            "sequential": {"turns": report.to_json(sequential), "summary": seq_summary}
-            if sequential
-            else None,
+            "sequential": {"turns": report.to_json(sequential), "summary": seq_summary} if sequential else None,
             "ttfa_ratio_sequential_over_streaming": ratio,
         }
         json_out.write_text(json.dumps(doc, indent=1, default=str))

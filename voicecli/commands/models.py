@@ -83,9 +83,7 @@ def list_models(json_out: JsonOption = False, models_dir: DirOption = None) -> N
 
 @app.command("pull")
 def pull(
-    names: Annotated[
-        list[str] | None, typer.Argument(help="Model names (default: the three defaults).")
-    ] = None,
+    names: Annotated[list[str] | None, typer.Argument(help="Model names (default: the three defaults).")] = None,
     models_dir: DirOption = None,
 ) -> None:
     """Download models with progress, resuming partial downloads and checking each sha256."""

@@ -105,9 +105,7 @@ class TalkView:
 
 def talk(
     input: Annotated[str | None, typer.Option("--input", "-i", help="Input device (index or name).")] = None,
-    output: Annotated[
-        str | None, typer.Option("--output", "-o", help="Output device (index or name).")
-    ] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Output device (index or name).")] = None,
     stt_model: Annotated[str | None, typer.Option("--stt", help="Whisper model name or directory.")] = None,
     llm_model: Annotated[str | None, typer.Option("--llm", help="LLM name or .gguf path.")] = None,
     voice: Annotated[str | None, typer.Option("--voice", help="Piper voice name or .onnx path.")] = None,
@@ -119,9 +117,7 @@ def talk(
     hangover_ms: Annotated[int | None, typer.Option(help="Silence that ends your turn (ms).")] = None,
     barge_in: Annotated[
         bool | None,
-        typer.Option(
-            "--barge-in/--no-barge-in", help="Let you interrupt (full duplex) or not (half duplex)."
-        ),
+        typer.Option("--barge-in/--no-barge-in", help="Let you interrupt (full duplex) or not (half duplex)."),
     ] = None,
     max_turns: Annotated[int | None, typer.Option(help="Exit after N answered turns.")] = None,
     events: Annotated[Path | None, typer.Option(help="Write every pipeline event as JSON lines.")] = None,

@@ -63,9 +63,7 @@ def inspect_gguf(path: Path, pull_name: str = "") -> GGUFInfo:
     pull = f"run `voicecli models pull {pull_name or path.stem}`"
     again = f"{pull} again to replace it (or `voicecli models verify`)"
     if not path.exists():
-        raise ModelError(
-            f"LLM model not found: {path}", hint=f"{pull}, or pass the path of a local .gguf file"
-        )
+        raise ModelError(f"LLM model not found: {path}", hint=f"{pull}, or pass the path of a local .gguf file")
     if not path.is_file():
         raise ModelError(f"LLM model path is not a file: {path}", hint="pass the path of a .gguf file")
     with path.open("rb") as f:
@@ -298,9 +296,7 @@ class LlamaLLM:
         perf = llama_cpp.llama_perf_context(self._llm.ctx)
         return int(perf.n_p_eval) + int(perf.n_eval)
 
-    def _generate(
-        self, stream: LlamaStream, messages: list[ChatCompletionRequestMessage], max_tokens: int
-    ) -> None:
+    def _generate(self, stream: LlamaStream, messages: list[ChatCompletionRequestMessage], max_tokens: int) -> None:
         from llama_cpp import LogitsProcessorList
 
         llm, stats = self._llm, stream.stats

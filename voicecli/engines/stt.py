@@ -379,9 +379,7 @@ def _stop_pool(pool: ProcessPoolExecutor, grace_s: float = 2.0) -> None:
     processes = list(_pool_processes(pool).values())
     # shutdown() takes the executor's internal lock; from a signal handler that lock may be held by the
     # very frame the signal interrupted, so it runs on a helper thread and never blocks us.
-    threading.Thread(
-        target=pool.shutdown, kwargs={"wait": False, "cancel_futures": True}, daemon=True
-    ).start()
+    threading.Thread(target=pool.shutdown, kwargs={"wait": False, "cancel_futures": True}, daemon=True).start()
     deadline = time.monotonic() + grace_s
     for proc in processes:
         proc.join(max(0.0, deadline - time.monotonic()))

@@ -192,9 +192,7 @@ class PiperTTS:
             length_scale=float(self._config.get("inference", {}).get("length_scale", 1.0)) / self.speed,
         )
         try:
-            chunks = [
-                chunk.audio_float_array for chunk in self._voice.synthesize(text, syn_config=syn_config)
-            ]
+            chunks = [chunk.audio_float_array for chunk in self._voice.synthesize(text, syn_config=syn_config)]
         except Exception as exc:
             raise EngineError(
                 f"Piper failed on {text[:60]!r}: {exc.__class__.__name__}: {str(exc).strip()[:200]}",

@@ -304,9 +304,7 @@ def _match_link(p: str, i: int, final: bool) -> tuple[str, int] | tuple[()] | No
 def _is_abbreviation(core: str) -> bool:
     word = core.lstrip(_OPENERS)
     return (
-        word[:-1].lower() in _NEVER_END
-        or _INITIAL.fullmatch(word) is not None
-        or _DOTTED.fullmatch(word) is not None
+        word[:-1].lower() in _NEVER_END or _INITIAL.fullmatch(word) is not None or _DOTTED.fullmatch(word) is not None
     )
 
 
@@ -400,10 +398,7 @@ class ClauseChunker:
     """
 
     def __init__(self, *, min_clause_words: int = 4, max_words: int = 25, first_min_words: int = 2) -> None:
-        if (
-            min(min_clause_words, max_words, first_min_words) < 1
-            or max(min_clause_words, first_min_words) > max_words
-        ):
+        if min(min_clause_words, max_words, first_min_words) < 1 or max(min_clause_words, first_min_words) > max_words:
             raise ValueError(
                 "ClauseChunker needs 1 <= min_clause_words, first_min_words <= max_words; got "
                 f"min_clause_words={min_clause_words}, first_min_words={first_min_words}, "

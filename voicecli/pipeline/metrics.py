@@ -56,9 +56,7 @@ class TurnMetrics:
             "stt": self.stt_compute_s,
             "stt_done": self._since_end(self.stt_done),
             "llm_ttft": (
-                None
-                if self.llm_first_token is None or self.stt_done is None
-                else self.llm_first_token - self.stt_done
+                None if self.llm_first_token is None or self.stt_done is None else self.llm_first_token - self.stt_done
             ),
             "first_clause": self._since_end(self.first_clause),
             "tts_first_audio": self._since_end(self.tts_first_audio),

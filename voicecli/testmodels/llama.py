@@ -213,9 +213,7 @@ def _build_vocab(pieces: list[str], vocab_size: int) -> _Vocab:
 _Spec = tuple[tuple[int, ...], np.dtype, Callable[[], npt.NDArray[np.floating]]]
 
 
-def _write(
-    path: Path, dims: _Dims, pieces: list[str], *, vocab_size: int, seed: int, dtype: type[np.floating]
-) -> None:
+def _write(path: Path, dims: _Dims, pieces: list[str], *, vocab_size: int, seed: int, dtype: type[np.floating]) -> None:
     import gguf
 
     vocab = _build_vocab(pieces, vocab_size)

@@ -139,9 +139,7 @@ def _special_tokens() -> list[str]:
     return ["<|endoftext|>", "<|startoftranscript|>", *langs, *SPECIALS_AFTER_LANGS, *stamps]
 
 
-def _write_tokenizer(
-    path: Path, regular: list[str], merges: list[tuple[str, str]], specials: list[str]
-) -> None:
+def _write_tokenizer(path: Path, regular: list[str], merges: list[tuple[str, str]], specials: list[str]) -> None:
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
     vocab = {tok: i for i, tok in enumerate(regular + specials)}
@@ -330,9 +328,7 @@ def generate(
     spec.config.suppress_ids_begin = [space, eot]  # as in Whisper: no blank or empty start
     spec.config.lang_ids = [ids[f"<|{code}|>"] for code in LANGUAGES]
     spec.config.alignment_heads = [
-        (layer, head)
-        for layer in range(dims.decoder_layers // 2, dims.decoder_layers)
-        for head in range(dims.heads)
+        (layer, head) for layer in range(dims.decoder_layers // 2, dims.decoder_layers) for head in range(dims.heads)
     ]
     spec.validate()
     if size == "real":
