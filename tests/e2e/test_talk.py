@@ -220,7 +220,9 @@ def test_long_monologue_is_cut_answered_and_nothing_dropped(
     sentence, rate = read_wav(
         speak("I want to tell you a long story about my garden and the birds.", tmp_path / "s.wav")
     )
-    gap = np.zeros(int(0.25 * rate), np.int16)  # shorter than the pause signal: one continuous utterance
+    start, end = speech_bounds(sentence, rate)
+    sentence = sentence[int(start * rate) : int(end * rate)]
+    gap = np.zeros(int(0.15 * rate), np.int16)  # shorter than the pause signal: one continuous utterance
     reps = int(np.ceil(40 * rate / (len(sentence) + len(gap))))
     monologue = np.concatenate([np.concatenate([sentence, gap]) for _ in range(reps)])
     t = talk("--max-turns", "1", env={"VOICECLI_VAD_MAX_UTTERANCE_S": "20"})

@@ -559,7 +559,7 @@ class Session:
             if self.transcript is not None:
                 self.transcript.append(record)
         self._emit("turn_end", None, ctx.turn_id, **record)
-        if answered:
+        if answered or ctx.spoken_any:  # a reply cut off by the user was still an answer
             self.turns_answered += 1
             if self._max_turns is not None and self.turns_answered >= self._max_turns:
                 self._done.set()

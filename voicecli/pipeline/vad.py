@@ -111,14 +111,43 @@ def _frames(ms: float) -> int:
     return max(1, math.ceil(ms / FRAME_MS - 1e-9))
 
 
-def webrtc_classifier(aggressiveness: int, floor_dbfs: float) -> Classifier:
-    """webrtcvad at `aggressiveness` AND a level above floor_dbfs (webrtcvad alone fires on faint hiss)."""
+class NoiseFloor:
+    """The background level, tracked as a low percentile of recent frame levels (minimum statistics).
+
+    A steady fan, hum or hiss sits at its own floor, so it never stands `margin_db` above it; speech does
+    (its peaks are 15-30 dB above the pauses between words). Memory is a fixed ring of frame levels."""
+
+    def __init__(self, window_frames: int = 250, percentile: float = 10.0, margin_db: float = 9.0) -> None:
+        self._levels = np.full(window_frames, -120.0)
+        self._n = 0
+        self._percentile = percentile
+        self.margin_db = margin_db
+        self.floor_dbfs = -120.0
+
+    def update(self, level_dbfs: float) -> float:
+        """Record one frame's level; returns the current floor. Re-estimated every 10 frames (cheap)."""
+        self._levels[self._n % len(self._levels)] = level_dbfs
+        self._n += 1
+        if self._n % 10 == 0 or self._n < 10:  # adapt at once at start-up
+            filled = self._levels[: min(self._n, len(self._levels))]
+            self.floor_dbfs = float(np.percentile(filled, self._percentile))
+        return self.floor_dbfs
+
+
+def webrtc_classifier(aggressiveness: int, floor_dbfs: float, *, adaptive: bool = True) -> Classifier:
+    """webrtcvad at `aggressiveness` AND a level above floor_dbfs (webrtcvad alone fires on faint hiss)
+    AND, with `adaptive`, clearly above the background noise floor (webrtcvad fires on fan noise too)."""
     import webrtcvad  # local: keeps this module importable for tests that inject a classifier
 
     vad = webrtcvad.Vad(aggressiveness)
+    noise = NoiseFloor()
 
     def classify(frame: np.ndarray) -> bool:
-        return rms_dbfs(frame) > floor_dbfs and bool(vad.is_speech(frame.tobytes(), SAMPLE_RATE))
+        level = rms_dbfs(frame)
+        background = noise.update(level) if adaptive else -120.0
+        if level <= floor_dbfs or level <= background + noise.margin_db:
+            return False
+        return bool(vad.is_speech(frame.tobytes(), SAMPLE_RATE))
 
     return classify
 

@@ -1,0 +1,47 @@
+"""The adaptive noise floor: steady fan-like noise is never speech; a voice above it still is."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.unit.test_vad import voiced_signal
+from voicecli.audio.format import FRAME_SAMPLES, SAMPLE_RATE
+from voicecli.config import VadConfig
+from voicecli.pipeline.vad import SpeechStarted, TurnDetector, Utterance
+
+
+def fan_noise(seconds: float, level: float = 0.03, seed: int = 0) -> np.ndarray:
+    """Low-frequency rumble plus a 100 Hz hum, about -30 dBFS: what webrtcvad alone calls speech."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SAMPLE_RATE)
+    brown = np.cumsum(rng.normal(0, 1, n))
+    brown -= np.convolve(brown, np.ones(801) / 801, mode="same")
+    brown = brown / np.max(np.abs(brown)) * level
+    hum = 0.01 * np.sin(2 * np.pi * 100 * np.arange(n) / SAMPLE_RATE)
+    return brown + hum
+
+
+def run(signal: np.ndarray) -> list[object]:
+    det = TurnDetector(VadConfig())
+    pcm = np.clip(signal * 32767, -32768, 32767).astype(np.int16)
+    events: list[object] = []
+    for i in range(len(pcm) // FRAME_SAMPLES):
+        events += det.process(pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], i * 0.02)
+    return events
+
+
+def test_steady_fan_noise_gives_no_speech() -> None:
+    events = run(fan_noise(20.0))
+    assert [e for e in events if isinstance(e, Utterance)] == []
+
+
+def test_voice_over_fan_noise_is_still_a_turn() -> None:
+    noise = fan_noise(12.0)
+    voice = np.zeros_like(noise)
+    v = voiced_signal(1.5).astype(np.float64) / 32768  # well above the fan, like a person near the mic
+    voice[int(8 * SAMPLE_RATE) : int(8 * SAMPLE_RATE) + len(v)] = v
+    events = run(noise + voice)
+    starts = [e for e in events if isinstance(e, SpeechStarted)]
+    turns = [e for e in events if isinstance(e, Utterance)]
+    assert len(turns) == 1 and len(starts) == 1
+    assert abs(starts[0].t_onset - 8.0) < 0.1
