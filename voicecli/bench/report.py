@@ -17,23 +17,25 @@ from voicecli.bench.runner import TurnResult
 
 # metric -> (label, unit): "s" shown in ms, "" as a plain number
 METRICS: dict[str, tuple[str, str]] = {
-    "ttfa": ("TTFA (true end of speech -> first reply sample)", "s"),
+    "ttfa": ("TTFA", "s"),  # true end of speech -> first reply sample at the speaker
     "turn_confirm": ("turn confirmed", "s"),
     "stt": ("STT compute", "s"),
     "stt_done": ("STT done", "s"),
-    "llm_ttft": ("LLM first token (after STT)", "s"),
+    "llm_ttft": ("LLM TTFT after STT", "s"),
     "first_clause": ("first clause", "s"),
     "tts_first_audio": ("TTS first audio", "s"),
     "play_start": ("play start", "s"),
     "tokens_per_s": ("LLM tokens/s", ""),
     "tts_rtf": ("TTS real-time factor", ""),
-    "max_clause_gap": ("largest gap between clauses", "s"),
-    "underruns": ("underruns inside replies", ""),
+    "max_clause_gap": ("max gap between clauses", "s"),
+    "underruns": ("underruns in replies", ""),
     "overruns": ("capture overruns", ""),
-    "loop_lag_max": ("worst event-loop lag", "s"),
-    "barge_in_reaction": ("barge-in (onset -> stop decision)", "s"),
-    "vad_end_error": ("VAD end-of-speech error", "s"),
+    "loop_lag_max": ("worst loop lag", "s"),
+    "barge_in_reaction": ("barge-in onset->stop", "s"),
+    "vad_end_error": ("VAD end error", "s"),
 }
+# Stages measured from the true end of speech: the ones where a streaming/sequential ratio means something.
+RATIO_KEYS = ("ttfa", "first_clause", "tts_first_audio", "play_start")
 
 
 def summarise(results: list[TurnResult]) -> dict[str, dict[str, float | int | None]]:
@@ -74,7 +76,7 @@ def table(summary: dict[str, Any], sequential: dict[str, Any] | None, title: str
         if sequential is not None:
             seq = sequential[key]["p50"]
             cells.append(_fmt(seq, unit))
-            ratio = seq / row["p50"] if seq and row["p50"] and unit == "s" and row["p50"] > 0 else None
+            ratio = seq / row["p50"] if seq and row["p50"] and key in RATIO_KEYS and row["p50"] > 0 else None
             cells.append(f"{ratio:.1f}x" if ratio else "")
         t.add_row(*cells)
     return t
@@ -170,5 +172,6 @@ def print_report(
         + ", ".join(f"{k} {Path(v['path']).name} ({v['bytes'] / 1e6:.1f} MB)" for k, v in models.items() if k != "set")
     )
     console.print(table(summary, seq_summary, f"voicecli bench — {len(results)} turns, streaming"))
+    console.print("[dim]times from the true end of speech (located in the captured audio), on the audio clock[/]")
     for line in waterfall(results):
         console.print(line)

@@ -34,7 +34,9 @@ INTERRUPT_AFTER_S = 0.5  # how far into a reply an interrupting clip is fed
 class TurnResult:
     clip: str
     interrupt: bool
-    feed_t: float
+    feed_t: float  # monotonic time the clip was handed to the virtual mic
+    clip_speech_start_s: float = 0.0  # where the speech is inside the clip (ground truth)
+    clip_speech_end_s: float = 0.0
     clip_t0: float | None = None  # ADC time of the clip's first sample (from the capture)
     true_onset: float | None = None
     true_end: float | None = None
@@ -145,6 +147,7 @@ async def run_corpus(
             mark = len(events.items)
             marks.append(mark)
             res = TurnResult(clip.name, clip.interrupt, await vcard.feed(clip.pcm))
+            res.clip_speech_start_s, res.clip_speech_end_s = clip.speech_start_s, clip.speech_end_s
             eou = await events.wait(lambda e: e.kind == "eou" and not e.data.get("forced"), mark)
             res.turn_id = eou.turn_id
             results.append(res)
@@ -157,6 +160,8 @@ async def run_corpus(
                 await asyncio.sleep(INTERRUPT_AFTER_S)
             else:
                 await events.wait(lambda e, tid=eou.turn_id: e.kind == "turn_end" and e.turn_id == tid, mark)
+            # Locate the clip now, while its frames are still in the (bounded) tap.
+            res.clip_t0 = tap.locate(clip, res.feed_t)
             if progress is not None:
                 progress(res)
         for res, mark in zip(results, marks, strict=True):
@@ -171,7 +176,6 @@ async def run_corpus(
         session.stop()
         await asyncio.wait([conv], timeout=10)
     for clip, res in zip(clips, results, strict=False):
-        res.clip_t0 = tap.locate(clip, res.feed_t)
         if res.clip_t0 is not None:
             res.true_onset = res.clip_t0 + clip.speech_start_s
             res.true_end = res.clip_t0 + clip.speech_end_s

@@ -412,7 +412,8 @@ class Session:
         ctx.reply_started = True
         clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=CLAUSE_QUEUE)
         speaker = asyncio.create_task(self._speak(ctx, clauses))
-        chunker = ClauseChunker()
+        # The first clause may be a single word ("Sure,"): it starts the speaker ~5 tokens sooner.
+        chunker = ClauseChunker(first_min_words=1)
         whole: list[str] = []  # sequential mode: the reply is spoken only once it is complete
         try:
             try:
