@@ -11,7 +11,7 @@ DEV=0
 [[ "${1:-}" == "--dev" ]] && DEV=1
 
 pkgs=(libportaudio2 libasound2-plugins espeak-ng)
-((DEV)) && pkgs+=(pulseaudio pulseaudio-utils alsa-utils sox)
+((DEV)) && pkgs+=(pulseaudio pulseaudio-utils)
 python3 -c 'import ensurepip, venv' 2>/dev/null || pkgs+=(python3-venv)
 python3 -c 'import sysconfig,os,sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"],"Python.h")) else 1)' \
   || pkgs+=(python3-dev)
