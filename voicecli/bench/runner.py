@@ -108,6 +108,7 @@ async def run_corpus(
     *,
     streaming: bool = True,
     progress: Any = None,
+    deadline: float | None = None,
 ) -> list[TurnResult]:
     """Converse over `clips` through the virtual sound card; one TurnResult per clip."""
     from voicecli.pipeline import assistant
@@ -142,6 +143,8 @@ async def run_corpus(
         await asyncio.sleep(1.0)  # let the streams settle before the first clip
         marks: list[int] = []
         for i, clip in enumerate(clips):
+            if deadline is not None and time.monotonic() >= deadline and not clip.interrupt:
+                break  # soak: time is up (an interrupting clip still goes, its reply is playing)
             if not clip.interrupt:
                 await _wait_idle(session)
             mark = len(events.items)
@@ -164,6 +167,9 @@ async def run_corpus(
             res.clip_t0 = tap.locate(clip, res.feed_t)
             if progress is not None:
                 progress(res)
+        if results and results[-1].turn_id is not None:  # the last reply plays to its end
+            last = results[-1].turn_id
+            await events.wait(lambda e: e.kind == "turn_end" and e.turn_id == last, marks[-1])
         for res, mark in zip(results, marks, strict=True):
             for ev in events.items[mark:]:
                 if ev.turn_id == res.turn_id and ev.kind in (*STAGES, "speech_end", "play_end"):
@@ -176,6 +182,7 @@ async def run_corpus(
         session.stop()
         await asyncio.wait([conv], timeout=10)
     for clip, res in zip(clips, results, strict=False):
+        res.metrics = derive(res)  # also for clips not located
         if res.clip_t0 is not None:
             res.true_onset = res.clip_t0 + clip.speech_start_s
             res.true_end = res.clip_t0 + clip.speech_end_s

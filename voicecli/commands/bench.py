@@ -45,6 +45,8 @@ def bench(
     models: Annotated[ModelSet, typer.Option(help="test: tiny generated; real-size: generated with the real "
                                              "dimensions; default: the pulled models.")] = ModelSet.test,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every raw number here.")] = None,
+    soak_minutes: Annotated[float, typer.Option(help="Soak: converse this long (barge-ins included) and report "
+                                                "memory, latency drift and lost turns.")] = 0.0,
 ) -> None:  # fmt: skip
     """Feed spoken turns through the virtual sound card and report per-stage latency (p50 / p95 / max)."""
     from voicecli.bench import corpus as corpus_mod
@@ -55,6 +57,9 @@ def bench(
     clips = corpus_mod.pick(corpus_mod.from_dir(corpus) if corpus else corpus_mod.builtin(), turns)
     model_paths = _model_paths(models, cfg, console)
     info = report.model_info(model_paths, models.value)
+    if soak_minutes > 0:
+        _soak(cfg, model_paths, corpus_mod.pick(clips, 100_000), soak_minutes, info, json_out, console)
+        return
     with vcard.virtual_card():
         streaming, sequential = asyncio.run(_run(cfg, model_paths, clips, compare, console))
     summary = report.summarise(streaming)
@@ -82,6 +87,61 @@ def bench(
         console.print(f"[dim]raw numbers: {json_out}[/]")
 
 
+def _soak(
+    cfg: config.Config,
+    model_paths: dict[str, Path],
+    clips: list[Any],
+    minutes: float,
+    info: dict[str, Any],
+    json_out: Path | None,
+    console: Console,
+) -> None:
+    from voicecli.bench import report, vcard
+    from voicecli.bench.soak import soak
+
+    async def run() -> dict[str, Any]:
+        engines = await _engines(cfg, model_paths, console)
+        try:
+            return await soak(cfg, engines, clips, minutes)
+        finally:
+            await engines.close()
+
+    with vcard.virtual_card():
+        figures = asyncio.run(run())
+    results = figures.pop("results")
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v * 1000:.0f} ms"
+
+    console.print(f"[bold]soak: {figures['minutes']:.1f} min, models {info['set']}[/]")
+    console.print(
+        f"turns answered / fed: {figures['turns_answered']} / {figures['turns_fed']} "
+        f"(barge-ins {figures['barge_ins']} of {figures['interrupting_clips']} interrupting clips)"
+    )
+    console.print(
+        f"RSS: {figures['rss_start_mb']:.0f} MB -> {figures['rss_end_mb']:.0f} MB ({figures['rss_growth_mb']:+.1f} MB)"
+    )
+    console.print(
+        f"TTFA p50 first {figures['window_s'] / 60:.1f} min: {ms(figures['ttfa_p50_first_window'])}, "
+        f"last: {ms(figures['ttfa_p50_last_window'])}"
+    )
+    console.print(f"overruns {figures['overruns']:.0f}, underruns {figures['underruns']:.0f}, "
+                  f"worst loop lag {ms(figures['loop_lag_max'])}")  # fmt: skip
+    if json_out:
+        doc = {"soak": figures, "models": info, "machine": report.machine(), "turns": report.to_json(results)}
+        json_out.write_text(json.dumps(doc, indent=1, default=str))
+
+
+async def _engines(cfg: config.Config, model_paths: dict[str, Path], console: Console) -> Any:
+    from voicecli.audio.devices import resolve_output
+    from voicecli.audio.playback import Playback
+    from voicecli.pipeline.assistant import start_engines
+
+    rate = Playback(resolve_output(cfg.audio.output)).rate
+    console.print("[dim]loading models ...[/]")
+    return await start_engines(cfg, rate, model_paths)
+
+
 async def _run(
     cfg: config.Config,
     model_paths: dict[str, Path],
@@ -89,14 +149,9 @@ async def _run(
     compare: Compare,
     console: Console,
 ) -> tuple[list[Any], list[Any]]:
-    from voicecli.audio.devices import resolve_output
-    from voicecli.audio.playback import Playback
     from voicecli.bench.runner import run_corpus
-    from voicecli.pipeline.assistant import start_engines
 
-    rate = Playback(resolve_output(cfg.audio.output)).rate
-    console.print("[dim]loading models ...[/]")
-    engines = await start_engines(cfg, rate, model_paths)
+    engines = await _engines(cfg, model_paths, console)
     try:
 
         def show(res: Any) -> None:

@@ -1,0 +1,77 @@
+"""A long scripted conversation (barge-ins included) to show nothing drifts: memory, latency, lost turns."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voicecli.bench.runner import TurnResult, run_corpus
+from voicecli.config import Config
+from voicecli.pipeline.assistant import Engines
+
+
+def rss_mb(pid: int | None = None) -> float:
+    """Resident memory of this process and all its descendants (the STT workers), in MB."""
+    root = pid or int(Path("/proc/self").resolve().name)
+    total, todo, seen = 0, [root], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo.extend(int(k) for k in (task / "children").read_text().split())
+        except (OSError, ValueError):
+            continue
+    return total / 1024.0
+
+
+def _p50(values: list[float]) -> float | None:
+    return float(np.percentile(values, 50)) if values else None
+
+
+def window_ttfa(results: list[TurnResult], first: bool, window_s: float) -> float | None:
+    if not results:
+        return None
+    edge = results[0].feed_t + window_s if first else results[-1].feed_t - window_s
+    picked = [r for r in results if (r.feed_t <= edge if first else r.feed_t >= edge)]
+    return _p50([v for r in picked if (v := r.metrics.get("ttfa")) is not None])
+
+
+async def soak(cfg: Config, engines: Engines, clips: list[Any], minutes: float, progress: Any = None) -> dict[str, Any]:
+    """Converse for `minutes` over the corpus (cycled); returns the soak figures."""
+    rss_start = rss_mb()
+    t0 = time.monotonic()
+    results = await run_corpus(cfg, engines, clips, progress=progress, deadline=t0 + minutes * 60.0)
+    elapsed = time.monotonic() - t0
+    rss_end = rss_mb()
+    window = min(300.0, elapsed / 3.0)  # first/last 5 minutes, or thirds of a short soak
+
+    def total(key: str) -> float:
+        return float(sum(r.metrics.get(key) or 0 for r in results))
+
+    answered = [r for r in results if r.stamps.get("play_start") is not None]
+    return {
+        "minutes": elapsed / 60.0,
+        "turns_fed": len(results),
+        "turns_answered": len(answered),
+        "barge_ins": sum(1 for r in results if r.interrupt and "barge_in" in r.stamps),
+        "interrupting_clips": sum(1 for r in results if r.interrupt),
+        "rss_start_mb": rss_start,
+        "rss_end_mb": rss_end,
+        "rss_growth_mb": rss_end - rss_start,
+        "ttfa_p50_first_window": window_ttfa(results, True, window),
+        "ttfa_p50_last_window": window_ttfa(results, False, window),
+        "window_s": window,
+        "overruns": total("overruns"),
+        "underruns": total("underruns"),
+        "loop_lag_max": max((r.metrics.get("loop_lag_max") or 0.0 for r in results), default=0.0),
+        "results": results,
+    }
