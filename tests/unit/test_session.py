@@ -4,6 +4,7 @@ and a fake speaker on a virtual audio clock (no audio devices, no real time)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -82,7 +83,7 @@ def run_timeline(
         )
         rig = Rig(clock, speaker, stt, llm, tts, history, session, events)
         rig_ref.append(rig)
-        await asyncio.wait_for(session.run(), timeout=60)
+        await asyncio.wait_for(session.run(), timeout=120)
         return rig
 
     return asyncio.run(main())
@@ -237,3 +238,62 @@ def test_tts_failure_skips_only_that_clause() -> None:
     assert "weather" not in record["assistant"]
     assert record["assistant"] == "Sure, here is a short answer. Have a great day!"
     assert any(e.kind == "warning" for e in rig.events)
+
+
+MESSY = (
+    "## Answer\n\n**Sure!** 😀 Here is `code`:\n\n```python\nprint('hi')\n```\n\n"
+    "- first point with a [link](https://example.com)\n- second point 🚀\n"
+    + " ".join(["word"] * 300)  # a long run without punctuation (2000 tokens: see test_chunker)
+    + " Done."
+)
+
+
+class MessyLLM(FakeLLM):
+    def __init__(self, clock, **kw):  # type: ignore[no-untyped-def]
+        super().__init__(clock, reply=MESSY, **{**kw, "per_token": 0.005})
+
+
+def test_markdown_code_emoji_and_endless_text_are_spoken_sensibly() -> None:
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2, 90.0, llm_cls=MessyLLM)
+    spoken = rig.tts.texts
+    assert all(len(c.split()) <= 25 for c in spoken)  # forced flushes keep clauses (and memory) bounded
+    joined = " ".join(spoken)
+    assert "print(" not in joined and "```" not in joined and "**" not in joined and "##" not in joined
+    assert "😀" not in joined and "🚀" not in joined and "https://" not in joined
+    assert "link" in joined and "code" in joined
+    assert joined.endswith("Done.")
+    [record] = rig.session.records
+    assert record["interrupted"] is False and record["assistant"].count("word") == 300
+
+
+def test_barge_in_still_works_during_endless_text() -> None:
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2 or after_play(r, 1, 3.0, 1.0, t), 95.0, llm_cls=MessyLLM)
+    first, second = rig.session.records
+    assert first["interrupted"] is True and second["interrupted"] is False
+    assert rig.llm.streams[0].cancelled
+
+
+def test_input_longer_than_the_context_is_truncated_with_a_warning() -> None:
+    class LongSTT(FakeSTT):
+        async def transcribe(self, audio):  # type: ignore[no-untyped-def]
+            tr = await super().transcribe(audio)
+            return dataclasses.replace(tr, text=" ".join(["blah"] * 5000))
+
+    async def main() -> list[Event]:
+        clock = SimClock()
+        speaker = FakeSpeaker(clock)
+        llm = FakeLLM(clock)
+        events: list[Event] = []
+        mic = ScriptedMic(clock, speaker, lambda t: 0.2 <= t < 1.2, 8.0)
+        session = Session(
+            source=mic, sink=speaker, stt=LongSTT(clock), llm=llm, tts=FakeTTS(clock),
+            history=History("You are a test.", 500, llm.count_tokens), vad_cfg=VAD, talk_cfg=TalkConfig(),
+            emit=events.append, clock=clock, detector=TurnDetector(VAD, classifier=marker_classifier),
+        )  # fmt: skip
+        await session.run()
+        assert llm.count_tokens(llm.prompts[0]) <= 500
+        return events
+
+    events = asyncio.run(main())
+    assert any(e.kind == "warning" and "longer than the model's context" in e.data["message"] for e in events)
+    assert any(e.kind == "turn_end" and e.data["answered"] for e in events)

@@ -396,8 +396,17 @@ class Session:
                 self._emit("stt_rejected", turn_id=ctx.turn_id, text=tr.text)
                 return
             ctx.user_text = tr.text
+            dropped_before = self.history.truncated_turns
             self.history.add_user(ctx.user_text)
             ctx.user_added = True
+            if self.history.last_user_truncated:
+                self._emit("warning", turn_id=ctx.turn_id,
+                           message="what you said is longer than the model's context: only its end was kept "
+                           "(raise llm.history_tokens / llm.n_ctx for longer input)")  # fmt: skip
+            if self.history.truncated_turns > dropped_before:
+                self._emit("warning", turn_id=ctx.turn_id,
+                           message=f"the conversation outgrew llm.history_tokens: the oldest "
+                           f"{self.history.truncated_turns} turns are no longer sent to the model")  # fmt: skip
             answered = await self._reply(ctx)
         except asyncio.CancelledError:
             ctx.interrupted = True
