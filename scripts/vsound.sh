@@ -9,6 +9,8 @@
 #   scripts/vsound.sh echo off [DIR]
 #   scripts/vsound.sh mic-rate RATE [DIR]                   re-create the virtual mic at RATE Hz (e.g. 48000)
 #   scripts/vsound.sh speaker-rate RATE [DIR]               re-create the virtual speaker at RATE Hz
+#   scripts/vsound.sh unplug mic|speaker [DIR]              remove the device, killing its streams (like USB)
+#   scripts/vsound.sh plug mic|speaker [DIR]                bring it back under the same name
 #
 # DIR defaults to $VSOUND_DIR or /tmp/voicecli-vsound. Everything (socket, cookie, state, PIDs) lives
 # in DIR; nothing touches the home directory.
@@ -65,6 +67,7 @@ flat-volumes = no
 EOF
     cat >"$DIR/default.pa" <<EOF
 load-module module-native-protocol-unix auth-anonymous=1 socket=$DIR/native
+load-module module-cli-protocol-unix socket=$DIR/cli
 load-module module-null-sink sink_name=vspeaker rate=$SPEAKER_RATE_DEFAULT channels=1 sink_properties=device.description=voicecli-speaker
 load-module module-null-sink sink_name=vmic_feed rate=$MIC_RATE_DEFAULT channels=1 sink_properties=device.description=voicecli-mic-feed
 load-module module-remap-source source_name=vmic master=vmic_feed.monitor rate=$MIC_RATE_DEFAULT channels=1 source_properties=device.description=voicecli-mic
@@ -245,6 +248,100 @@ cmd_rate() { # which(mic|speaker) rate: reload that device at a new rate
     echo "vsound: $which at $rate Hz"
 }
 
+sink_rate() { # sink name -> its rate in Hz
+    pactl list short sinks | awk -v n="$1" '$2==n{for(i=3;i<=NF;i++) if ($i ~ /^[0-9]+Hz$/) {sub(/Hz/,"",$i); print $i}}'
+}
+
+mic_modules() { pactl list short modules | awk '/module-remap-source.*source_name=vmic /{print $1}'; }
+speaker_modules() { pactl list short modules | awk '/sink_name=vspeaker /{print $1}'; }
+
+pa_cli() { # send commands to the daemon's CLI socket (pactl cannot kill a stream)
+    python3 - "$DIR/cli" "$@" <<'EOF'
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(0.2)
+s.connect(sys.argv[1])
+s.sendall(("\n".join(sys.argv[2:]) + "\n").encode())
+s.shutdown(socket.SHUT_WR)
+try:
+    while s.recv(4096):
+        pass
+except TimeoutError:
+    pass
+EOF
+}
+
+client_streams() { # sources|sinks DEVICE: its client streams (source-outputs / sink-inputs), not modules
+    local kind=$1 dev=$2 idx streams
+    idx=$(pactl list short "$kind" | awk -v n="$dev" '$2==n{print $1}')
+    [[ -n "$idx" ]] || return 0
+    [[ $kind == sources ]] && streams=source-outputs || streams=sink-inputs
+    pactl list short "$streams" | awk -v d="$idx" '$2==d && $3!="-"{print $1}'
+}
+
+wait_gone() { # sources|sinks DEVICE: until its client streams are gone (the CLI answers asynchronously)
+    for _ in $(seq 40); do [[ -z "$(client_streams "$1" "$2")" ]] && return 0; sleep 0.05; done
+    die "the streams on $2 did not go away"
+}
+
+cmd_unplug() { # mic|speaker: kill the device's client streams and unload it
+    # PulseAudio would move the streams to another device (silently, as desktops do); unplugged hardware
+    # under ALSA ends them instead, which is the case voicecli has to recover from.
+    local which=$1 id
+    running || die "not running; run: scripts/vsound.sh start"
+    client_env
+    if [[ $which == mic ]]; then
+        for id in $(client_streams sources vmic); do pa_cli "kill-source-output $id"; done
+        wait_gone sources vmic
+        for id in $(mic_modules); do pactl unload-module "$id"; done
+    else
+        cmd_echo_off
+        sink_rate vspeaker >"$DIR/speaker-rate"
+        stop_pidfile "$DIR/pids/keepalive-speaker"
+        for id in $(client_streams sinks vspeaker); do pa_cli "kill-sink-input $id"; done
+        wait_gone sinks vspeaker
+        for id in $(speaker_modules); do pactl unload-module "$id"; done
+    fi
+    echo "vsound: $which unplugged"
+}
+
+snapshot() { # sink-inputs|source-outputs: "stream device" of every client stream
+    pactl list short "$1" | awk '$3!="-"{print $1, $2}'
+}
+
+restore() { # sink-inputs|source-outputs SNAPSHOT: a default-device change moves every stream; move them back
+    local idx dev
+    while read -r idx dev; do
+        if [[ -n "$idx" ]]; then pactl "move-${1%s}" "$idx" "$dev" 2>/dev/null || true; fi
+    done <<<"$2"
+}
+
+cmd_plug() { # mic|speaker: load the device again with the same name and format
+    local which=$1 rate snap
+    running || die "not running; run: scripts/vsound.sh start"
+    client_env
+    if [[ $which == mic ]]; then
+        [[ -n "$(mic_modules)" ]] && { echo "vsound: mic already plugged"; return 0; }
+        rate=$(sink_rate vmic_feed)
+        snap=$(snapshot source-outputs)
+        pactl load-module module-remap-source source_name=vmic master=vmic_feed.monitor rate="${rate:-$MIC_RATE_DEFAULT}" \
+            channels=1 source_properties=device.description=voicecli-mic >/dev/null
+        pactl set-default-source vmic
+        restore source-outputs "$snap"
+    else
+        [[ -n "$(speaker_modules)" ]] && { echo "vsound: speaker already plugged"; return 0; }
+        rate=$(cat "$DIR/speaker-rate" 2>/dev/null || true)
+        snap=$(snapshot sink-inputs)
+        pactl load-module module-null-sink sink_name=vspeaker rate="${rate:-$SPEAKER_RATE_DEFAULT}" channels=1 \
+            sink_properties=device.description=voicecli-speaker >/dev/null
+        pactl set-default-sink vspeaker
+        restore sink-inputs "$snap"
+        start_keepalive speaker vspeaker.monitor
+    fi
+    kick
+    echo "vsound: $which plugged"
+}
+
 verb=${1:-}
 shift || true
 case "$verb" in
@@ -273,8 +370,12 @@ mic-rate | speaker-rate)
     [[ $# -ge 1 ]] || die "usage: $verb RATE [DIR]"
     DIR_ARG=${2:-}; set_dir; cmd_rate "${verb%-rate}" "$1"
     ;;
+unplug | plug)
+    [[ ${1:-} == mic || ${1:-} == speaker ]] || die "usage: $verb mic|speaker [DIR]"
+    DIR_ARG=${2:-}; set_dir; "cmd_$verb" "$1"
+    ;;
 *)
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
     [[ -z "$verb" || "$verb" == -h || "$verb" == --help || "$verb" == help ]] || exit 2
     ;;
 esac

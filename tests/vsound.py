@@ -19,6 +19,8 @@ Helpers on the fixture object (a `VSound`):
         afterwards rec.pcm (int16 mono), rec.rate, rec.t0 (monotonic time of rec.pcm[0], +-20 ms).
     with vsound.mic_rate(48000): ...            run the virtual mic at another rate (resampling tests).
     with vsound.echo(delay_ms=120, volume=0.3): ...  speaker -> mic loopback, like desktop speakers.
+    vsound.unplug("mic" | "speaker")            remove the device mid-stream: its streams die, as with
+        unplugged USB hardware; vsound.plug(...) brings it back under the same name and format.
     vsound.env                                  the exported variables (for subprocess env=).
     speak(text, path, voice=..., speed=...)     espeak-ng a sentence to a WAV (fixture data at test time).
 """
@@ -202,6 +204,12 @@ class VSound:
             yield
         finally:
             self.sh("mic-rate", "16000", str(self.dir))
+
+    def unplug(self, which: str) -> None:
+        self.sh("unplug", which, str(self.dir))
+
+    def plug(self, which: str) -> None:
+        self.sh("plug", which, str(self.dir))
 
     @contextlib.contextmanager
     def echo(self, delay_ms: int = 120, volume: float = 0.3) -> Iterator[None]:

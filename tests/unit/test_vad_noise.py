@@ -63,3 +63,18 @@ def keyboard(seconds: float, seed: int = 1) -> np.ndarray:
 def test_keyboard_clicks_give_no_turns() -> None:
     events = run(keyboard(30.0))
     assert [e for e in events if isinstance(e, Utterance)] == []
+
+
+def test_steady_noise_onset_is_discarded_even_before_the_floor_adapts() -> None:
+    from voicecli.pipeline.vad import Discarded, webrtc_classifier
+
+    rng = np.random.default_rng(3)
+    det = TurnDetector(VadConfig(), classifier=webrtc_classifier(2, -50.0, adaptive=False))
+    det.reject_stationary = True
+    for signal in (fan_noise(6.0), rng.normal(0, 0.01, 6 * SAMPLE_RATE)):
+        pcm = np.clip(np.concatenate([signal, np.zeros(SAMPLE_RATE)]) * 32767, -32768, 32767).astype(np.int16)
+        events = []
+        for i in range(len(pcm) // FRAME_SAMPLES):
+            events += det.process(pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], i * 0.02)
+        assert not any(isinstance(e, Utterance) for e in events)
+        assert not any(isinstance(e, SpeechStarted) for e in events) or any(isinstance(e, Discarded) for e in events)

@@ -106,9 +106,13 @@ class Capture:
         for ch in (1, max(1, min(2, int(info["max_input_channels"])))):
             try:
                 mod.check_input_settings(device=index, samplerate=rate, channels=ch, dtype="int16")
-                return rate, ch
             except Exception:
                 continue
+            self._notes.append(
+                f"the microphone {info['name']!r} refuses 16 kHz mono; recording at {rate} Hz, "
+                f"{ch} channel{'s' if ch > 1 else ''}, converted to 16 kHz mono"
+            )
+            return rate, ch
         raise DeviceError(
             f"input device {info['name']!r} accepts neither 16 kHz mono nor {rate} Hz int16",
             hint="pick another input with `voicecli devices --input ...`",
@@ -118,6 +122,7 @@ class Capture:
         mod = sd()
         self._loop = asyncio.get_running_loop()
         index = resolve_input(self._spec)
+        self._notes: list[str] = []
         rate, channels = self._choose_format(mod, index)
         self._rate, self._channels = rate, channels
         self._ring = RingBuffer(max(int(self._ring_seconds * rate), rate // 10), channels)
@@ -151,6 +156,8 @@ class Capture:
         self._stats = CaptureStats(
             device=device_name(index, "input"), rate=rate, channels=channels, resampled=rate != SAMPLE_RATE
         )
+        for note in self._notes:  # format fallbacks, once the stream really runs with them
+            self._warn(note)
 
     # -- audio thread ------------------------------------------------------------------------------
 
@@ -261,6 +268,10 @@ class Capture:
             bases.pop()
         bases.append((t, base))
         return bases[0][1]
+
+    def _warn(self, message: str) -> None:
+        if self._on_warning is not None:
+            self._on_warning(message)
 
     def _watch_silence(self, pcm: npt.NDArray[np.int16]) -> None:
         if self.silence_warning is not None:

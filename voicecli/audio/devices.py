@@ -142,3 +142,24 @@ def monotonic_offset(stream_time: Any) -> float:
     st = float(stream_time())
     t2 = time.monotonic()
     return (t1 + t2) / 2.0 - st
+
+
+def is_listed(spec: int | str | None, kind: str) -> bool:
+    """Whether PortAudio's current device list has the device `spec` names (None: a default exists)."""
+    try:
+        index = _resolve(spec, kind)
+        if index is None:
+            device_name(None, kind)
+    except DeviceError:
+        return False
+    return True
+
+
+def rescan() -> None:
+    """Re-initialise PortAudio so it lists devices plugged in since it started.
+
+    This invalidates every open stream: close them all first and reopen them afterwards.
+    """
+    mod = sd()
+    mod._terminate()
+    mod._initialize()

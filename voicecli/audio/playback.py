@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,14 +62,27 @@ class Playback:
     """An output stream playing replies; see the module docstring for the timing model."""
 
     def __init__(
-        self, device: int | str | None = None, *, samplerate: int | None = None, ring_seconds: float = 10.0
+        self,
+        device: int | str | None = None,
+        *,
+        samplerate: int | None = None,
+        ring_seconds: float = 10.0,
+        on_warning: Callable[[str], None] | None = None,
     ) -> None:
         self._spec = device
         self._ring_seconds = ring_seconds
+        self._on_warning = on_warning
         self._index = resolve_output(device)
         mod = sd()
         info = mod.query_devices(self._index, kind="output")
+        self._info_name = str(info["name"])
         self.rate: int = int(samplerate or info["default_samplerate"])
+        self._notes: list[str] = []  # format fallbacks, reported once the stream is open
+        default_rate = int(info["default_samplerate"])
+        refused = samplerate and default_rate != samplerate and not _accepts(mod, self._index, self.rate, 2)
+        if refused and _accepts(mod, self._index, default_rate, 2):  # the device's own rate
+            self.rate = default_rate
+            self._notes.append(f"the speaker {self._info_name!r} refuses {samplerate} Hz; playing at {self.rate} Hz")
         self._stream: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ring = RingBuffer(int(ring_seconds * self.rate), 1)
@@ -101,6 +115,7 @@ class Playback:
         self._log_overflows = 0
         self._device_name = ""
         self._pump: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()  # the stream ended without stop(): the device went away
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -108,10 +123,9 @@ class Playback:
         mod = sd()
         self._loop = asyncio.get_running_loop()
         channels = 1
-        try:
-            mod.check_output_settings(device=self._index, samplerate=self.rate, channels=1, dtype="int16")
-        except Exception:  # some hardware only takes stereo: duplicate the mono signal
-            channels = 2
+        if not _accepts(mod, self._index, self.rate, 1) and _accepts(mod, self._index, self.rate, 2):
+            channels = 2  # some hardware only takes stereo: duplicate the mono signal
+            self._notes.append(f"the speaker {self._info_name!r} refuses mono; playing the voice on 2 channels")
         self._channels = channels
         try:
             self._stream = mod.OutputStream(
@@ -130,6 +144,8 @@ class Playback:
         except mod.PortAudioError as exc:
             raise DeviceError(f"cannot open the output device: {exc}", hint=DEVICE_HINT) from None
         self._device_name = device_name(self._index, "output")
+        for note in self._notes:
+            self._warn(note)
         self._pump = asyncio.create_task(self._pump_loop(), name="playback-pump")
 
     async def stop(self) -> None:
@@ -213,6 +229,7 @@ class Playback:
                 self._room.set()
                 for reply in self._replies.values():
                     reply.done.set()
+                self._lost.set()
                 return
 
     def _digest(self, now: float) -> None:
@@ -259,6 +276,28 @@ class Playback:
             if s <= index <= e:
                 return dac + (index - s) / self.rate
         return None
+
+    @property
+    def device_name(self) -> str:
+        return self._device_name or self._info_name
+
+    @property
+    def lost(self) -> bool:
+        """True once the stream has ended on its own (device unplugged or the sound server gone)."""
+        return self._finished or self._lost.is_set()
+
+    @property
+    def idle(self) -> bool:
+        """No reply is being written or still playing."""
+        return self._current is None and all(r.done.is_set() for r in self._replies.values())
+
+    async def wait_lost(self) -> None:
+        """Return when the stream ends on its own; replies in flight are marked done at that moment."""
+        await self._lost.wait()
+
+    def _warn(self, message: str) -> None:
+        if self._on_warning is not None:
+            self._on_warning(message)
 
     def begin_reply(self, reply_id: int) -> None:
         """Audio written from now on belongs to `reply_id` (ends the previous reply if still open)."""
@@ -361,6 +400,17 @@ class Playback:
             log_overflows=self._log_overflows,
             dac_time_source="callback-clock" if self._dac_zero else "portaudio",
         )
+
+
+def _accepts(mod: Any, index: int | None, rate: int, max_channels: int) -> bool:
+    """Whether the output takes int16 at `rate` with 1 (or up to `max_channels`) channels."""
+    for channels in range(1, max_channels + 1):
+        try:
+            mod.check_output_settings(device=index, samplerate=rate, channels=channels, dtype="int16")
+        except Exception:  # PortAudioError or ValueError: refused
+            continue
+        return True
+    return False
 
 
 def _overlap(a0: int, a1: int, b0: int, b1: int) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,15 +88,27 @@ async def converse(
 
     SIGINT / SIGTERM stop the session; shutdown is bounded so Ctrl-C exits within about a second.
     """
-    from voicecli.audio.capture import Capture
     from voicecli.audio.devices import resolve_input, resolve_output
-    from voicecli.audio.playback import Playback
+    from voicecli.pipeline.resilient import Rescanner, ResilientSink, ResilientSource
 
     own_engines = engines is None
     if engines is None:
         paths = paths or resolve_models(cfg)  # fail fast on missing models, before opening any device
-    capture = Capture(resolve_input(cfg.audio.input or None))
-    playback = Playback(resolve_output(cfg.audio.output or None))
+
+    def warn(message: str) -> None:
+        if emit is not None:
+            emit(Event("warning", time.monotonic(), 0, {"message": message}))
+
+    # Validate the device choice now (a clear error before loading models); the streams keep the user's
+    # spec, not the index, so a device that comes back after being unplugged is found by its name again.
+    resolve_input(cfg.audio.input or None)
+    resolve_output(cfg.audio.output or None)
+    rescanner = Rescanner()
+    # Silence fed to the turn detector when the mic goes away: longer than the hangover, so an utterance
+    # cut off by the loss ends instead of leaving the detector mid-speech.
+    flush_s = cfg.vad.hangover_ms / 1000.0 + 0.3
+    capture = ResilientSource(cfg.audio.input or None, warn=warn, flush_s=flush_s, rescanner=rescanner)
+    playback = ResilientSink(cfg.audio.output or None, warn=warn, rescanner=rescanner)
     loop = asyncio.get_running_loop()
     session: Session | None = None
     stop_requested = asyncio.Event()
@@ -127,8 +140,8 @@ async def converse(
             max_tokens=cfg.llm.max_tokens,
             emit=emit,
             transcript=transcript,
-            capture_overruns=lambda: capture.stats.overrun_samples,
-            playback_underruns=lambda: playback.stats.underruns,
+            capture_overruns=lambda: capture.overrun_samples,
+            playback_underruns=lambda: playback.underruns,
             streaming=streaming,
             tap=tap,
         )

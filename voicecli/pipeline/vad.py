@@ -111,6 +111,21 @@ def _frames(ms: float) -> int:
     return max(1, math.ceil(ms / FRAME_MS - 1e-9))
 
 
+STATIONARY_SPREAD_DB = 8.0
+
+
+def is_stationary(pcm: np.ndarray) -> bool:
+    """True for a steady sound: the spread (90th - 10th percentile) of its 20 ms frame levels is small.
+    Speech rises and falls by 20-70 dB between syllables and pauses; a fan spreads ~5 dB, hiss ~1 dB."""
+    n = len(pcm) // FRAME_SAMPLES
+    if n < 10:
+        return False
+    frames = pcm[: n * FRAME_SAMPLES].reshape(n, FRAME_SAMPLES).astype(np.float64) / 32768.0
+    levels = np.maximum(20 * np.log10(np.sqrt(np.mean(frames * frames, axis=1)) + 1e-9), -90.0)
+    spread = float(np.percentile(levels, 90) - np.percentile(levels, 10))
+    return spread < STATIONARY_SPREAD_DB
+
+
 class NoiseFloor:
     """The background level, tracked as a low percentile of recent frame levels (minimum statistics).
 
@@ -176,6 +191,8 @@ class TurnDetector:
         _check_config(cfg)
         self.cfg = cfg
         self._classify = classifier or webrtc_classifier(cfg.aggressiveness, cfg.floor_dbfs)
+        # Steady-sound rejection belongs to the real-audio path; injected classifiers judge frames themselves.
+        self.reject_stationary = classifier is None
         self._start_n = _frames(cfg.start_ms)
         self._onset_need = max(1, math.ceil(ONSET_VOICED_FRACTION * self._start_n - 1e-9))
         self._pause_n = _frames(cfg.pause_ms)
@@ -292,10 +309,12 @@ class TurnDetector:
         return span > 0 and span * 1000 >= self.cfg.min_utterance_ms - 1e-6
 
     def _end_turn(self, t_confirmed: float, events: list[Event]) -> None:
-        if not self._long_enough():  # a blip, or a continuation with no speech in it
+        end = min(self._n, self._voiced_end_n + self._tail_n * FRAME_SAMPLES)
+        if not self._long_enough() or (self.reject_stationary and is_stationary(self._buf[:end])):
+            # A blip, a continuation with no speech in it, or a steady sound (fan, hiss, hum) that crossed
+            # the detector before the noise floor caught up with it.
             events.append(Discarded(t_confirmed, self._t_voiced_end - self._t_onset))
         else:
-            end = min(self._n, self._voiced_end_n + self._tail_n * FRAME_SAMPLES)
             audio = int16_to_float32(self._buf[:end])
             events.append(Utterance(audio, self._t_start, self._t_voiced_end, t_confirmed, forced=False))
         self._state = State.SILENCE
