@@ -92,4 +92,7 @@ def test_speaker_unplugged_mid_reply_and_back(talk: Callable[..., Talk], vsound:
     first, second = t.transcript()
     assert second["assistant"] == normalise(DEFAULT_REPLY) and second["interrupted"] is False
     assert first["user"] and second["user"]
+    # the first reply lost its speaker: the transcript keeps only what was heard, and says why
+    assert first["speaker_lost"] is True and second["speaker_lost"] is False
+    assert len(first["assistant"]) < len(normalise(DEFAULT_REPLY))
     assert np.isfinite(second["timings"]["ttfa"])

@@ -316,6 +316,11 @@ class ResilientSink:
             self._pb.flush()
         self._current = None
 
+    def reply_cut(self, reply_id: int) -> bool:
+        """The speaker was missing or went away during this reply: the user heard only part of it."""
+        pb = self._owner.get(reply_id)
+        return pb is None or pb.lost
+
     def played_samples(self, reply_id: int) -> int:
         pb = self._owner.get(reply_id)
         return pb.played_samples(reply_id) if pb is not None else 0

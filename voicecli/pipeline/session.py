@@ -536,7 +536,9 @@ class Session:
         if m.play_start is not None:
             self._emit("play_start", t=m.play_start, turn_id=ctx.turn_id)
         full_text = " ".join(text for _, _, text in ctx.clauses)
-        if ctx.interrupted and ctx.reply_started:
+        reply_cut = getattr(self.sink, "reply_cut", None)  # a sink that can lose its device says so
+        cut_off = bool(ctx.reply_started and reply_cut is not None and reply_cut(ctx.turn_id))
+        if (ctx.interrupted or cut_off) and ctx.reply_started:
             heard = played_text(ctx.clauses, self.sink.played_samples(ctx.turn_id))
         else:
             heard = full_text
@@ -561,6 +563,7 @@ class Session:
             "user": ctx.user_text,
             "assistant": heard,
             "interrupted": ctx.interrupted,
+            "speaker_lost": cut_off,
             "answered": answered,
             "timings": summary,
         }
