@@ -119,6 +119,14 @@ def talk(
         bool | None,
         typer.Option("--barge-in/--no-barge-in", help="Let you interrupt (full duplex) or not (half duplex)."),
     ] = None,
+    echo: Annotated[
+        str | None,
+        typer.Option(
+            "--echo",
+            help="Speakers and mic together: auto | aec (cancel the echo, interrupt any time) | "
+            "half-duplex (mic ignored while it speaks) | off (headphones).",
+        ),
+    ] = None,
     max_turns: Annotated[int | None, typer.Option(help="Exit after N answered turns.")] = None,
     events: Annotated[Path | None, typer.Option(help="Write every pipeline event as JSON lines.")] = None,
     transcript_file: Annotated[
@@ -132,7 +140,7 @@ def talk(
 
     cfg = config.load(
         {
-            "audio": {"input": input, "output": output},
+            "audio": {"input": input, "output": output, "echo": echo},
             "models": {"stt": stt_model, "llm": llm_model, "tts": voice, "dir": models_dir},
             "llm": {"system_prompt": system_prompt},
             "tts": {"speed": speed, "speaker": speaker},

@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from voicecli.config import Config
+from voicecli.config import Config, TalkConfig
 from voicecli.engines.base import LanguageModel, SpeechToText, TextToSpeech
 from voicecli.events import Event
 from voicecli.pipeline.history import History
 from voicecli.pipeline.ports import FrameLike
 from voicecli.pipeline.session import Session
 from voicecli.pipeline.transcript import Transcript
+
+if TYPE_CHECKING:
+    from voicecli.pipeline.bargein import EchoPath
 
 
 @dataclass
@@ -128,15 +133,16 @@ async def converse(
         if stop_requested.is_set():
             raise asyncio.CancelledError
         history = History(cfg.llm.system_prompt, cfg.llm.history_tokens, engines.llm.count_tokens)
+        echo, talk_cfg = _echo_setup(cfg, capture, playback, emit)
         session = Session(
-            source=capture,
-            sink=playback,
+            source=capture if echo is None else echo.source,
+            sink=playback if echo is None else echo.sink,
             stt=engines.stt,
             llm=engines.llm,
             tts=engines.tts,
             history=history,
             vad_cfg=cfg.vad,
-            talk_cfg=cfg.talk,
+            talk_cfg=talk_cfg,
             max_tokens=cfg.llm.max_tokens,
             emit=emit,
             transcript=transcript,
@@ -144,6 +150,8 @@ async def converse(
             playback_underruns=lambda: playback.underruns,
             streaming=streaming,
             tap=tap,
+            barge_confirm=None if echo is None else echo.confirm,
+            echo_stats=None if echo is None else echo.turn_stats,
         )
         await capture.start()
         if on_ready is not None:
@@ -172,3 +180,23 @@ async def converse(
             await playback.stop()
         if engines is not None and own_engines:
             await asyncio.wait_for(engines.close(), timeout=2.0)
+
+
+def _echo_setup(
+    cfg: Config, capture: Any, playback: Any, emit: Callable[[Event], None] | None
+) -> tuple[EchoPath | None, TalkConfig]:
+    """`--echo`: aec cleans the mic with the played audio as reference and confirms barge-ins;
+    half-duplex ignores the mic while the assistant is busy; off leaves the mic as it is."""
+    from voicecli.audio.echo import resolve_mode
+
+    mode = resolve_mode(cfg.audio.echo)
+    if cfg.audio.echo == "auto" and mode != "aec" and emit is not None:
+        message = "echo cancellation is not installed (pip install livekit): half duplex, no barge-in"
+        emit(Event("warning", time.monotonic(), 0, {"message": message}))
+    if mode == "half-duplex":
+        return None, dataclasses.replace(cfg.talk, barge_in=False)
+    if mode == "aec":
+        from voicecli.pipeline.bargein import open_echo_path
+
+        return open_echo_path(capture, playback, cfg.vad.floor_dbfs), cfg.talk
+    return None, cfg.talk

@@ -123,6 +123,8 @@ class Session:
         playback_underruns: Callable[[], int] | None = None,
         streaming: bool = True,
         tap: Callable[[FrameLike], None] | None = None,
+        barge_confirm: Callable[[float, float], Any] | None = None,
+        echo_stats: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         """`streaming=False` is the naive baseline for the benchmark: no speculative STT, the whole reply
         is generated, then synthesised in one piece, then played."""
@@ -143,6 +145,10 @@ class Session:
         self._underruns_seen = 0
         self.streaming = streaming
         self._tap = tap  # sees every mic frame (the benchmark locates the fed audio with it)
+        # Echo mode: (onset, now) -> a verdict with `.confirmed`; a barge-in waits for it (pipeline.bargein).
+        self._barge_confirm = barge_confirm
+        self._barge_doubted = False
+        self._echo_stats = echo_stats  # per-turn echo figures merged into the turn's timings
         self.state = State.LISTENING
         self.turns_answered = 0
         self.turns_started = 0
@@ -232,18 +238,42 @@ class Session:
         ):
             # The monologue was cut exactly where the user stopped: answer what was transcribed.
             self._start_turn(None, speech_start=self._parts_cut_at, speech_end=self._parts_cut_at)
-        if (
-            self._barge_onset is not None
-            and self._turn is not None
-            and self.detector.speech_s * 1000.0 >= self.talk_cfg.barge_in_min_ms
-        ):
+        if self._barge_onset is not None and self._turn is not None and self._barge_ready(frame.t + 0.02):
             self._barge_in(decided=frame.t + 0.02)
+
+    def _barge_ready(self, now: float) -> bool:
+        """Whether the speech heard during a turn is a barge-in yet.
+
+        Without a second opinion: once it lasts barge_in_min_ms. With one (`--echo aec`), the verdict on the
+        cleaned audio decides and half of barge_in_min_ms is enough: the neural VAD already rejects clicks
+        and coughs, and the canceller trims the tail of a short word ("Stop,") below the full minimum. Until
+        the verdict agrees the reply keeps playing (nothing is flushed); it is asked again every frame."""
+        assert self._barge_onset is not None
+        long_ms = self.detector.speech_s * 1000.0
+        if self._barge_confirm is None:
+            return long_ms >= self.talk_cfg.barge_in_min_ms
+        if long_ms < self.talk_cfg.barge_in_min_ms / 2:
+            return False
+        verdict = self._barge_confirm(self._barge_onset, now)
+        if not verdict.confirmed and long_ms >= self.talk_cfg.barge_in_min_ms and not self._barge_doubted:
+            self._barge_doubted = True  # the VAD alone would have cut the reply here
+            self._emit(
+                "discarded",
+                t=now,
+                reason="not the user",
+                speech_ratio=round(verdict.speech_ratio, 2),
+                level_dbfs=round(verdict.level_dbfs, 1),
+                background_dbfs=round(verdict.background_dbfs, 1),
+                retained_db=round(verdict.retained_db, 1),
+            )
+        return bool(verdict.confirmed)
 
     def _on_vad(self, ev: vad.Event) -> None:
         if isinstance(ev, vad.SpeechStarted):
             self._emit("speech_start", t=ev.t_onset)
             if self._turn is not None:
                 self._barge_onset = ev.t_onset  # confirmed once it lasts barge_in_min_ms
+                self._barge_doubted = False
             else:
                 self._set_state(State.HEARING)
         elif isinstance(ev, vad.Paused):
@@ -286,9 +316,13 @@ class Session:
             return
         now = self.clock()
         if self._turn is not None:
-            if self._barge_onset is None:
-                # Speech during the reply too short to count as a barge-in (a cough): keep talking.
+            if self._barge_onset is None or (
+                self._barge_confirm is not None and not self._barge_confirm(self._barge_onset, ev.t_confirmed).confirmed
+            ):
+                # Speech during the reply too short to count as a barge-in (a cough), or not the user
+                # (the echo of the reply): keep talking.
                 self._emit("discarded", t=ev.t_confirmed, duration_s=ev.t_speech_end - ev.t_start)
+                self._barge_onset = None
                 self._drop_speculation()
                 return
             self._barge_in(decided=now)
@@ -557,6 +591,8 @@ class Session:
             total = self._capture_overruns()
             m.overruns, self._overruns_seen = total - self._overruns_seen, total
         summary = m.summary()
+        if self._echo_stats is not None:
+            summary.update(self._echo_stats())
         record: dict[str, Any] = {
             "turn": ctx.turn_id,
             "time": time.time(),

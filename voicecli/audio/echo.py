@@ -1,0 +1,487 @@
+"""Acoustic echo cancellation: remove the assistant's own voice from the microphone before VAD and STT.
+
+The canceller is WebRTC's AEC3 (with noise suppression and a high-pass filter) through `livekit`'s
+`rtc.AudioProcessingModule`. Chosen by measurement on a synthetic desktop echo (an espeak-ng reply at
+-10 dB, 30-300 ms delay, a decaying room tail; 16 kHz): AEC3 removes ~43 dB at ~62 us per 10 ms frame;
+speexdsp's canceller removes 8-16 dB (and needs swig plus libspeexdsp-dev to build).
+
+Alignment uses the audio clocks, not a guess: playback reports the DAC time of each reply's first sample
+(from its block log), capture stamps every frame with the ADC time of its first sample, both on
+time.monotonic(). The played audio is laid on a 16 kHz timeline by DAC time (`ReferenceSink` ->
+`ReferenceTimeline`), and each mic frame is paired with what the speaker was playing at its ADC time.
+What remains is the acoustic path (speaker -> air/loopback -> mic), which AEC3 tracks itself and a
+GCC-PHAT cross-correlation (`DelayEstimator`) measures for reporting and as AEC3's delay hint.
+
+Cost: `EchoCanceller.process` is ~150-250 us per 20 ms frame (two AEC3 calls, plus a ~1 ms
+correlation every half second of playback), so `EchoCancelledSource` runs it in one worker thread;
+`add_reference` is cheap (a streaming resample of what is due) and runs on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from voicecli.audio.format import FRAME_SAMPLES, SAMPLE_RATE, SILENCE_DBFS
+from voicecli.errors import ConfigError
+
+APM_SAMPLES = SAMPLE_RATE // 100  # AEC3 takes exactly 10 ms per call
+SNAP_SAMPLES = 48  # DAC/ADC stamps jitter: a block within 3 ms of the previous end continues it
+MAX_DELAY_S = 0.5  # longest echo path the estimator searches (speaker + air + any host buffering)
+EST_WINDOW_S = 1.0  # mic audio correlated per estimate
+EST_EVERY_S = 0.5  # of audible playback between estimates
+EST_MIN_COUNT = 3  # clear estimates before a delay is reported
+EST_MIN_PEAK = 6.0  # GCC-PHAT peak over the mean magnitude: below it the estimate is noise
+ACTIVE_DBFS = -60.0  # reference level above which the speaker counts as playing
+ACTIVE_POWER = (32768.0 * 10 ** (ACTIVE_DBFS / 20)) ** 2  # the same, as mean square of int16 samples
+STATS_FRAMES = 3000  # 60 s of 20 ms frames
+EST_MIN_ACTIVE = 0.6  # share of 20 ms blocks the speaker must be playing in an estimate's span
+MIC_QUIET_DBFS = -80.0  # mic frames below this carry no echo worth measuring
+HINT = "install the echo canceller with `pip install livekit`, or run with `--echo half-duplex`"
+
+Int16Array = npt.NDArray[np.int16]
+
+
+def _dbfs(energy: float, n: int) -> float:
+    """dBFS of a sum of squared int16 samples over n samples."""
+    if n <= 0 or energy <= 0.0:
+        return SILENCE_DBFS
+    return max(SILENCE_DBFS, 10.0 * math.log10(energy / n / (32768.0 * 32768.0)))
+
+
+def _energy(x: Int16Array) -> float:
+    f = x.astype(np.float64)
+    return float(np.dot(f, f))
+
+
+class ReferenceTimeline:
+    """The played audio at 16 kHz, indexed by DAC time (absolute sample = round(t * 16000)).
+
+    A bounded ring: older audio is forgotten; anything never played reads as silence.
+    """
+
+    def __init__(self, seconds: float = 4.0) -> None:
+        self._n = int(seconds * SAMPLE_RATE)
+        self._buf = np.zeros(self._n, dtype=np.int16)
+        self._head: int | None = None  # absolute sample after the newest one written
+
+    @property
+    def head(self) -> int | None:
+        return self._head
+
+    def add(self, pcm: Int16Array, pos: int) -> int:
+        """Write `pcm` starting at absolute sample `pos` (snapped onto the previous end when within
+        SNAP_SAMPLES of it); returns the position actually used."""
+        n = int(pcm.shape[0])
+        if n == 0:
+            return pos
+        head = self._head
+        if head is not None and abs(pos - head) <= SNAP_SAMPLES:
+            pos = head
+        if head is None or pos > head:
+            lo = pos - self._n if head is None else max(head, pos - self._n)
+            self._zero(lo, pos)
+        if n > self._n:
+            pcm, pos, n = pcm[-self._n :], pos + n - self._n, self._n
+        idx = (pos + np.arange(n)) % self._n
+        self._buf[idx] = pcm
+        self._head = pos + n if head is None else max(head, pos + n)
+        return pos
+
+    def _zero(self, lo: int, hi: int) -> None:
+        if hi - lo >= self._n:
+            self._buf[:] = 0
+        elif hi > lo:
+            self._buf[(lo + np.arange(hi - lo)) % self._n] = 0
+
+    def cut(self, pos: int) -> None:
+        """Silence from absolute sample `pos` on (audio laid ahead that will not play after all)."""
+        head = self._head
+        if head is not None and pos < head:
+            self._zero(max(pos, head - self._n), head)
+            self._head = max(pos, head - self._n)
+
+    def read(self, pos: int, n: int) -> Int16Array:
+        """n samples from absolute sample `pos`; zeros outside what is held."""
+        out = np.zeros(n, dtype=np.int16)
+        head = self._head
+        if head is None:
+            return out
+        lo, hi = max(pos, head - self._n), min(pos + n, head)
+        if hi > lo:
+            out[lo - pos : hi - pos] = self._buf[(lo + np.arange(hi - lo)) % self._n]
+        return out
+
+
+class DelayEstimator:
+    """Echo path delay by GCC-PHAT between the reference timeline and the mic, on the shared clock."""
+
+    def __init__(self, max_delay_s: float = MAX_DELAY_S, window_s: float = EST_WINDOW_S) -> None:
+        self.max_lag = int(max_delay_s * SAMPLE_RATE)
+        self.window = int(window_s * SAMPLE_RATE)
+        size = self.window + self.max_lag
+        self._nfft = 1 << (2 * size - 1).bit_length()
+        self._recent: deque[int] = deque(maxlen=5)
+        self._taper = np.hanning(self.window).astype(np.float32)
+
+    def estimate(self, mic: Int16Array, ref: Int16Array) -> int | None:
+        """`mic` = the last `window` mic samples; `ref` = the reference from `max_lag` samples before the
+        mic window's start to its end. Returns the lag (samples) when the correlation peak is clear."""
+        # The mic window is tapered: its hard edges would otherwise correlate with the reference's
+        # edges (both windows end together), a spurious peak at lag 0 (measured on the rig).
+        m = mic.astype(np.float32) * self._taper
+        r = ref.astype(np.float32)
+        spec = np.fft.rfft(m, self._nfft) * np.conj(np.fft.rfft(r, self._nfft))
+        spec /= np.abs(spec) + 1e-9
+        cc = np.fft.irfft(spec, self._nfft)
+        # mic[n] ~ ref[n + max_lag - D] puts the peak at circular index D - max_lag: the last max_lag
+        # entries and entry 0, taken in that order, are delays 0 .. max_lag.
+        mags = np.abs(np.concatenate([cc[-self.max_lag :], cc[:1]]))
+        lag = int(np.argmax(mags))
+        if mags[lag] < EST_MIN_PEAK * (float(np.mean(mags)) + 1e-12):
+            return None
+        self._recent.append(lag)
+        return lag
+
+    @property
+    def delay(self) -> int | None:
+        """Median of the recent clear estimates, in samples; None until there are EST_MIN_COUNT of them
+        (one estimate alone can be a spurious peak: measured once on the rig, 409 ms for a 50 ms path)."""
+        if len(self._recent) < EST_MIN_COUNT:
+            return None
+        return int(np.median(np.array(self._recent)))
+
+
+@dataclass(frozen=True)
+class EchoStats:
+    """Echo figures over the frames since the last `take_stats()` in which the speaker was playing.
+
+    erle_db: echo return loss enhancement, the median over those frames of mic level minus cleaned level
+    (dB removed; None if nothing played). residual_dbfs: median level of the cleaned signal meanwhile.
+    delay_ms: estimated echo path delay (None until a clear estimate). frames: 20 ms mic frames counted.
+    """
+
+    erle_db: float | None
+    residual_dbfs: float | None
+    delay_ms: float | None
+    frames: int
+
+    def as_dict(self) -> dict[str, Any]:
+        r = lambda v: None if v is None else round(v, 1)  # noqa: E731
+        return {
+            "echo_erle_db": r(self.erle_db),
+            "echo_residual_dbfs": r(self.residual_dbfs),
+            "echo_delay_ms": r(self.delay_ms),
+        }
+
+
+def _apm() -> Any:
+    try:
+        from livekit import rtc
+    except ImportError as exc:
+        raise ConfigError(f"echo cancellation needs the livekit package ({exc})", hint=HINT) from None
+    return rtc
+
+
+class EchoCanceller:
+    """Pairs played audio with mic frames by their clock times and removes the echo (AEC3).
+
+    Thread-safe between one reference producer (`add_reference`, on the loop) and one consumer
+    (`process`, in a worker thread): the shared timeline is guarded by a short lock.
+    """
+
+    def __init__(self, ref_rate: int, *, noise_suppression: bool = True) -> None:
+        rtc = _apm()
+        self._rtc = rtc
+        self._apm = rtc.AudioProcessingModule(
+            echo_cancellation=True, noise_suppression=noise_suppression, high_pass_filter=True
+        )
+        self.ref_rate = int(ref_rate)
+        self._resampler: Any = None
+        self._seg: tuple[float, int, int] | None = None  # (DAC time of segment start, in samples, out samples)
+        self._timeline = ReferenceTimeline()
+        self._lock = threading.Lock()
+        self._est = DelayEstimator()
+        self._mic = np.zeros(self._est.window, dtype=np.int16)  # newest mic samples, oldest first
+        self._mic_pos: int | None = None  # absolute sample after the newest mic sample
+        self._since_est = 0
+        self._stats_lock = threading.Lock()
+        self._reset_acc()
+        self.frames = 0
+
+    def _reset_acc(self) -> None:
+        # per playing frame: (mic dBFS, cleaned dBFS); bounded, a turn's figures come from its last minute
+        self._levels: deque[tuple[float, float]] = deque(maxlen=STATS_FRAMES)
+
+    # -- reference (loop side) ----------------------------------------------------------------------
+
+    def add_reference(self, pcm: Int16Array, t_dac: float) -> None:
+        """Samples that reached (or will reach) the speaker, at `ref_rate`, first one at DAC time t_dac."""
+        x = np.asarray(pcm, dtype=np.int16).reshape(-1)
+        if x.size == 0:
+            return
+        seg = self._seg
+        expected = None if seg is None else seg[0] + seg[1] / self.ref_rate
+        if seg is None or expected is None or abs(t_dac - expected) * SAMPLE_RATE > SNAP_SAMPLES:
+            seg = (t_dac, 0, 0)  # a gap or a jump: start a new contiguous segment
+            self._resampler = self._new_resampler()
+        out = self._resample(x)
+        t0, n_in, n_out = seg
+        pos = round(t0 * SAMPLE_RATE) + n_out
+        self._seg = (t0, n_in + x.size, n_out + out.size)
+        with self._lock:
+            self._timeline.add(out, pos)
+
+    def cut_reference(self, t: float) -> None:
+        """Nothing plays after DAC time t (a flush): forget any reference laid beyond it."""
+        self._seg = None
+        with self._lock:
+            self._timeline.cut(round(t * SAMPLE_RATE))
+
+    def _new_resampler(self) -> Any:
+        if self.ref_rate == SAMPLE_RATE:
+            return None
+        import soxr
+
+        return soxr.ResampleStream(self.ref_rate, SAMPLE_RATE, 1, dtype="int16", quality="HQ")
+
+    def _resample(self, x: Int16Array) -> Int16Array:
+        if self._resampler is None:
+            return x
+        return np.asarray(self._resampler.resample_chunk(x), dtype=np.int16).reshape(-1)
+
+    # -- mic (worker side) --------------------------------------------------------------------------
+
+    def process(self, pcm: Int16Array, t: float) -> Int16Array:
+        """One mic frame (16 kHz int16, any multiple of 10 ms) with ADC time t -> the cleaned frame."""
+        mic = np.asarray(pcm, dtype=np.int16).reshape(-1)
+        pos = round(t * SAMPLE_RATE)
+        if self._mic_pos is not None and abs(pos - self._mic_pos) <= SNAP_SAMPLES:
+            pos = self._mic_pos
+        n = mic.size
+        with self._lock:
+            ref = self._timeline.read(pos, n)
+        delay = self._est.delay
+        hint_ms = 0 if delay is None else int(1000 * delay / SAMPLE_RATE)
+        out = np.empty_like(mic)
+        rtc = self._rtc
+        for k in range(0, n - APM_SAMPLES + 1, APM_SAMPLES):
+            far = rtc.AudioFrame(bytearray(ref[k : k + APM_SAMPLES].tobytes()), SAMPLE_RATE, 1, APM_SAMPLES)
+            self._apm.process_reverse_stream(far)
+            self._apm.set_stream_delay_ms(hint_ms)
+            near = rtc.AudioFrame(bytearray(mic[k : k + APM_SAMPLES].tobytes()), SAMPLE_RATE, 1, APM_SAMPLES)
+            self._apm.process_stream(near)
+            out[k : k + APM_SAMPLES] = np.frombuffer(near.data, dtype=np.int16)
+        self._track(mic, out, pos, n)
+        self.frames += 1
+        return out
+
+    def _track(self, mic: Int16Array, out: Int16Array, pos: int, n: int) -> None:
+        self._mic = np.concatenate([self._mic[n:], mic]) if n < self._mic.size else mic[-self._mic.size :]
+        self._mic_pos = pos + n
+        # Echo at this frame comes from what played one echo delay earlier.
+        d = self._est.delay
+        with self._lock:
+            lookback = self._timeline.read(pos - (d if d is not None else 0) - n, 3 * n)
+        playing = _dbfs(_energy(lookback), lookback.size) > ACTIVE_DBFS
+        e_in = _energy(mic)
+        if playing and _dbfs(e_in, n) > MIC_QUIET_DBFS:
+            with self._stats_lock:
+                self._levels.append((_dbfs(e_in, n), _dbfs(_energy(out), n)))
+        if playing:
+            self._since_est += n
+            if self._since_est >= EST_EVERY_S * SAMPLE_RATE:
+                self._since_est = 0
+                self._estimate()
+
+    def _estimate(self) -> None:
+        assert self._mic_pos is not None
+        est = self._est
+        start = self._mic_pos - est.window
+        with self._lock:
+            ref = self._timeline.read(start - est.max_lag, est.window + est.max_lag)
+        # Only while the speaker played through most of the span: a reply's onset inside the window
+        # (silence, then speech) correlates with anything and gives spurious peaks.
+        blocks = ref[: ref.size // FRAME_SAMPLES * FRAME_SAMPLES].astype(np.float64).reshape(-1, FRAME_SAMPLES)
+        active = np.mean(np.mean(blocks * blocks, axis=1) > ACTIVE_POWER)
+        if active >= EST_MIN_ACTIVE and _dbfs(_energy(self._mic), self._mic.size) > MIC_QUIET_DBFS:
+            est.estimate(self._mic, ref)
+
+    # -- figures --------------------------------------------------------------------------------------
+
+    @property
+    def delay_ms(self) -> float | None:
+        d = self._est.delay
+        return None if d is None else 1000.0 * d / SAMPLE_RATE
+
+    def take_stats(self) -> EchoStats:
+        """Figures since the previous call (one assistant turn), then start counting afresh."""
+        with self._stats_lock:
+            levels = np.array(self._levels).reshape(-1, 2)
+            self._reset_acc()
+        if levels.shape[0] == 0:
+            return EchoStats(None, None, self.delay_ms, 0)
+        # Medians over the playing frames: the user talking over a few of them (double talk, where the
+        # canceller rightly keeps the mic) does not drag the figures down.
+        erle = float(np.median(levels[:, 0] - levels[:, 1]))
+        return EchoStats(erle, float(np.median(levels[:, 1])), self.delay_ms, int(levels.shape[0]))
+
+
+class ReferenceSink:
+    """An AudioSink (voicecli.pipeline.ports) that forwards everything to the real one and lays each
+    reply's samples on the canceller's reference timeline, from the reply's DAC start time onwards.
+
+    Only the sink's public timing is used (`play_start`: DAC time of a reply's first sample, from the
+    playback block log; `played_samples` at a flush), so it works over any sink, including one that
+    reopens its stream. `pump(now)` (on the loop, before each mic frame) hands over the samples due up
+    to LEAD_S ahead; nothing runs in the audio callback. An underrun inside a reply would shift the rest
+    of it later than the reference: AEC3 re-aligns by itself and the delay estimate shows the step.
+    """
+
+    LEAD_S = 0.2  # reference handed over this far ahead of the present
+    FLUSH_GRACE_S = 0.1  # after a flush, audio already handed to the device still plays this long at most
+
+    def __init__(self, sink: Any, canceller: EchoCanceller) -> None:
+        self.sink = sink
+        self.canceller = canceller
+        self._reply: int | None = None
+        self._pending: deque[Int16Array] = deque()  # written, not yet handed to the canceller
+        self._pushed = 0  # samples of the current reply handed over
+        self._limit: int | None = None  # after a flush: samples of the reply that can still play
+        self._t0: float | None = None  # DAC time of the current reply's first sample
+
+    @property
+    def rate(self) -> int:
+        return int(self.sink.rate)
+
+    @property
+    def reply_start(self) -> float | None:
+        """DAC time of the first sample of the newest reply, once known."""
+        return self._t0
+
+    def begin_reply(self, reply_id: int) -> None:
+        self.sink.begin_reply(reply_id)
+        self._reply, self._t0, self._pushed, self._limit = reply_id, None, 0, None
+        self._pending.clear()
+
+    async def write(self, pcm: Int16Array) -> None:
+        self._pending.append(np.array(pcm, dtype=np.int16).reshape(-1))
+        await self.sink.write(pcm)
+
+    def end_reply(self) -> None:
+        self.sink.end_reply()
+
+    def flush(self) -> None:
+        if self._reply is not None and self._t0 is not None:
+            limit = int(self.sink.played_samples(self._reply)) + int(self.FLUSH_GRACE_S * self.rate)
+            if self._pushed > limit:  # laid ahead, but will not play now
+                self.canceller.cut_reference(self._t0 + limit / self.rate)
+            self._limit = limit
+        else:  # nothing has played yet: nothing to hand over
+            self._reply = None
+            self._pending.clear()
+        self.sink.flush()
+
+    def played_samples(self, reply_id: int) -> int:
+        return int(self.sink.played_samples(reply_id))
+
+    def play_start(self, reply_id: int) -> float | None:
+        t: float | None = self.sink.play_start(reply_id)
+        return t
+
+    async def wait_reply_done(self, reply_id: int) -> None:
+        await self.sink.wait_reply_done(reply_id)
+
+    def pump(self, now: float) -> None:
+        """Hand the canceller the current reply's samples due before now + LEAD_S."""
+        if self._reply is None:
+            return
+        if self._t0 is None:
+            self._t0 = self.sink.play_start(self._reply)
+            if self._t0 is None:
+                return
+        due = int((now + self.LEAD_S - self._t0) * self.rate)
+        if self._limit is not None:
+            due = min(due, self._limit)
+        while self._pending and self._pushed < due:
+            head = self._pending[0]
+            n = min(head.size, due - self._pushed)
+            self.canceller.add_reference(head[:n], self._t0 + self._pushed / self.rate)
+            self._pushed += n
+            if n == head.size:
+                self._pending.popleft()
+            else:
+                self._pending[0] = head[n:]
+
+
+def resolve_mode(mode: str) -> str:
+    """`auto` -> `aec` when the canceller is installed (both devices are open in a conversation),
+    else `half-duplex`; the other modes stand. Raises ConfigError for `aec` without the canceller."""
+    if mode not in ("auto", "aec", "half-duplex", "off"):
+        raise ConfigError(f"unknown echo mode {mode!r}", hint="use one of: auto, aec, half-duplex, off")
+    if mode in ("auto", "aec"):
+        try:
+            _apm()
+        except ConfigError:
+            if mode == "aec":
+                raise
+            return "half-duplex"
+        return "aec"
+    return mode
+
+
+@dataclass(frozen=True)
+class CleanFrame:
+    """A mic frame after echo cancellation: 20 ms 16 kHz int16; t = ADC time of pcm[0]; raw = the mic
+    frame before cancellation."""
+
+    pcm: Int16Array
+    t: float
+    raw: Int16Array
+
+
+class EchoCancelledSource:
+    """A frame source yielding the capture's frames with the echo removed, processed in one worker thread.
+
+    `observe(clean, raw)` (optional) also runs in the worker, for per-frame analysis such as the
+    barge-in confirmer's neural VAD.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        canceller: EchoCanceller,
+        observe: Callable[[CleanFrame], None] | None = None,
+        before: Callable[[float], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.canceller = canceller
+        self._observe = observe
+        self._before = before  # on the loop, before each frame: e.g. ReferenceSink.pump
+
+    def _work(self, frame: Any) -> CleanFrame:
+        clean = CleanFrame(self.canceller.process(frame.pcm, frame.t), frame.t, frame.pcm)
+        if self._observe is not None:
+            self._observe(clean)
+        return clean
+
+    async def frames(self) -> AsyncIterator[CleanFrame]:
+        loop = asyncio.get_running_loop()
+        pool = ThreadPoolExecutor(1, thread_name_prefix="voicecli-aec")
+        try:
+            async for frame in self.source.frames():
+                if self._before is not None:
+                    self._before(time.monotonic())
+                yield await loop.run_in_executor(pool, self._work, frame)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
