@@ -44,6 +44,15 @@ def alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
+def second_reply_playing(t: Talk, vsound: VSound, tmp_path: Path) -> None:
+    """One finished turn, then the second reply is playing."""
+    q = speak("What is the weather like today?", tmp_path / "q.wav")
+    vsound.feed(q)
+    t.wait_for(lambda e: e["kind"] == "turn_end" and e["turn"] == 1, timeout=60)
+    vsound.feed(q)
+    t.wait_for(lambda e: e["kind"] == "state" and e["state"] == "speaking" and e["turn"] == 2, timeout=60)
+
+
 def stop_and_time(t: Talk, sig: int) -> float:
     t0 = time.monotonic()
     t.proc.send_signal(sig)
@@ -76,12 +85,8 @@ def test_signal_while_listening_exits_fast_without_orphans(talk: Callable[..., T
 def test_signal_mid_reply_keeps_finished_turns(
     talk: Callable[..., Talk], vsound: VSound, tmp_path: Path, sig: int
 ) -> None:
-    q = speak("What is the weather like today?", tmp_path / "q.wav")
     t = talk()
-    vsound.feed(q)
-    t.wait_for(lambda e: e["kind"] == "turn_end" and e["turn"] == 1, timeout=60)
-    vsound.feed(q)
-    t.wait_for(lambda e: e["kind"] == "state" and e["state"] == "speaking" and e["turn"] == 2, timeout=60)
+    second_reply_playing(t, vsound, tmp_path)
     time.sleep(0.3)
     workers = descendants(t.proc.pid)
     took = stop_and_time(t, sig)
@@ -96,12 +101,8 @@ def test_signal_mid_reply_keeps_finished_turns(
 
 
 def test_sigkill_loses_at_most_the_turn_in_flight(talk: Callable[..., Talk], vsound: VSound, tmp_path: Path) -> None:
-    q = speak("What is the weather like today?", tmp_path / "q.wav")
     t = talk()
-    vsound.feed(q)
-    t.wait_for(lambda e: e["kind"] == "turn_end" and e["turn"] == 1, timeout=60)
-    vsound.feed(q)
-    t.wait_for(lambda e: e["kind"] == "state" and e["state"] == "speaking" and e["turn"] == 2, timeout=60)
+    second_reply_playing(t, vsound, tmp_path)
     workers = descendants(t.proc.pid)
     t.proc.kill()
     t.proc.wait(timeout=5)

@@ -63,6 +63,7 @@ class History:
         self._low_water = low_water
         self._turns: list[_Turn] = []
         self._start = 0  # index of the first turn still sent to the model
+        self._forgotten = 0  # turns dropped for good (memory stays bounded in a long session)
         # The system prompt plus an empty user message must fit, or nothing ever can.
         floor = self._count([self._system, ChatMessage("user", "")])
         if floor > budget_tokens:
@@ -75,14 +76,15 @@ class History:
     @property
     def truncated_turns(self) -> int:
         """Old turns no longer sent to the model (for a warning)."""
-        return self._start
+        return self._forgotten + self._start
 
     @property
     def budget_tokens(self) -> int:
         return self._budget
 
     def __len__(self) -> int:
-        return len(self._turns)
+        """Turns in the conversation so far, including the ones no longer kept."""
+        return self._forgotten + len(self._turns)
 
     def add_user(self, text: str) -> None:
         """Start a new turn. A message too long for the budget keeps its end (see module doc)."""
@@ -118,6 +120,7 @@ class History:
     def clear(self) -> None:
         self._turns.clear()
         self._start = 0
+        self._forgotten = 0
         self.last_user_truncated = False
 
     def _view(self, start: int) -> list[ChatMessage]:
@@ -133,6 +136,10 @@ class History:
         last = len(self._turns) - 1
         while self._start < last and self._count(self._view(self._start)) > target:
             self._start += 1
+        # Turns before the kept window are never sent again: forget them.
+        del self._turns[: self._start]
+        self._forgotten += self._start
+        self._start = 0
 
     def _fit_user(self, text: str) -> str:
         def fits(candidate: str) -> bool:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from voicecli.audio.format import rms_dbfs
 from voicecli.config import TalkConfig, VadConfig
 from voicecli.engines.base import LanguageModel, LLMStream, SpeechToText, TextToSpeech, Transcript
 from voicecli.errors import EngineError
@@ -222,8 +223,6 @@ class Session:
         if self._tap is not None:
             self._tap(frame)
         if self._frame_count % MIC_LEVEL_EVERY == 0 and self._emit_cb is not None:
-            from voicecli.audio.format import rms_dbfs
-
             self._emit("mic_level", t=frame.t, dbfs=round(rms_dbfs(frame.pcm), 1))
         if self._turn is not None and not self.talk_cfg.barge_in:
             # Half duplex: the mic is ignored while the assistant is busy, so its own voice cannot trigger it.
