@@ -6,6 +6,7 @@
 #   scripts/vsound.sh env [DIR]                             print export lines: eval "$(scripts/vsound.sh env)"
 #   scripts/vsound.sh status [DIR]                          show daemon, sinks, sources, keepalives
 #   scripts/vsound.sh echo on DELAY_MS VOLUME [DIR]         speaker monitor -> mic, like desktop speakers
+#   scripts/vsound.sh echo room DELAY_MS VOLUME [DIR]       the same plus three decaying reflections (a room)
 #   scripts/vsound.sh echo off [DIR]
 #   scripts/vsound.sh mic-rate RATE [DIR]                   re-create the virtual mic at RATE Hz (e.g. 48000)
 #   scripts/vsound.sh speaker-rate RATE [DIR]               re-create the virtual speaker at RATE Hz
@@ -187,19 +188,19 @@ cmd_status() {
 cmd_echo_off() {
     client_env
     if [[ -e "$DIR/echo-module" ]]; then
-        pactl unload-module "$(cat "$DIR/echo-module")" 2>/dev/null || true
+        local m
+        for m in $(cat "$DIR/echo-module"); do
+            pactl unload-module "$m" 2>/dev/null || true
+        done
         rm -f "$DIR/echo-module"
     fi
 }
 
-cmd_echo_on() { # delay_ms volume (linear factor like 0.3, or "50%", or "-10dB")
+add_loopback() { # delay_ms volume: one more speaker -> mic path; prints its module id
     local delay=$1 volume=$2 mod idx
-    running || die "not running; run: scripts/vsound.sh start"
-    cmd_echo_off
-    client_env
     mod=$(pactl load-module module-loopback source=vspeaker.monitor sink=vmic_feed \
         latency_msec="$delay" source_dont_move=true sink_dont_move=true remix=true)
-    echo "$mod" >"$DIR/echo-module"
+    echo "$mod" >>"$DIR/echo-module"
     # The loopback's sink input carries the volume (how loud the "room" returns the speaker).
     for _ in $(seq 40); do
         idx=$(pactl list sink-inputs | awk -v m="$mod" '/^Sink Input #/{i=substr($3,2)} /Owner Module:/{if ($3==m) print i}')
@@ -208,6 +209,26 @@ cmd_echo_on() { # delay_ms volume (linear factor like 0.3, or "50%", or "-10dB")
     done
     [[ -n "$idx" ]] || die "echo loopback did not appear"
     pactl set-sink-input-volume "$idx" "$volume"
+    echo "$mod"
+}
+
+cmd_echo_room() { # delay_ms volume: the direct path plus three later, quieter reflections (a room's tail)
+    local delay=$1 volume=$2 extra factor
+    cmd_echo_on "$delay" "$volume" >/dev/null
+    for extra in "15 0.5" "35 0.3" "60 0.15"; do
+        set -- $extra
+        factor=$(awk -v v="$volume" -v f="$2" 'BEGIN { printf "%.4f", v * f }')
+        add_loopback $((delay + $1)) "$factor" >/dev/null
+    done
+    echo "vsound: echo room on (direct ${delay} ms, volume $volume; reflections +15/+35/+60 ms at -6/-10/-16 dB)"
+}
+
+cmd_echo_on() { # delay_ms volume (linear factor like 0.3, or "50%", or "-10dB")
+    local delay=$1 volume=$2 mod idx
+    running || die "not running; run: scripts/vsound.sh start"
+    cmd_echo_off
+    client_env
+    mod=$(add_loopback "$delay" "$volume")
     echo "vsound: echo on (delay ${delay} ms, volume $volume, module $mod)"
 }
 
@@ -362,8 +383,9 @@ status) DIR_ARG=${1:-}; set_dir; cmd_status ;;
 echo)
     case ${1:-} in
     on) [[ $# -ge 3 ]] || die "usage: echo on DELAY_MS VOLUME [DIR]"; DIR_ARG=${4:-}; set_dir; cmd_echo_on "$2" "$3" ;;
+    room) [[ $# -ge 3 ]] || die "usage: echo room DELAY_MS VOLUME [DIR]"; DIR_ARG=${4:-}; set_dir; cmd_echo_room "$2" "$3" ;;
     off) DIR_ARG=${2:-}; set_dir; cmd_echo_off; echo "vsound: echo off" ;;
-    *) die "usage: echo on DELAY_MS VOLUME [DIR] | echo off [DIR]" ;;
+    *) die "usage: echo on|room DELAY_MS VOLUME [DIR] | echo off [DIR]" ;;
     esac
     ;;
 mic-rate | speaker-rate)

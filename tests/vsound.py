@@ -212,8 +212,9 @@ class VSound:
         self.sh("plug", which, str(self.dir))
 
     @contextlib.contextmanager
-    def echo(self, delay_ms: int = 120, volume: float = 0.3) -> Iterator[None]:
-        self.sh("echo", "on", str(delay_ms), str(volume), str(self.dir))
+    def echo(self, delay_ms: int = 120, volume: float = 0.3, room: bool = False) -> Iterator[None]:
+        """Loop the speaker back into the mic (desktop speakers); `room` adds three decaying reflections."""
+        self.sh("echo", "room" if room else "on", str(delay_ms), str(volume), str(self.dir))
         try:
             yield
         finally:

@@ -110,9 +110,11 @@ def test_the_user_still_interrupts_over_the_echo(
     # every barge-in was the user's: one per trial at most, each on a reply the user talked over
     barged = [e["turn"] for e in by_kind(events, "barge_in")]
     assert len(barged) == len(stops), barged
-    # detection: at most one miss (issue 6 asks 19 of 20; fewer trials here, see the module docstring)
-    assert misses <= max(1, BARGE_INS // 20), f"{misses} of {BARGE_INS} barge-ins missed"
-    assert all(s < 0.4 for s in stops), [f"{s * 1000:.0f} ms" for s in stops]
+    # detected, with the reply silent within 400 ms of the user's onset, in at least 19 of 20 trials
+    on_time = [s for s in stops if s < 0.4]
+    assert len(on_time) >= BARGE_INS - max(1, BARGE_INS // 20), (
+        f"{misses} of {BARGE_INS} missed; stops {[f'{s * 1000:.0f} ms' for s in stops]}"
+    )
 
 
 def wait_quiet(t: Talk, seconds: float, timeout: float = 60.0) -> None:

@@ -17,19 +17,27 @@ from voicecli.pipeline.vad import TurnDetector
 VAD = VadConfig()
 
 
-def run(confirm: Callable[[float, float], Verdict]) -> tuple[Session, FakeSpeaker, list[Event]]:
+REPLY_S = 0.25 * len(REPLY.split())  # FakeTTS: a quarter second per word
+
+
+def run(
+    confirm: Callable[[float, float], Verdict], over: tuple[float, float] = (0.5, 1.5), seconds: float = 10.0
+) -> tuple[Session, FakeSpeaker, list[Event]]:
+    """The question, then "speech" over (start, end) seconds after the reply's first sample; the mic runs
+    for `seconds` (every reply must be over by then)."""
+
     async def main() -> tuple[Session, FakeSpeaker, list[Event]]:
         clock = SimClock()
         speaker = FakeSpeaker(clock)
         llm = FakeLLM(clock, ttft=0.1, per_token=0.02)
         events: list[Event] = []
 
-        def voiced(t: float) -> bool:  # the question, then 1 s of "speech" from 0.5 s into the reply
+        def voiced(t: float) -> bool:
             p = speaker.play_start(1)
-            return 0.2 <= t < 1.2 or (p is not None and p + 0.5 <= t < p + 1.5)
+            return 0.2 <= t < 1.2 or (p is not None and p + over[0] <= t < p + over[1])
 
         session = Session(
-            source=ScriptedMic(clock, speaker, voiced, 10.0),
+            source=ScriptedMic(clock, speaker, voiced, seconds),
             sink=speaker,
             stt=FakeSTT(clock, 0.1),
             llm=llm,
@@ -43,7 +51,7 @@ def run(confirm: Callable[[float, float], Verdict]) -> tuple[Session, FakeSpeake
             barge_confirm=confirm,
             echo_stats=lambda: {"echo_erle_db": 42.0},
         )
-        await asyncio.wait_for(session.run(), timeout=120)
+        await asyncio.wait_for(session.run(), timeout=15)
         return session, speaker, events
 
     return asyncio.run(main())
@@ -83,3 +91,23 @@ def test_an_accepted_barge_in_stops_the_reply_after_half_the_minimum() -> None:
     # with a second opinion, half of barge_in_min_ms (100 of 200 ms) of VAD speech is enough
     assert onset + 0.1 - 0.021 <= flush_t <= onset + 0.1 + 0.041
     assert barge.turn_id == 1 and session.records[0]["interrupted"] is True
+
+
+def test_the_echo_of_a_reply_s_last_words_does_not_become_a_turn() -> None:
+    """Speech that began in the reply's last 300 ms and runs on after it (the echo's tail, as on the rig)
+    is judged by the confirmer even though the reply has ended by the time the utterance is complete."""
+    session, speaker, events = run(lambda onset, now: verdict(False), over=(REPLY_S - 0.3, REPLY_S + 0.7))
+    assert [r["turn"] for r in session.records] == [1]  # no second turn from its own voice
+    assert session.records[0]["interrupted"] is False
+    assert any(e.kind == "discarded" and e.data.get("reason") == "not the user" for e in events)
+
+
+def test_the_user_who_starts_as_the_reply_ends_is_answered() -> None:
+    """The same timing, but the confirmer is sure only after 400 ms, when the reply is over: the utterance
+    becomes the next turn."""
+    late = verdict(True), verdict(False)
+    session, speaker, events = run(
+        lambda onset, now: late[0] if now - onset >= 0.4 else late[1], over=(REPLY_S - 0.3, REPLY_S + 0.7), seconds=16.0
+    )
+    assert [r["turn"] for r in session.records] == [1, 2]
+    assert session.records[0]["interrupted"] is False and session.records[1]["user"]

@@ -326,3 +326,40 @@ def test_echo_modes() -> None:
     with pytest.raises(ConfigError) as exc:
         resolve_mode("loud")
     assert "auto, aec, half-duplex, off" in (exc.value.hint or "")
+
+
+def test_rule_against_the_predicted_echo() -> None:
+    """Once the canceller predicts the echo level, the raw mic standing >= 5 dB above it is what tells the
+    user from a leak of the echo; the neural VAD only makes the decision faster, and the cues are judged on
+    200 ms windows, so a leak that started the stretch does not hide the user who follows it."""
+    conf = BargeInConfirmer(lambda x: 0.9 if x.mean() > 0 else 0.1)  # "voice" = positive DC
+    quiet = np.full(320, 30, np.int16)
+    voice, rough = np.full(320, 3000, np.int16), np.full(320, -3000, np.int16)  # -21 dBFS, with/without "voice"
+    echo_db = -20.0  # the reply's echo the reference predicts, as loud as the mic's raw level in a leak
+    raw_echo = np.full(320, 3300, np.int16)  # -20 dBFS
+    raw_user = np.full(320, 9000, np.int16)  # -11 dBFS: the user ~9 dB over the echo
+    k = 0
+
+    def feed(clean: npt.NDArray[np.int16], raw: npt.NDArray[np.int16], n: int) -> tuple[float, float]:
+        nonlocal k
+        start = T0 + 0.02 * k
+        for _ in range(n):
+            conf.observe(clean, T0 + 0.02 * k, raw, echo_db)
+            k += 1
+        return start, T0 + 0.02 * k
+
+    feed(quiet, raw_echo, 50)
+    leak = conf.confirm(*feed(voice, raw_echo, 15))  # loud and voiced after the canceller, but only echo
+    assert leak.excess_db == pytest.approx(0.0, abs=0.5) and not leak.confirmed, leak
+    feed(quiet, raw_echo, 50)
+    user = conf.confirm(*feed(voice, raw_user, 5))
+    assert user.confirmed and user.excess_db == pytest.approx(9.0, abs=1.0), user  # voiced: 100 ms is enough
+    feed(quiet, raw_echo, 50)
+    assert not conf.confirm(*feed(rough, raw_user, 5)).confirmed  # not voiced (yet): wait ...
+    feed(quiet, raw_echo, 50)
+    assert conf.confirm(*feed(rough, raw_user, 10)).confirmed  # ... 200 ms above the echo is enough
+    feed(quiet, raw_echo, 50)
+    start, _ = feed(voice, raw_echo, 20)  # a leak starts the VAD's stretch, the user follows 400 ms later
+    _, end = feed(voice, raw_user, 6)
+    late = conf.confirm(start, end)
+    assert late.confirmed and late.excess_db is not None and late.excess_db >= conf.min_excess_db, late

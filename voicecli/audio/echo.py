@@ -47,6 +47,8 @@ ACTIVE_POWER = (32768.0 * 10 ** (ACTIVE_DBFS / 20)) ** 2  # the same, as mean sq
 STATS_FRAMES = 3000  # 60 s of 20 ms frames
 EST_MIN_ACTIVE = 0.6  # share of 20 ms blocks the speaker must be playing in an estimate's span
 MIC_QUIET_DBFS = -80.0  # mic frames below this carry no echo worth measuring
+GAIN_BLOCK_FRAMES = 50  # playing frames (1 s) per echo path gain measurement
+GAIN_BLOCKS = 10  # the gain is the median of the last this many measurements
 HINT = "install the echo canceller with `pip install livekit`, or run with `--echo half-duplex`"
 
 Int16Array = npt.NDArray[np.int16]
@@ -218,6 +220,11 @@ class EchoCanceller:
         self._stats_lock = threading.Lock()
         self._reset_acc()
         self.frames = 0
+        # The echo path gain (speaker -> mic, dB), measured per second of playing; see _track_echo_level.
+        self._gains: deque[float] = deque(maxlen=GAIN_BLOCKS)
+        self._block: list[Any] = [0.0, 0.0, 0]  # the second being summed: mic power, reference power, frames
+        self._gain: float | None = None
+        self.echo_db: float | None = None  # the last frame's expected echo level: see `_track_echo_level`
 
     def _reset_acc(self) -> None:
         # per playing frame: (mic dBFS, cleaned dBFS); bounded, a turn's figures come from its last minute
@@ -295,14 +302,43 @@ class EchoCanceller:
             lookback = self._timeline.read(pos - (d if d is not None else 0) - n, 3 * n)
         playing = _dbfs(_energy(lookback), lookback.size) > ACTIVE_DBFS
         e_in = _energy(mic)
-        if playing and _dbfs(e_in, n) > MIC_QUIET_DBFS:
+        mic_db = _dbfs(e_in, n)
+        if playing and mic_db > MIC_QUIET_DBFS:
             with self._stats_lock:
-                self._levels.append((_dbfs(e_in, n), _dbfs(_energy(out), n)))
+                self._levels.append((mic_db, _dbfs(_energy(out), n)))
+        self._track_echo_level(mic_db, pos, n, d, playing)
         if playing:
             self._since_est += n
             if self._since_est >= EST_EVERY_S * SAMPLE_RATE:
                 self._since_est = 0
                 self._estimate()
+
+    def _track_echo_level(self, mic_db: float, pos: int, n: int, d: int | None, playing: bool) -> None:
+        """The level of echo the reference predicts in this mic frame (`echo_db`): what played one echo delay
+        earlier, times the echo path gain. The raw mic standing above it over a stretch is double-talk
+        evidence that does not depend on what the canceller's suppressor kept: ~0 dB for echo alone, the
+        user's level over the echo when they talk over it (pipeline.bargein sums both over the stretch, so
+        the room's tail and the speech's own dynamics average out).
+
+        The gain is the median over the last GAIN_BLOCKS seconds of playing of each second's mic energy over
+        its reference energy: a second in which the user talked over the reply does not move it."""
+        if d is None:  # no delay estimate yet: no alignment to trust
+            self.echo_db = None
+            return
+        with self._lock:
+            ref = self._timeline.read(pos - d, n)
+        e_ref = _energy(ref)
+        ref_db = _dbfs(e_ref, n)
+        if playing and mic_db > MIC_QUIET_DBFS:
+            self._block[0] += 10.0 ** (mic_db / 10.0)
+            self._block[1] += e_ref / n / (32768.0 * 32768.0)
+            self._block[2] += 1
+            if self._block[2] >= GAIN_BLOCK_FRAMES:
+                if self._block[1] > 0:
+                    self._gains.append(10.0 * math.log10(self._block[0] / self._block[1]))
+                    self._gain = float(np.median(np.array(self._gains)))
+                self._block = [0.0, 0.0, 0]
+        self.echo_db = None if self._gain is None else max(SILENCE_DBFS, ref_db + self._gain)
 
     def _estimate(self) -> None:
         assert self._mic_pos is not None
@@ -318,6 +354,11 @@ class EchoCanceller:
             est.estimate(self._mic, ref)
 
     # -- figures --------------------------------------------------------------------------------------
+
+    @property
+    def echo_gain_db(self) -> float | None:
+        """The echo path gain: the mic's level relative to what played (e.g. -10 dB), once measured."""
+        return self._gain
 
     @property
     def delay_ms(self) -> float | None:
@@ -443,11 +484,12 @@ def resolve_mode(mode: str) -> str:
 @dataclass(frozen=True)
 class CleanFrame:
     """A mic frame after echo cancellation: 20 ms 16 kHz int16; t = ADC time of pcm[0]; raw = the mic
-    frame before cancellation."""
+    frame before cancellation; echo_db = the echo level the reference predicts in it (EchoCanceller.echo_db)."""
 
     pcm: Int16Array
     t: float
     raw: Int16Array
+    echo_db: float | None = None
 
 
 class EchoCancelledSource:
@@ -470,7 +512,8 @@ class EchoCancelledSource:
         self._before = before  # on the loop, before each frame: e.g. ReferenceSink.pump
 
     def _work(self, frame: Any) -> CleanFrame:
-        clean = CleanFrame(self.canceller.process(frame.pcm, frame.t), frame.t, frame.pcm)
+        out = self.canceller.process(frame.pcm, frame.t)
+        clean = CleanFrame(out, frame.t, frame.pcm, self.canceller.echo_db)
         if self._observe is not None:
             self._observe(clean)
         return clean

@@ -33,7 +33,12 @@ METRICS: dict[str, tuple[str, str]] = {
     "loop_lag_max": ("worst loop lag", "s"),
     "barge_in_reaction": ("barge-in onset->stop", "s"),
     "vad_end_error": ("VAD end error", "s"),
+    # with --echo aec: per turn, what the canceller removed (ERLE), what it left, and the echo path delay
+    "echo_erle": ("echo removed (ERLE)", "dB"),
+    "echo_residual": ("residual echo", "dBFS"),
+    "echo_delay": ("echo path delay", "s"),
 }
+ECHO_KEYS = ("echo_erle", "echo_residual", "echo_delay")  # rows shown only when the canceller ran
 # Stages measured from the true end of speech: the ones where a streaming/sequential ratio means something.
 RATIO_KEYS = ("ttfa", "first_clause", "tts_first_audio", "play_start")
 
@@ -58,7 +63,9 @@ def summarise(results: list[TurnResult]) -> dict[str, dict[str, float | int | No
 def _fmt(value: float | int | None, unit: str) -> str:
     if value is None:
         return "-"
-    return f"{value * 1000:.0f} ms" if unit == "s" else f"{value:.3g}"
+    if unit == "s":
+        return f"{value * 1000:.0f} ms"
+    return f"{value:.1f} {unit}" if unit else f"{value:.3g}"
 
 
 def table(summary: dict[str, Any], sequential: dict[str, Any] | None, title: str) -> Table:
@@ -72,6 +79,8 @@ def table(summary: dict[str, Any], sequential: dict[str, Any] | None, title: str
         t.add_column("ratio", justify="right")
     for key, (label, unit) in METRICS.items():
         row = summary[key]
+        if key in ECHO_KEYS and not row["n"]:
+            continue
         cells = [label, str(row["n"]), *(_fmt(row[c], unit) for c in ("p50", "p95", "max"))]
         if sequential is not None:
             seq = sequential[key]["p50"]

@@ -234,4 +234,7 @@ def derive(res: TurnResult) -> dict[str, float | None]:
             None if barge is None or res.true_onset is None or not res.interrupt else barge - res.true_onset
         ),
         "vad_end_error": (None if end is None or "speech_end" not in res.stamps else res.stamps["speech_end"] - end),
+        "echo_erle": tm.get("echo_erle_db"),
+        "echo_residual": tm.get("echo_residual_dbfs"),
+        "echo_delay": None if tm.get("echo_delay_ms") is None else tm["echo_delay_ms"] / 1000.0,
     }

@@ -62,6 +62,20 @@ def virtual_card() -> Iterator[None]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def loopback(delay_ms: int, level_db: float) -> Iterator[None]:
+    """Loop the virtual speaker back into the virtual mic for the duration, `delay_ms` late and `level_db`
+    down: every reply comes back like desktop speakers (scripts/vsound.sh echo on)."""
+    directory = os.environ.get("VSOUND_DIR", "")
+    volume = f"{10 ** (level_db / 20):.4f}"
+    cmd = ["bash", str(SCRIPT), "echo", "on", str(delay_ms), volume, directory]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+    try:
+        yield
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "echo", "off", directory], capture_output=True, timeout=30)
+
+
 async def feed(pcm: npt.NDArray[np.int16]) -> float:
     """Play 16 kHz mono int16 into the virtual mic without waiting for it to finish.
     Returns the monotonic time the audio was handed over (the benchmark locates it exactly afterwards)."""

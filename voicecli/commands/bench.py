@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from enum import StrEnum
@@ -47,21 +48,32 @@ def bench(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every raw number here.")] = None,
     soak_minutes: Annotated[float, typer.Option(help="Soak: converse this long (barge-ins included) and report "
                                                 "memory, latency drift and lost turns.")] = 0.0,
+    echo: Annotated[str | None, typer.Option(help="Echo mode for the run: auto, aec, half-duplex or off "
+                                             "(default: the config's audio.echo).")] = None,
+    rig_echo: Annotated[str | None, typer.Option(help="DELAY_MS,LEVEL_DB: loop the virtual speaker back into "
+                                                 "the virtual mic like desktop speakers, e.g. 60,-10.")] = None,
 ) -> None:  # fmt: skip
     """Feed spoken turns through the virtual sound card and report per-stage latency (p50 / p95 / max)."""
     from voicecli.bench import corpus as corpus_mod
     from voicecli.bench import report, vcard
 
     console = Console()
-    cfg = config.load({"audio": {"input": vcard.MIC, "output": vcard.SPEAKER}})
+    audio: dict[str, Any] = {"input": vcard.MIC, "output": vcard.SPEAKER}
+    if echo is not None:
+        audio["echo"] = echo
+    cfg = config.load({"audio": audio})
+    loop = _rig_echo(rig_echo)
     clips = corpus_mod.pick(corpus_mod.from_dir(corpus) if corpus else corpus_mod.builtin(), turns)
     model_paths = _model_paths(models, cfg, console)
     info = report.model_info(model_paths, models.value)
     if soak_minutes > 0:
         _soak(cfg, model_paths, corpus_mod.pick(clips, 100_000), soak_minutes, info, json_out, console)
         return
-    with vcard.virtual_card():
+    with vcard.virtual_card(), vcard.loopback(*loop) if loop else contextlib.nullcontext():
         streaming, sequential = asyncio.run(_run(cfg, model_paths, clips, compare, console))
+    if loop:
+        console.print(f"[dim]virtual speaker looped back into the mic: {loop[0]} ms, {loop[1]:+g} dB; "
+                      f"echo mode {cfg.audio.echo}[/]")  # fmt: skip
     summary = report.summarise(streaming)
     seq_summary = report.summarise(sequential) if sequential else None
     report.print_report(console, streaming, summary, seq_summary, info)
@@ -78,6 +90,11 @@ def bench(
             "config": {"vad": cfg.vad.__dict__, "talk": cfg.talk.__dict__, "stt_beam": cfg.stt.beam_size},
             "machine": report.machine(),
             "audio": "virtual sound card (PulseAudio null sinks through PortAudio)",
+            "echo": {
+                "mode": cfg.audio.echo,
+                "rig_delay_ms": loop[0] if loop else None,
+                "rig_level_db": loop[1] if loop else None,
+            },
             "turns": report.to_json(streaming),
             "summary": summary,
             "sequential": {"turns": report.to_json(sequential), "summary": seq_summary} if sequential else None,
@@ -85,6 +102,20 @@ def bench(
         }
         json_out.write_text(json.dumps(doc, indent=1, default=str))
         console.print(f"[dim]raw numbers: {json_out}[/]")
+
+
+def _rig_echo(spec: str | None) -> tuple[int, float] | None:
+    """--rig-echo "60,-10" -> (60, -10.0)."""
+    if spec is None:
+        return None
+    try:
+        delay, level = spec.split(",")
+        out = int(delay), float(level)
+    except ValueError:
+        raise typer.BadParameter("expected DELAY_MS,LEVEL_DB, e.g. 60,-10", param_hint="--rig-echo") from None
+    if not (0 <= out[0] <= 1000 and -60.0 <= out[1] <= 0.0):
+        raise typer.BadParameter("delay 0-1000 ms, level -60-0 dB", param_hint="--rig-echo")
+    return out
 
 
 def _soak(

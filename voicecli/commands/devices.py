@@ -31,6 +31,9 @@ def devices(
         False, "--test", help="Record from the input with a live level meter, then play a test tone."
     ),
     seconds: float = typer.Option(3.0, "--seconds", min=0.5, max=60.0, help="Recording length for --test."),
+    echo_check: bool = typer.Option(
+        True, "--echo-check/--no-echo-check", help="With --test: measure how the speaker comes back into the mic."
+    ),
     save: bool = typer.Option(False, "--save", help="Store --input/--output in the config file for `talk`."),
 ) -> None:
     """List audio devices; --test checks the microphone level and the speaker."""
@@ -62,7 +65,7 @@ def devices(
             console.print(f"saved {updates} to {path}")
 
     if test:
-        result = asyncio.run(_run_test(in_idx, out_idx, seconds, None if json_out else console))
+        result = asyncio.run(_run_test(in_idx, out_idx, seconds, echo_check, None if json_out else console))
         if json_out:
             print(json.dumps(result, indent=2))
         return
@@ -189,7 +192,9 @@ async def _play_tone(out_idx: int | None) -> dict[str, Any]:
         await pb.stop()
 
 
-async def _run_test(in_idx: int | None, out_idx: int | None, seconds: float, console: Console | None) -> dict[str, Any]:
+async def _run_test(
+    in_idx: int | None, out_idx: int | None, seconds: float, echo_check: bool, console: Console | None
+) -> dict[str, Any]:
     rec = await _record(in_idx, seconds, console)
     if console:
         console.print(
@@ -204,4 +209,43 @@ async def _run_test(in_idx: int | None, out_idx: int | None, seconds: float, con
     out = await _play_tone(out_idx)
     if console:
         console.print(f"output [bold]{out['name']}[/] ({out['rate']} Hz): played {out['played_seconds']:.2f} s")
-    return {"input": rec, "output": out}
+    result = {"input": rec, "output": out}
+    if echo_check:
+        result["echo"] = await _echo(in_idx, out_idx, console)
+    return result
+
+
+async def _echo(in_idx: int | None, out_idx: int | None, console: Console | None) -> dict[str, Any]:
+    """The echo check: a few seconds of noise on the speaker, recorded through the echo canceller."""
+    from voicecli.audio import echo_check
+    from voicecli.errors import ConfigError
+
+    if console:
+        console.print(f"echo check: playing {echo_check.PROBE_SECONDS:g} s of noise while recording ...")
+    try:
+        check = await echo_check.measure(in_idx, out_idx)
+    except ConfigError as exc:  # the canceller is not installed: the rest of the test still stands
+        if console:
+            console.print(f"[yellow]echo check skipped:[/] {exc.message} ({exc.hint})")
+        return {"skipped": exc.message}
+    if console:
+        console.print(_echo_line(check))
+    return check.as_dict()
+
+
+def _echo_line(check: Any) -> str:
+    if not check.heard:
+        return (
+            f"echo: not heard (mic {check.mic_dbfs:.1f} dBFS while playing, room {check.room_dbfs:.1f} dBFS): "
+            "headphones, or the mic does not pick up this speaker; any --echo mode works"
+        )
+    advice = (
+        "barge-in over the speaker works with --echo auto (or aec)"
+        if (check.erle_db or 0.0) >= 20.0
+        else "the canceller removes little here: use --echo half-duplex, or headphones"
+    )
+    level = "an unmeasured level" if check.level_db is None else f"{check.level_db:+.1f} dB"
+    return (
+        f"echo: heard {check.delay_ms:.0f} ms after playing, at {level}; "
+        f"the canceller removed {check.erle_db:.1f} dB (residual {check.residual_dbfs:.1f} dBFS). {advice}"
+    )

@@ -1,16 +1,23 @@
 """A second opinion before a barge-in stops the reply: is it really the user, not the echo of the reply?
 
 The turn detector (webrtcvad) runs on the echo-cancelled mic and proposes a barge-in; before the session
-flushes the reply, `BargeInConfirmer.confirm(onset, now)` checks the same stretch of cleaned audio
-with two independent cues:
+flushes the reply, `BargeInConfirmer.confirm(onset, now)` checks the stretch on 200 ms windows:
 
-* a neural VAD (Silero v6: the ONNX model faster-whisper bundles, on onnxruntime) must hear a voice;
-* its level must stand well above what the cleaned mic carried just before the onset (residual echo
-  and noise while the assistant talks), so an echo leak as loud as the reply cannot pass as the user.
+* the cleaned level must stand well above what the cleaned mic carried just before the onset (residual
+  echo and noise while the assistant talks);
+* the raw mic must stand >= 5 dB above the echo the reference predicts (EchoCanceller.echo_db: what
+  played one echo delay earlier, times the measured echo path gain). This is the cue that tells the user
+  from an echo leak, and it does not depend on how much of the user the canceller's double-talk
+  suppression kept (that varies by 10 dB from one barge-in to the next on the rig);
+* a neural VAD (Silero v6: the ONNX model faster-whisper bundles, on onnxruntime) hearing a voice lets
+  the decision through at 100 ms; without it the stretch must have lasted 200 ms (against clicks).
 
-If either says no, the reply goes on: nothing has been flushed yet. `observe` runs per frame in the
-echo worker thread (Silero costs ~70 us per 32 ms window);
-`confirm` runs on the loop and only reads what was recorded (microseconds).
+Until the echo level is predicted (the session's first ~3 s of playing) the second cue is replaced by the
+share of the mic's power kept through the canceller, and the voice is required.
+
+If the rule says no, the reply goes on: nothing has been flushed yet. `observe` runs per frame in the
+echo worker thread (Silero costs ~70 us per 32 ms window); `confirm` runs on the loop and only reads
+what was recorded (numpy over at most HISTORY_FRAMES rows: well under a millisecond).
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ from voicecli.errors import ConfigError
 
 REPLY_SETTLE_S = 0.4  # audio this early in a reply is no evidence of a barge-in (see EchoPath.confirm)
 SILERO_SAMPLES = 512  # Silero's fixed window at 16 kHz (32 ms)
-HISTORY_FRAMES = 150  # 3 s of per-frame records
+HISTORY_FRAMES = 500  # 10 s of per-frame records
+WINDOW_FRAMES = 10  # the cues are judged over sliding windows of this many frames (200 ms)
 BACKGROUND_S = 1.5  # the background is the median level over this long before the onset
 
 Classifier = Callable[[npt.NDArray[np.float32]], float]  # 512 float32 samples -> speech probability
@@ -76,9 +84,10 @@ class SileroVad:
 @dataclass(frozen=True)
 class Verdict:
     """confirmed: the stretch is the user. speech_ratio: share of its frames the neural VAD calls speech.
-    level_dbfs: mean power of the stretch; background_dbfs: median frame level over BACKGROUND_S before it.
-    retained_db: cleaned power over mic power in the stretch (0 when no mic level was recorded): the
-    user's voice passes the canceller nearly whole, a leak of the reply's echo comes out far below the mic."""
+    The figures are those of the deciding window (the first that passed, else the last): level_dbfs its
+    mean cleaned power; background_dbfs the median frame level over BACKGROUND_S before the onset;
+    retained_db cleaned power over mic power; excess_db mic power over the predicted echo (None while no
+    echo level is predicted)."""
 
     confirmed: bool
     speech_ratio: float
@@ -86,6 +95,7 @@ class Verdict:
     background_dbfs: float
     frames: int
     retained_db: float = 0.0
+    excess_db: float | None = None
 
 
 class BargeInConfirmer:
@@ -100,27 +110,40 @@ class BargeInConfirmer:
         min_speech_frames: int = 4,
         threshold: float = 0.15,
         min_retained_db: float = -6.0,
+        min_excess_db: float = 5.0,
+        sustain_frames: int = 10,
     ) -> None:
         """floor_dbfs: nothing quieter is speech (the VAD's floor). margin_db: how far above the background
         the stretch must be. min_speech_frames / threshold: 20 ms frames Silero must score at least
         `threshold`; low, because the canceller's double-talk suppression roughens the user's voice (it
         scored 0.15-0.75 there on the echo rig, where clean speech scores 0.9+), while noise scores
         0.01-0.06: this cue is against clicks and hums, the two level cues are against echo.
-        min_retained_db: how much of the mic's power the stretch must keep through the canceller; on the
-        rig the user kept -1..-7 dB, echo leaks lost 10-40 dB."""
+        min_retained_db: how much of the mic's power the stretch must keep through the canceller, while no
+        echo level is predicted; on the rig the user kept -1..-10 dB, echo leaks lost 8-40 dB.
+        min_excess_db: how far the raw mic must stand above the predicted echo (energy over a window); on
+        the rig echo alone stays within +-3 dB, a user at a normal level over a -10 dB echo reached 5-13.
+        sustain_frames: without Silero's voice, the stretch must have lasted this many frames."""
         self._classify = classifier if classifier is not None else SileroVad()
         self.floor_dbfs = floor_dbfs
         self.margin_db = margin_db
         self.min_speech_frames = min_speech_frames
         self.threshold = threshold
         self.min_retained_db = min_retained_db
+        self.min_excess_db = min_excess_db
+        self.sustain_frames = sustain_frames
         self._pending = np.zeros(0, dtype=np.float32)
         self._prob = 0.0
-        # (t, cleaned dBFS, speech probability, mic dBFS before cancellation)
-        self._records: deque[tuple[float, float, float, float]] = deque(maxlen=HISTORY_FRAMES)
+        # (t, cleaned dBFS, speech probability, mic dBFS before cancellation, echo dBFS the reference predicts)
+        self._records: deque[tuple[float, float, float, float, float]] = deque(maxlen=HISTORY_FRAMES)
         self._lock = threading.Lock()
 
-    def observe(self, pcm: npt.NDArray[np.int16], t: float, raw: npt.NDArray[np.int16] | None = None) -> None:
+    def observe(
+        self,
+        pcm: npt.NDArray[np.int16],
+        t: float,
+        raw: npt.NDArray[np.int16] | None = None,
+        echo_db: float | None = None,
+    ) -> None:
         """One cleaned 20 ms frame with the ADC time of its first sample, and the mic frame it came from
         (worker thread)."""
         x = np.asarray(pcm, dtype=np.float32).reshape(-1) / 32768.0
@@ -134,28 +157,63 @@ class BargeInConfirmer:
         self._pending = buf
         prob = self._prob
         with self._lock:
-            self._records.append((t, level, prob, raw_level))
+            self._records.append((t, level, prob, raw_level, math.nan if echo_db is None else echo_db))
 
     def confirm(self, onset: float, now: float) -> Verdict:
-        """Is the audio from `onset` to `now` (seconds, ADC clock) the user speaking? (loop side)"""
+        """Was the user speaking at some moment from `onset` to `now` (seconds, ADC clock)? (loop side)
+
+        Judged on sliding windows of up to WINDOW_FRAMES ending at each frame of the stretch, not on the
+        whole stretch: an echo leak often starts the VAD's speech a few hundred ms before the user does,
+        and a user barely louder than the echo would drown in its average (measured on the rig)."""
         with self._lock:
             records = list(self._records)
-        rows = [r for r in records if onset - 1e-3 <= r[0] < now]
+        rows = np.array([r for r in records if onset - 1e-3 <= r[0] < now], dtype=np.float64).reshape(-1, 5)
         before = [r[1] for r in records if onset - BACKGROUND_S <= r[0] < onset - 1e-3]
         background = float(np.median(before)) if before else SILENCE_DBFS
-        if not rows:
+        n = rows.shape[0]
+        if n == 0:
             return Verdict(False, 0.0, SILENCE_DBFS, background, 0)
-        voiced = sum(1 for r in rows if r[2] >= self.threshold)
-        # mean power, not mean dB: a few loud syllables carry the stretch
-        level = _mean_db([r[1] for r in rows])
-        retained = level - _mean_db([r[3] for r in rows])
+        clean, raw, echo = (10.0 ** (rows[:, k] / 10.0) for k in (1, 3, 4))
+        known = ~np.isnan(rows[:, 4])
+        echo = np.where(known, echo, 0.0)
+        voiced = (rows[:, 2] >= self.threshold).astype(np.float64)
+
+        def sums(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+            c = np.concatenate([[0.0], np.cumsum(x)])
+            ends = np.arange(1, n + 1)
+            return c[ends] - c[np.maximum(0, ends - WINDOW_FRAMES)]  # the window ending at each frame
+
+        width = np.minimum(np.arange(1, n + 1), WINDOW_FRAMES).astype(np.float64)
+        level = _db(sums(clean) / width)  # mean power, not mean dB: a few loud syllables carry it
+        retained = level - _db(sums(raw) / width)
+        n_known = sums(known.astype(np.float64))
+        excess = _db(sums(np.where(known, raw, 0.0))) - _db(sums(echo))
+        by_echo = n_known * 2 >= width  # enough of the window has an echo level predicted
         loud = level >= max(self.floor_dbfs, background + self.margin_db)
-        ok = loud and voiced >= self.min_speech_frames and retained >= self.min_retained_db
-        return Verdict(ok, voiced / len(rows), level, background, len(rows), retained)
+        speech = sums(voiced) >= self.min_speech_frames
+        # With the echo predicted: the mic against that echo, energy over energy. The canceller's
+        # double-talk suppression can cut the user's voice by 10 dB and roughen it past the neural VAD, so
+        # that VAD only speeds the decision up: a stretch that stands clearly above the echo and has lasted
+        # sustain_frames is a barge-in without it, as it is without echo mode. Without (the session's
+        # first seconds of playing): most of the mic's power kept through the canceller, and a voice.
+        sustained = np.arange(1, n + 1) >= self.sustain_frames
+        ok_echo = by_echo & (excess >= self.min_excess_db) & (speech | sustained)
+        ok_kept = ~by_echo & (retained >= self.min_retained_db) & speech
+        ok = loud & (ok_echo | ok_kept)
+        i = int(np.argmax(ok)) if ok.any() else n - 1  # the first window that passed, else the last
+        return Verdict(
+            bool(ok[i]),
+            float(sums(voiced)[i] / width[i]),
+            float(level[i]),
+            background,
+            int(width[i]),
+            float(retained[i]),
+            float(excess[i]) if by_echo[i] else None,
+        )
 
 
-def _mean_db(levels: list[float]) -> float:
-    return 10.0 * math.log10(float(np.mean(10.0 ** (np.array(levels) / 10.0))) + 1e-30)
+def _db(power: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    return np.asarray(10.0 * np.log10(power + 1e-30), dtype=np.float64)
 
 
 def _dbfs(x: npt.NDArray[np.float32]) -> float:
@@ -195,6 +253,6 @@ def open_echo_path(source: Any, sink: Any, floor_dbfs: float) -> EchoPath:
     confirmer = BargeInConfirmer(floor_dbfs=floor_dbfs)
     ref = ReferenceSink(sink, canceller)
     cleaned = EchoCancelledSource(
-        source, canceller, observe=lambda f: confirmer.observe(f.pcm, f.t, f.raw), before=ref.pump
+        source, canceller, observe=lambda f: confirmer.observe(f.pcm, f.t, f.raw, f.echo_db), before=ref.pump
     )
     return EchoPath(cleaned, ref, confirmer, canceller)

@@ -149,6 +149,7 @@ class Session:
         # Echo mode: (onset, now) -> a verdict with `.confirmed`; a barge-in waits for it (pipeline.bargein).
         self._barge_confirm = barge_confirm
         self._barge_doubted = False
+        self._verdict: Any = None  # the confirming verdict of the barge-in being decided (echo mode)
         self._echo_stats = echo_stats  # per-turn echo figures merged into the turn's timings
         self.state = State.LISTENING
         self.turns_answered = 0
@@ -256,15 +257,9 @@ class Session:
         verdict = self._barge_confirm(self._barge_onset, now)
         if not verdict.confirmed and long_ms >= self.talk_cfg.barge_in_min_ms and not self._barge_doubted:
             self._barge_doubted = True  # the VAD alone would have cut the reply here
-            self._emit(
-                "discarded",
-                t=now,
-                reason="not the user",
-                speech_ratio=round(verdict.speech_ratio, 2),
-                level_dbfs=round(verdict.level_dbfs, 1),
-                background_dbfs=round(verdict.background_dbfs, 1),
-                retained_db=round(verdict.retained_db, 1),
-            )
+            self._emit("discarded", t=now, reason="not the user", **_verdict_fields(verdict))
+        if verdict.confirmed:
+            self._verdict = verdict
         return bool(verdict.confirmed)
 
     def _on_vad(self, ev: vad.Event) -> None:
@@ -325,6 +320,18 @@ class Session:
                 self._drop_speculation()
                 return
             self._barge_in(decided=now)
+        elif (
+            self._barge_onset is not None
+            and self._barge_confirm is not None
+            and not self._barge_confirm(self._barge_onset, ev.t_confirmed).confirmed
+        ):
+            # Began during a reply that has ended since and never looked like the user: the tail of the
+            # reply's own echo must not become a turn.
+            self._emit("discarded", t=ev.t_confirmed, reason="not the user", duration_s=ev.t_speech_end - ev.t_start)
+            self._barge_onset = None
+            self._drop_speculation()
+            self._set_state(State.LISTENING)
+            return
         self._barge_onset = None
         self._start_turn(ev.audio, ev.t_start, ev.t_speech_end, forced=ev.forced)
 
@@ -383,7 +390,9 @@ class Session:
             turn_id=ctx.turn_id,
             onset=ctx.metrics.barge_in_onset,
             during="speaking" if ctx.spoken_any else "thinking",
+            **({} if self._verdict is None else _verdict_fields(self._verdict)),
         )
+        self._verdict = None
         self._set_state(State.HEARING)
 
     def _cancel_turn(self, ctx: TurnContext, reason: str) -> None:
@@ -614,3 +623,15 @@ class Session:
         if self._turn is ctx:
             self._turn = None
             self._set_state(State.LISTENING)
+
+
+def _verdict_fields(verdict: Any) -> dict[str, Any]:
+    """A barge-in verdict's evidence for the event log (see pipeline.bargein.Verdict)."""
+    r = lambda v: None if v is None else round(v, 2)  # noqa: E731
+    return {
+        "speech_ratio": r(verdict.speech_ratio),
+        "level_dbfs": r(verdict.level_dbfs),
+        "background_dbfs": r(verdict.background_dbfs),
+        "retained_db": r(verdict.retained_db),
+        "excess_db": r(verdict.excess_db),
+    }
