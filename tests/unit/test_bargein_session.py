@@ -96,7 +96,7 @@ def test_an_accepted_barge_in_stops_the_reply_after_half_the_minimum() -> None:
 def test_the_echo_of_a_reply_s_last_words_does_not_become_a_turn() -> None:
     """Speech that began in the reply's last 300 ms and runs on after it (the echo's tail, as on the rig)
     is judged by the confirmer even though the reply has ended by the time the utterance is complete."""
-    session, speaker, events = run(lambda onset, now: verdict(False), over=(REPLY_S - 0.3, REPLY_S + 0.7))
+    session, _, events = run(lambda onset, now: verdict(False), over=(REPLY_S - 0.3, REPLY_S + 0.7))
     assert [r["turn"] for r in session.records] == [1]  # no second turn from its own voice
     assert session.records[0]["interrupted"] is False
     assert any(e.kind == "discarded" and e.data.get("reason") == "not the user" for e in events)
@@ -106,7 +106,7 @@ def test_the_user_who_starts_as_the_reply_ends_is_answered() -> None:
     """The same timing, but the confirmer is sure only after 400 ms, when the reply is over: the utterance
     becomes the next turn."""
     late = verdict(True), verdict(False)
-    session, speaker, events = run(
+    session, _, _ = run(
         lambda onset, now: late[0] if now - onset >= 0.4 else late[1], over=(REPLY_S - 0.3, REPLY_S + 0.7), seconds=16.0
     )
     assert [r["turn"] for r in session.records] == [1, 2]
