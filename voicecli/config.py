@@ -25,7 +25,7 @@ from voicecli.errors import ConfigError
 class AudioConfig:
     input: str = ""  # device index or name substring; "" = system default
     output: str = ""
-    echo: str = "off"  # auto | aec | half-duplex | off (echo cancellation: see issue 6)
+    echo: str = "auto"  # auto | aec | half-duplex | off: auto = aec when the canceller is installed
 
 
 @dataclass(frozen=True)
