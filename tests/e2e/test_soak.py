@@ -29,6 +29,7 @@ def test_two_minute_soak_answers_every_turn_without_drift(vsound: VSound, tmp_pa
     assert soak["turns_fed"] >= 12
     assert soak["turns_answered"] == soak["turns_fed"]  # no lost turns
     assert soak["interrupting_clips"] >= 2 and soak["barge_ins"] == soak["interrupting_clips"]
+    assert soak["self_interruptions"] == 0
     assert soak["overruns"] == 0 and soak["underruns"] == 0
     assert soak["rss_growth_mb"] < 100
     assert soak["ttfa_p50_last_window"] < 1.5 * soak["ttfa_p50_first_window"]

@@ -67,9 +67,12 @@ def simulate(
     seconds: float = 10.0,
     near_at: float | None = None,
     near_db: float = -6.0,
+    lead_s: float = 0.0,
 ) -> Run:
+    """`lead_s`: seconds of the room alone (nothing played) before the reply starts."""
     rng = np.random.default_rng(7)
     far = np.resize(voices["reply"], int(seconds * R)) * 0.7
+    far[: int(lead_s * R)] = 0.0
     d = int(delay_ms * R / 1000)
     echo = np.convolve(np.concatenate([np.zeros(d, np.float32), far]), room_tail(rng))[: far.size]
     echo *= np.sqrt(np.mean(far**2) / np.mean(echo**2)) * 10 ** (gain_db / 20)
@@ -118,6 +121,21 @@ def test_removes_at_least_25_db_of_a_10_s_reply(voices: dict[str, npt.NDArray[np
     assert stats.frames > 400  # it counted the frames the speaker was playing
     # the figures are per turn: the next turn starts from zero
     assert run.canceller.take_stats().frames == 0
+
+
+def test_a_mic_that_does_not_hear_the_speaker_passes_through_untouched(
+    voices: dict[str, npt.NDArray[np.float32]],
+) -> None:
+    """Headphones: the speaker never reaches the mic, so after the first second of playing the canceller
+    knows there is nothing to remove and hands the user's voice on as it was (its double-talk suppression
+    would only clip the first syllables of a barge-in)."""
+    run = simulate(voices, delay_ms=60, gain_db=-90.0, seconds=12.0, near_at=8.0, near_db=-6.0, lead_s=1.5)
+    assert run.canceller.echo_absent
+    span = slice(8 * R, 8 * R + voices["user"].size)
+    assert np.array_equal(run.out[span], np.clip(np.rint(run.mic[span] * 32767), -32768, 32767) / 32768.0)
+    echo = simulate(voices, delay_ms=60, gain_db=-10.0, seconds=4.0, lead_s=1.5)  # with an echo it does not
+    assert not echo.canceller.echo_absent
+    assert echo.canceller.echo_gain_db == pytest.approx(-10.0, abs=1.5)
 
 
 @pytest.mark.parametrize("delay_ms", [30, 60, 150])
@@ -357,7 +375,7 @@ def test_rule_against_the_predicted_echo() -> None:
     feed(quiet, raw_echo, 50)
     assert not conf.confirm(*feed(rough, raw_user, 5)).confirmed  # not voiced (yet): wait ...
     feed(quiet, raw_echo, 50)
-    assert conf.confirm(*feed(rough, raw_user, 10)).confirmed  # ... 200 ms above the echo is enough
+    assert conf.confirm(*feed(rough, raw_user, conf.sustain_frames)).confirmed  # ... 140 ms above the echo is enough
     feed(quiet, raw_echo, 50)
     start, _ = feed(voice, raw_echo, 20)  # a leak starts the VAD's stretch, the user follows 400 ms later
     _, end = feed(voice, raw_user, 6)

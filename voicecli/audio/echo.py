@@ -48,7 +48,13 @@ STATS_FRAMES = 3000  # 60 s of 20 ms frames
 EST_MIN_ACTIVE = 0.6  # share of 20 ms blocks the speaker must be playing in an estimate's span
 MIC_QUIET_DBFS = -80.0  # mic frames below this carry no echo worth measuring
 GAIN_BLOCK_FRAMES = 50  # playing frames (1 s) per echo path gain measurement
+FIRST_SKIP_FRAMES = 10  # the first 200 ms of playing are not measured: the echo may not be back yet
+FIRST_BLOCK_FRAMES = 15  # the first measurement is short (300 ms), so that a mic that does not hear the
+# speaker is known 0.5 s into the first reply, before a user on headphones cuts in
 GAIN_BLOCKS = 10  # the gain is the median of the last this many measurements
+ECHO_ABSENT_MARGIN_DB = 6.0  # the mic rises less than this over its idle level while playing: no echo
+IDLE_FRAMES = 500  # mic levels kept from frames while nothing plays (10 s): the room's own level
+IDLE_AFTER_FRAMES = 25  # a frame counts as idle 500 ms after the last one in which the speaker played
 HINT = "install the echo canceller with `pip install livekit`, or run with `--echo half-duplex`"
 
 Int16Array = npt.NDArray[np.int16]
@@ -224,6 +230,14 @@ class EchoCanceller:
         self._gains: deque[float] = deque(maxlen=GAIN_BLOCKS)
         self._block: list[Any] = [0.0, 0.0, 0]  # the second being summed: mic power, reference power, frames
         self._gain: float | None = None
+        # Set once a gain is measured: the mic does not hear the speaker, so the mic passes through untouched
+        # (AEC3 and its noise suppression cannot help, and its double-talk suppression would only clip the
+        # user's first syllables). The canceller keeps running, ready for when the echo comes back.
+        self.echo_absent = False
+        self._idle: deque[float] = deque(maxlen=IDLE_FRAMES)  # mic dBFS while nothing played
+        self._quiet_frames = 0  # frames since the speaker last played
+        self._played_frames = 0  # frames in which the speaker played, since the start
+        self._block_mic: deque[float] = deque(maxlen=GAIN_BLOCKS)  # mic dBFS of each second of playing
         self.echo_db: float | None = None  # the last frame's expected echo level: see `_track_echo_level`
 
     def _reset_acc(self) -> None:
@@ -291,7 +305,7 @@ class EchoCanceller:
             out[k : k + APM_SAMPLES] = np.frombuffer(near.data, dtype=np.int16)
         self._track(mic, out, pos, n)
         self.frames += 1
-        return out
+        return mic.copy() if self.echo_absent else out
 
     def _track(self, mic: Int16Array, out: Int16Array, pos: int, n: int) -> None:
         self._mic = np.concatenate([self._mic[n:], mic]) if n < self._mic.size else mic[-self._mic.size :]
@@ -321,24 +335,37 @@ class EchoCanceller:
         the room's tail and the speech's own dynamics average out).
 
         The gain is the median over the last GAIN_BLOCKS seconds of playing of each second's mic energy over
-        its reference energy: a second in which the user talked over the reply does not move it."""
-        if d is None:  # no delay estimate yet: no alignment to trust
-            self.echo_db = None
-            return
+        its reference energy (a second in which the user talked over the reply does not move it; a second is
+        long enough that the alignment hardly matters, so it is measured before the delay is known).
+        `echo_absent`: the mic, over those seconds, rose less than ECHO_ABSENT_MARGIN_DB above its own level
+        while nothing played (the 20th percentile, below the user's speech): it does not hear the speaker."""
         with self._lock:
-            ref = self._timeline.read(pos - d, n)
+            ref = self._timeline.read(pos - (d if d is not None else 0), n)
         e_ref = _energy(ref)
         ref_db = _dbfs(e_ref, n)
-        if playing and mic_db > MIC_QUIET_DBFS:
+        self._quiet_frames = 0 if playing else self._quiet_frames + 1
+        if self._quiet_frames >= IDLE_AFTER_FRAMES:  # nothing has played for a while: the room itself
+            self._idle.append(mic_db)
+        if playing:
+            self._played_frames += 1
+        if playing and self._played_frames > FIRST_SKIP_FRAMES:
             self._block[0] += 10.0 ** (mic_db / 10.0)
             self._block[1] += e_ref / n / (32768.0 * 32768.0)
             self._block[2] += 1
-            if self._block[2] >= GAIN_BLOCK_FRAMES:
+            if self._block[2] >= (GAIN_BLOCK_FRAMES if self._gains else FIRST_BLOCK_FRAMES):
                 if self._block[1] > 0:
                     self._gains.append(10.0 * math.log10(self._block[0] / self._block[1]))
                     self._gain = float(np.median(np.array(self._gains)))
+                    self._block_mic.append(10.0 * math.log10(self._block[0] / self._block[2] + 1e-30))
+                    if self._idle:  # else: never heard the room alone, so no grounds to call the echo absent
+                        idle = float(np.percentile(np.array(self._idle), 20))
+                        loud = float(np.median(np.array(self._block_mic)))
+                        self.echo_absent = loud < idle + ECHO_ABSENT_MARGIN_DB
                 self._block = [0.0, 0.0, 0]
-        self.echo_db = None if self._gain is None else max(SILENCE_DBFS, ref_db + self._gain)
+        if self._gain is None or (d is None and not self.echo_absent):  # no alignment to trust yet
+            self.echo_db = None
+        else:
+            self.echo_db = max(SILENCE_DBFS, ref_db + self._gain)
 
     def _estimate(self) -> None:
         assert self._mic_pos is not None
@@ -435,6 +462,11 @@ class ReferenceSink:
 
     def played_samples(self, reply_id: int) -> int:
         return int(self.sink.played_samples(reply_id))
+
+    def reply_cut(self, reply_id: int) -> bool:
+        """Whether the device under it lost this reply (pipeline.resilient); False for a plain sink."""
+        cut = getattr(self.sink, "reply_cut", None)
+        return bool(cut is not None and cut(reply_id))
 
     def play_start(self, reply_id: int) -> float | None:
         t: float | None = self.sink.play_start(reply_id)

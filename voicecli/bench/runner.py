@@ -44,6 +44,7 @@ class TurnResult:
     stamps: dict[str, float] = field(default_factory=dict)  # event kind -> monotonic time
     timings: dict[str, Any] = field(default_factory=dict)  # the session's own per-turn summary
     barge_in_reaction: float | None = None  # interrupting onset -> the assistant's decision to stop
+    self_interrupted: bool = False  # its reply was cut though no clip was fed to interrupt it
     metrics: dict[str, float | None] = field(default_factory=dict)
 
 
@@ -178,6 +179,10 @@ async def run_corpus(
                     res.timings = dict(ev.data.get("timings", {}))
                 if ev.kind == "barge_in" and res.interrupt and "barge_in" not in res.stamps:
                     res.stamps["barge_in"] = ev.t
+        cut = {ev.turn_id for ev in events.items if ev.kind == "barge_in"}
+        for i, res in enumerate(results):
+            meant = i + 1 < len(results) and results[i + 1].interrupt  # the next clip was fed to cut this reply
+            res.self_interrupted = res.turn_id in cut and not meant
     finally:
         session.stop()
         await asyncio.wait([conv], timeout=10)

@@ -67,7 +67,7 @@ def bench(
     model_paths = _model_paths(models, cfg, console)
     info = report.model_info(model_paths, models.value)
     if soak_minutes > 0:
-        _soak(cfg, model_paths, corpus_mod.pick(clips, 100_000), soak_minutes, info, json_out, console)
+        _soak(cfg, model_paths, corpus_mod.pick(clips, 100_000), soak_minutes, info, json_out, console, loop)
         return
     with vcard.virtual_card(), vcard.loopback(*loop) if loop else contextlib.nullcontext():
         streaming, sequential = asyncio.run(_run(cfg, model_paths, clips, compare, console))
@@ -126,6 +126,7 @@ def _soak(
     info: dict[str, Any],
     json_out: Path | None,
     console: Console,
+    loop: tuple[int, float] | None = None,
 ) -> None:
     from voicecli.bench import report, vcard
     from voicecli.bench.soak import soak
@@ -137,7 +138,7 @@ def _soak(
         finally:
             await engines.close()
 
-    with vcard.virtual_card():
+    with vcard.virtual_card(), vcard.loopback(*loop) if loop else contextlib.nullcontext():
         figures = asyncio.run(run())
     results = figures.pop("results")
 
@@ -147,7 +148,8 @@ def _soak(
     console.print(f"[bold]soak: {figures['minutes']:.1f} min, models {info['set']}[/]")
     console.print(
         f"turns answered / fed: {figures['turns_answered']} / {figures['turns_fed']} "
-        f"(barge-ins {figures['barge_ins']} of {figures['interrupting_clips']} interrupting clips)"
+        f"(barge-ins {figures['barge_ins']} of {figures['interrupting_clips']} interrupting clips; "
+        f"self-interruptions {figures['self_interruptions']})"
     )
     console.print(
         f"RSS: {figures['rss_start_mb']:.0f} MB -> {figures['rss_end_mb']:.0f} MB ({figures['rss_growth_mb']:+.1f} MB)"

@@ -10,7 +10,7 @@ flushes the reply, `BargeInConfirmer.confirm(onset, now)` checks the stretch on 
   from an echo leak, and it does not depend on how much of the user the canceller's double-talk
   suppression kept (that varies by 10 dB from one barge-in to the next on the rig);
 * a neural VAD (Silero v6: the ONNX model faster-whisper bundles, on onnxruntime) hearing a voice lets
-  the decision through at 100 ms; without it the stretch must have lasted 200 ms (against clicks).
+  the decision through at 100 ms; without it the stretch must have lasted 140 ms (against clicks).
 
 Until the echo level is predicted (the session's first ~3 s of playing) the second cue is replaced by the
 share of the mic's power kept through the canceller, and the voice is required.
@@ -111,7 +111,7 @@ class BargeInConfirmer:
         threshold: float = 0.15,
         min_retained_db: float = -6.0,
         min_excess_db: float = 5.0,
-        sustain_frames: int = 10,
+        sustain_frames: int = 7,
     ) -> None:
         """floor_dbfs: nothing quieter is speech (the VAD's floor). margin_db: how far above the background
         the stretch must be. min_speech_frames / threshold: 20 ms frames Silero must score at least
