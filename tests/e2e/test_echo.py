@@ -8,6 +8,7 @@ VOICECLI_ECHO_TRIALS=N changes both counts).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -105,6 +106,7 @@ def test_the_user_still_interrupts_over_the_echo(
     # every barge-in was the user's: one per trial at most, each on a reply the user talked over
     barged = [e["turn"] for e in by_kind(events, "barge_in")]
     assert len(barged) == len(stops), barged
+    (tmp_path / "stops.json").write_text(json.dumps({"stops_s": stops, "misses": misses}))  # for the record
     # detected, with the reply silent within 400 ms of the user's onset, in at least 19 of 20 trials
     on_time = [s for s in stops if s < 0.4]
     assert len(on_time) >= BARGE_INS - max(1, BARGE_INS // 20), (

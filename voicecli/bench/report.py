@@ -60,6 +60,15 @@ def summarise(results: list[TurnResult]) -> dict[str, dict[str, float | int | No
     return out
 
 
+def barge_ins(results: list[TurnResult]) -> dict[str, int]:
+    """How many interrupting clips cut their reply, and how many replies were cut by nobody."""
+    return {
+        "interrupting_clips": sum(1 for r in results if r.interrupt),
+        "detected": sum(1 for r in results if r.interrupt and "barge_in" in r.stamps),
+        "self_interruptions": sum(1 for r in results if r.self_interrupted),
+    }
+
+
 def _fmt(value: float | int | None, unit: str) -> str:
     if value is None:
         return "-"
@@ -182,5 +191,11 @@ def print_report(
     )
     console.print(table(summary, seq_summary, f"voicecli bench — {len(results)} turns, streaming"))
     console.print("[dim]times from the true end of speech (located in the captured audio), on the audio clock[/]")
+    b = barge_ins(results)
+    if b["interrupting_clips"] or b["self_interruptions"]:
+        console.print(
+            f"barge-ins: {b['detected']} of {b['interrupting_clips']} interrupting clips detected; "
+            f"self-interruptions: {b['self_interruptions']}"
+        )
     for line in waterfall(results):
         console.print(line)

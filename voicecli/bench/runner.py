@@ -28,6 +28,7 @@ from voicecli.pipeline.session import Session
 TURN_TIMEOUT_S = 90.0
 SETTLE_S = 0.4  # quiet time before feeding the next clip
 INTERRUPT_AFTER_S = 0.5  # how far into a reply an interrupting clip is fed
+MISSED_AFTER_S = 20.0  # an interrupting clip not heard as a turn by then was missed (not a hung pipeline)
 
 
 @dataclass
@@ -45,6 +46,7 @@ class TurnResult:
     timings: dict[str, Any] = field(default_factory=dict)  # the session's own per-turn summary
     barge_in_reaction: float | None = None  # interrupting onset -> the assistant's decision to stop
     self_interrupted: bool = False  # its reply was cut though no clip was fed to interrupt it
+    missed: bool = False  # an interrupting clip that neither cut the reply nor became a turn
     metrics: dict[str, float | None] = field(default_factory=dict)
 
 
@@ -74,11 +76,14 @@ class _Tap:
 
 
 class _Events:
-    def __init__(self) -> None:
+    def __init__(self, log: Any = None) -> None:
+        self.log = log  # also hand every event to this (an EventLog: `bench --events FILE`)
         self.items: list[Event] = []
         self.changed = asyncio.Event()
 
     def __call__(self, ev: Event) -> None:
+        if self.log is not None:
+            self.log(ev)
         if ev.kind not in ("mic_level", "llm_delta"):
             self.items.append(ev)
             self.changed.set()
@@ -110,11 +115,12 @@ async def run_corpus(
     streaming: bool = True,
     progress: Any = None,
     deadline: float | None = None,
+    event_log: Any = None,
 ) -> list[TurnResult]:
     """Converse over `clips` through the virtual sound card; one TurnResult per clip."""
     from voicecli.pipeline import assistant
 
-    events = _Events()
+    events = _Events(event_log)
     tap = _Tap()
     ready = asyncio.Event()
     holder: list[Session] = []
@@ -152,7 +158,22 @@ async def run_corpus(
             marks.append(mark)
             res = TurnResult(clip.name, clip.interrupt, await vcard.feed(clip.pcm))
             res.clip_speech_start_s, res.clip_speech_end_s = clip.speech_start_s, clip.speech_end_s
-            eou = await events.wait(lambda e: e.kind == "eou" and not e.data.get("forced"), mark)
+            try:
+                eou = await events.wait(
+                    lambda e: e.kind == "eou" and not e.data.get("forced"),
+                    mark,
+                    timeout=MISSED_AFTER_S if clip.interrupt else TURN_TIMEOUT_S,
+                )
+            except TimeoutError:
+                if not clip.interrupt:
+                    raise
+                # The barge-in was missed and the speech dropped as not the user (e.g. quieter than the
+                # echo): count it, and go on once the reply it failed to cut has ended.
+                res.missed = True
+                results.append(res)
+                if progress is not None:
+                    progress(res)
+                continue
             res.turn_id = eou.turn_id
             results.append(res)
             if i + 1 < len(clips) and clips[i + 1].interrupt:

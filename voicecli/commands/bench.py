@@ -52,6 +52,7 @@ def bench(
                                              "(default: the config's audio.echo).")] = None,
     rig_echo: Annotated[str | None, typer.Option(help="DELAY_MS,LEVEL_DB: loop the virtual speaker back into "
                                                  "the virtual mic like desktop speakers, e.g. 60,-10.")] = None,
+    events: Annotated[Path | None, typer.Option(help="Append every pipeline event here as JSON lines.")] = None,
 ) -> None:  # fmt: skip
     """Feed spoken turns through the virtual sound card and report per-stage latency (p50 / p95 / max)."""
     from voicecli.bench import corpus as corpus_mod
@@ -70,7 +71,7 @@ def bench(
         _soak(cfg, model_paths, corpus_mod.pick(clips, 100_000), soak_minutes, info, json_out, console, loop)
         return
     with vcard.virtual_card(), vcard.loopback(*loop) if loop else contextlib.nullcontext():
-        streaming, sequential = asyncio.run(_run(cfg, model_paths, clips, compare, console))
+        streaming, sequential = asyncio.run(_run(cfg, model_paths, clips, compare, console, events))
     if loop:
         console.print(f"[dim]virtual speaker looped back into the mic: {loop[0]} ms, {loop[1]:+g} dB; "
                       f"echo mode {cfg.audio.echo}[/]")  # fmt: skip
@@ -99,6 +100,7 @@ def bench(
             "summary": summary,
             "sequential": {"turns": report.to_json(sequential), "summary": seq_summary} if sequential else None,
             "ttfa_ratio_sequential_over_streaming": ratio,
+            "barge_ins": report.barge_ins(streaming),
         }
         json_out.write_text(json.dumps(doc, indent=1, default=str))
         console.print(f"[dim]raw numbers: {json_out}[/]")
@@ -181,21 +183,28 @@ async def _run(
     clips: list[Any],
     compare: Compare,
     console: Console,
+    events: Path | None = None,
 ) -> tuple[list[Any], list[Any]]:
     from voicecli.bench.runner import run_corpus
+    from voicecli.events import EventLog
+
+    log = EventLog(events) if events else None
 
     engines = await _engines(cfg, model_paths, console)
     try:
 
         def show(res: Any) -> None:
-            console.print(f"[dim]  fed {res.clip} (turn {res.turn_id})[/]")
+            what = "missed: neither a barge-in nor a turn" if res.missed else f"turn {res.turn_id}"
+            console.print(f"[dim]  fed {res.clip} ({what})[/]")
 
         console.print("streaming pipeline:")
-        streaming = await run_corpus(cfg, engines, clips, streaming=True, progress=show)
+        streaming = await run_corpus(cfg, engines, clips, streaming=True, progress=show, event_log=log)
         sequential = []
         if compare is Compare.sequential:
             console.print("sequential pipeline:")
-            sequential = await run_corpus(cfg, engines, clips, streaming=False, progress=show)
+            sequential = await run_corpus(cfg, engines, clips, streaming=False, progress=show, event_log=log)
         return streaming, sequential
     finally:
         await engines.close()
+        if log is not None:
+            log.close()
