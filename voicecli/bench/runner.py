@@ -193,6 +193,8 @@ async def run_corpus(
             last = results[-1].turn_id
             await events.wait(lambda e: e.kind == "turn_end" and e.turn_id == last, marks[-1])
         for res, mark in zip(results, marks, strict=True):
+            if res.missed:  # nothing after its mark is its own (a later clip's barge-in is not)
+                continue
             for ev in events.items[mark:]:
                 if ev.turn_id == res.turn_id and ev.kind in (*STAGES, "speech_end", "play_end"):
                     res.stamps.setdefault(ev.kind, ev.t)

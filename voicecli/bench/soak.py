@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from voicecli.bench.report import barge_ins
 from voicecli.bench.runner import TurnResult, run_corpus
 from voicecli.config import Config
 from voicecli.pipeline.assistant import Engines
@@ -58,13 +59,14 @@ async def soak(cfg: Config, engines: Engines, clips: list[Any], minutes: float, 
         return float(sum(r.metrics.get(key) or 0 for r in results))
 
     answered = [r for r in results if r.stamps.get("play_start") is not None]
+    barge = barge_ins(results)
     return {
         "minutes": elapsed / 60.0,
         "turns_fed": len(results),
         "turns_answered": len(answered),
-        "barge_ins": sum(1 for r in results if r.interrupt and "barge_in" in r.stamps),
-        "interrupting_clips": sum(1 for r in results if r.interrupt),
-        "self_interruptions": sum(1 for r in results if r.self_interrupted),
+        "barge_ins": barge["detected"],
+        "interrupting_clips": barge["interrupting_clips"],
+        "self_interruptions": barge["self_interruptions"],
         "rss_start_mb": rss_start,
         "rss_end_mb": rss_end,
         "rss_growth_mb": rss_end - rss_start,
