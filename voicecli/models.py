@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import importlib.resources
+import importlib.resources.abc
 import json
 import mmap
 import os
@@ -109,10 +111,17 @@ class Manifest:
         return f"{base.rstrip('/')}/{spec.name}/{f.path}" if base else f.url
 
 
+MANIFEST_RESOURCE = "manifest.toml"  # shipped inside the package (package-data), so wheels carry it
+
+
+def _shipped_manifest() -> importlib.resources.abc.Traversable:
+    return importlib.resources.files("voicecli").joinpath(MANIFEST_RESOURCE)
+
+
 def manifest_path() -> Path:
+    """VOICECLI_MANIFEST, else the manifest shipped in the package (where it is, for messages)."""
     env = os.environ.get("VOICECLI_MANIFEST")
-    # voicecli is installed editable, so the repo's models/ sits next to the package
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "models" / "manifest.toml"
+    return Path(env) if env else Path(str(_shipped_manifest()))
 
 
 def _bad(path: Path, what: str) -> ModelError:
@@ -136,7 +145,7 @@ def _parse_file(path: Path, model: str, raw: Any) -> ModelFile:
 
 def _parse_model(path: Path, raw: Any) -> ModelSpec:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-        raise _bad(path, "every [[models]] entry needs a name")
+        raise _bad(path, "every model entry needs a name")
     name = raw["name"]
     kind = raw.get("kind")
     if kind not in KINDS:
@@ -161,10 +170,17 @@ def _parse_model(path: Path, raw: Any) -> ModelSpec:
 
 
 def load_manifest(path: Path | None = None) -> Manifest:
-    """Read the manifest (VOICECLI_MANIFEST, else the repo's models/manifest.toml)."""
-    path = path or manifest_path()
+    """Read the manifest: `path`, else VOICECLI_MANIFEST, else the one shipped in the package
+    (voicecli/manifest.toml, read with importlib.resources: works from a wheel as from a checkout)."""
+    source: Path | importlib.resources.abc.Traversable
+    if path is None and not os.environ.get("VOICECLI_MANIFEST"):
+        source = _shipped_manifest()
+        path = Path(str(source))
+    else:
+        path = path or manifest_path()
+        source = path
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(source.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelError(
             f"model manifest {path} not found", hint="reinstall voicecli or fix VOICECLI_MANIFEST"
