@@ -31,6 +31,7 @@ python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
   || { echo "setup: voicecli needs Python >= 3.11 (found $(python3 --version))" >&2; exit 1; }
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
+bash scripts/build_llama.sh  # before the package, so pip never builds a -march=native llama.cpp itself
 if ((DEV)); then
   .venv/bin/pip install -q -e ".[dev]"
 else

@@ -17,12 +17,13 @@ actually decoded is read from llama.cpp's own perf counters (`prompt_tokens_eval
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import math
 import mmap
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ import numpy.typing as npt
 from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType
 
 from voicecli.engines.base import ChatMessage, LLMStats
+from voicecli.engines.priority import lower_this_thread
 from voicecli.errors import EngineError, ModelError
 
 if TYPE_CHECKING:
@@ -40,9 +42,22 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+_SHIFT_PROBE = 8  # tokens of the new prompt that must match the cache after a trimmed range
+PUT_SLICE_S = 0.25  # how often a worker blocked on a full delta queue checks that a reader is still there
 QUEUE_DELTAS = 8  # LLM -> chunker bound: "small; producer waits" (DESIGN.md stage contracts)
 _END = object()  # end-of-stream marker (always fits: the queue holds QUEUE_DELTAS + 2 items)
 _WARMUP_SYSTEM = "You are a helpful assistant."
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling for small instruct models: a mild repeat penalty and min_p keep a 135M-0.5B model from
+    looping or wandering into other scripts, at no cost in speed."""
+
+    temperature: float = 0.6
+    top_p: float = 0.9
+    min_p: float = 0.1
+    repeat_penalty: float = 1.1
 
 
 @dataclass(frozen=True)
@@ -180,7 +195,7 @@ class LlamaLLM:
         n_ctx: int = 2048,
         threads: int = 2,
         seed: int = 0,
-        temperature: float = 0.7,
+        sampling: Sampling | None = None,
         system_prompt: str = "",
         pull_name: str = "",
     ) -> None:
@@ -190,7 +205,9 @@ class LlamaLLM:
         self._n_ctx = n_ctx
         self._threads = threads
         self._seed = seed
-        self._temperature = temperature
+        self._sampling = sampling or Sampling()
+        self.extra_buffers = True  # llama.cpp weight repacking (off on AMX hosts, see _model_params)
+        self.shifted_tokens = 0  # KV-cache tokens dropped in place by history trims (see _shift_cache)
         self._warmup_system = system_prompt or _WARMUP_SYSTEM
         self._pull_name = pull_name
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
@@ -237,6 +254,7 @@ class LlamaLLM:
     # --- worker thread ----------------------------------------------------------------------
 
     def _load(self) -> None:
+        lower_this_thread()  # before llama.cpp creates its threads: they inherit it
         info = inspect_gguf(self.model_path, self._pull_name)
         if not info.chat_template:
             raise ModelError(
@@ -248,15 +266,16 @@ class LlamaLLM:
 
         t0 = time.monotonic()
         try:
-            llm = llama_cpp.Llama(
-                model_path=str(self.model_path),
-                n_ctx=self._n_ctx,
-                n_threads=self._threads,
-                n_threads_batch=self._threads,
-                seed=self._seed,
-                verbose=False,
-                chat_format="chat_template.default",  # the GGUF's own template, never a guess
-            )
+            with _model_params(extra_buffers=not amx_enabled()) as self.extra_buffers:
+                llm = llama_cpp.Llama(
+                    model_path=str(self.model_path),
+                    n_ctx=self._n_ctx,
+                    n_threads=self._threads,
+                    n_threads_batch=self._threads,
+                    seed=self._seed,
+                    verbose=False,
+                    chat_format="chat_template.default",  # the GGUF's own template, never a guess
+                )
         except (ValueError, RuntimeError) as e:
             raise ModelError(
                 f"llama.cpp could not load {self.model_path}: {e}",
@@ -283,6 +302,46 @@ class LlamaLLM:
             seed=self._seed,
         )
         self.warmup_s = time.monotonic() - t0
+
+    def _shift_cache(self, messages: list[ChatCompletionRequestMessage]) -> None:
+        """Keep the KV cache when the history dropped old turns from the middle of the prompt.
+
+        llama-cpp-python only reuses the longest common *prefix*; a history trim removes turns right after
+        the system prompt, so everything after it would be prefilled again (2.5-3 s at 600 tokens on 2 cores).
+        Like llama.cpp server's context shift: find where the new prompt continues inside the cached tokens,
+        remove the dropped range from the KV cache, shift the rest back (RoPE positions are rotated by
+        llama.cpp), and leave the cached token list matching, so only the new user message is prefilled.
+        """
+        llm = self._llm
+        assert self._format is not None
+        prompt, added_special = self._format(messages)
+        new = llm.tokenize(prompt.encode("utf-8"), add_bos=not added_special, special=True)
+        n_cached = int(llm.n_tokens)
+        old = np.array(llm.input_ids[:n_cached], copy=True)
+        p = 0
+        limit = min(n_cached, len(new))
+        while p < limit and old[p] == new[p]:
+            p += 1
+        probe = np.array(new[p : p + _SHIFT_PROBE], dtype=old.dtype)
+        if p == 0 or p >= n_cached or len(probe) < _SHIFT_PROBE:
+            return  # nothing cached to keep, a plain prefix hit, or too little left to match safely
+        windows = np.lib.stride_tricks.sliding_window_view(old[p + 1 :], _SHIFT_PROBE)
+        hits = np.flatnonzero((windows == probe).all(axis=1))
+        if not len(hits):
+            return
+        j = p + 1 + int(hits[0])  # old[j:] continues the new prompt at p
+        import llama_cpp
+
+        mem = llama_cpp.llama_get_memory(llm.ctx)
+        if mem is None or not llama_cpp.llama_memory_can_shift(mem):
+            return
+        if not llama_cpp.llama_memory_seq_rm(mem, 0, p, j):
+            return
+        d = j - p
+        llama_cpp.llama_memory_seq_add(mem, 0, j, n_cached, -d)
+        llm.input_ids[p : n_cached - d] = old[j:n_cached]
+        llm.n_tokens = n_cached - d
+        self.shifted_tokens += d
 
     def _free(self) -> None:
         llm, self._llm = self._llm, None
@@ -324,11 +383,16 @@ class LlamaLLM:
         try:
             if stream.stopped:
                 return
+            self._shift_cache(messages)
+            sp = self._sampling
             chunks = llm.create_chat_completion(
                 messages=messages,
                 max_tokens=max_tokens,
                 stream=True,
-                temperature=self._temperature,
+                temperature=sp.temperature,
+                top_p=sp.top_p,
+                min_p=sp.min_p,
+                repeat_penalty=sp.repeat_penalty,
                 seed=self._seed,
                 logits_processor=LogitsProcessorList([on_logits]),
             )
@@ -358,6 +422,44 @@ class LlamaLLM:
             stats.cancelled = stats.cancelled or stream.stopped
             stats.finished_at = time.monotonic()
             stream.put(error or _END)
+
+
+def system_info() -> str:
+    """llama.cpp's own report of the CPU features it was built with and found (e.g. "AMX_INT8 = 1")."""
+    import llama_cpp
+
+    return bytes(llama_cpp.llama_print_system_info()).decode("utf-8", errors="replace")
+
+
+def amx_enabled() -> bool:
+    """Whether this llama.cpp build runs its AMX path on this CPU.
+
+    That path segfaults on Q4_1/Q4_K models (seen on Intel Xeon hosts with AMX): scripts/setup.sh builds
+    without it, and a native build installed some other way gets weight repacking (the AMX buffers) off."""
+    return "AMX_INT8 = 1" in system_info()
+
+
+@contextlib.contextmanager
+def _model_params(*, extra_buffers: bool) -> Iterator[bool]:
+    """Make `llama_cpp.Llama` create its model with `use_extra_bufts` as given (it has no argument for it).
+
+    Only the LLM worker thread loads models, so swapping the default-params function for the duration of
+    one constructor call is safe."""
+    import llama_cpp.llama as llama_module
+
+    lib = llama_module.llama_cpp
+    original = lib.llama_model_default_params
+
+    def params() -> Any:
+        p = original()
+        p.use_extra_bufts = extra_buffers
+        return p
+
+    lib.llama_model_default_params = params
+    try:
+        yield extra_buffers
+    finally:
+        lib.llama_model_default_params = original
 
 
 def _dicts(messages: Sequence[ChatMessage]) -> list[ChatCompletionRequestMessage]:
@@ -419,10 +521,24 @@ class LlamaStream:
         if self._stop and isinstance(item, str):
             return False
         try:
-            asyncio.run_coroutine_threadsafe(self._queue.put(item), self._loop).result()
+            future = asyncio.run_coroutine_threadsafe(self._queue.put(item), self._loop)
         except RuntimeError:  # the loop is closed
             self._stop = True
             return False
+        # Wait in slices: a reader that went away (a stopped stream, a loop that stopped running) must not
+        # hold the LLM worker thread, and with it every later turn, forever.
+        while True:
+            try:
+                future.result(timeout=PUT_SLICE_S)
+                break
+            except concurrent.futures.TimeoutError:
+                if (self._stop and isinstance(item, str)) or self._loop.is_closed() or not self._loop.is_running():
+                    future.cancel()
+                    self._stop = True
+                    return False
+            except concurrent.futures.CancelledError:
+                self._stop = True
+                return False
         return not self._stop
 
     # loop side

@@ -32,10 +32,15 @@ class Engines:
     tts: TextToSpeech
     paths: dict[str, Path]
 
-    async def close(self) -> None:
-        for engine in (self.stt, self.llm, self.tts):
+    async def close(self, timeout: float = 2.0) -> None:
+        """Close all three at once, each bounded by `timeout`; never raises, so a stuck STT worker can neither
+        hide the session's own outcome nor keep the LLM and the voice from being released."""
+
+        async def one(engine: SpeechToText | LanguageModel | TextToSpeech) -> None:
             with contextlib.suppress(Exception):
-                await engine.close()
+                await asyncio.wait_for(engine.close(), timeout)
+
+        await asyncio.gather(one(self.stt), one(self.llm), one(self.tts))
 
 
 def resolve_models(cfg: Config) -> dict[str, Path]:
@@ -52,6 +57,7 @@ def resolve_models(cfg: Config) -> dict[str, Path]:
 
 async def start_engines(cfg: Config, output_rate: int, paths: dict[str, Path] | None = None) -> Engines:
     """Load and warm up all three engines concurrently (each in its own executor)."""
+    from voicecli.engines import llm_probe
     from voicecli.engines.llm import LlamaLLM
     from voicecli.engines.stt import WhisperSTT
     from voicecli.engines.tts import PiperTTS
@@ -69,6 +75,8 @@ async def start_engines(cfg: Config, output_rate: int, paths: dict[str, Path] | 
     tts = PiperTTS(paths["tts"], output_rate=output_rate, speaker=cfg.tts.speaker, speed=cfg.tts.speed)
     engines = Engines(stt, llm, tts, paths)
     try:
+        # A llama.cpp that crashes on this CPU must say so, not kill the session with a bare segfault.
+        await asyncio.to_thread(llm_probe.check, paths["llm"], cfg.llm.threads)
         await asyncio.gather(stt.start(), llm.start(), tts.start())
     except BaseException:
         await engines.close()
@@ -179,7 +187,7 @@ async def converse(
         with contextlib.suppress(Exception):
             await playback.stop()
         if engines is not None and own_engines:
-            await asyncio.wait_for(engines.close(), timeout=2.0)
+            await engines.close()
 
 
 def _echo_setup(

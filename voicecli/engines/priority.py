@@ -1,0 +1,27 @@
+"""Compute runs at a lower CPU priority than the audio.
+
+On 2 cores, whisper, llama.cpp and Piper threads together can starve PortAudio's output callback for tens of
+milliseconds: holes of silence inside a reply (issue 11). Rather than raising the audio's priority (which
+needs privileges), each engine's worker thread lowers its own: Linux niceness is per thread and inherited
+by the threads it creates afterwards, so calling this before a model is loaded covers the engine's own
+thread pools (ggml's, onnxruntime's, CTranslate2's) too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+COMPUTE_NICE = 10  # the audio callbacks and the event loop stay at the session's own priority
+
+
+def lower_this_thread(nice: int = COMPUTE_NICE) -> int:
+    """Raise the calling thread's niceness to at least `nice` (never lowers it). Returns the value in effect."""
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError, AttributeError):
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        if current < nice:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        return os.getpriority(os.PRIO_PROCESS, tid)
+    return 0
