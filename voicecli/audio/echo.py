@@ -20,6 +20,8 @@ correlation every half second of playback), so `EchoCancelledSource` runs it in 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import importlib.util
 import math
 import threading
 import time
@@ -27,6 +29,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,6 +59,10 @@ ECHO_ABSENT_MARGIN_DB = 6.0  # the mic rises less than this over its idle level 
 IDLE_FRAMES = 500  # mic levels kept from frames while nothing plays (10 s): the room's own level
 IDLE_AFTER_FRAMES = 25  # a frame counts as idle 500 ms after the last one in which the speaker played
 HINT = "install the echo canceller with `pip install livekit`, or run with `--echo half-duplex`"
+SILERO_MODEL = "silero_vad_v6.onnx"  # the barge-in confirmer's neural VAD; in faster-whisper's assets since 1.2.1
+SILERO_HINT = (
+    "install faster-whisper 1.2.1 or newer (`pip install 'faster-whisper>=1.2.1'`), or run with `--echo half-duplex`"
+)
 
 Int16Array = npt.NDArray[np.int16]
 
@@ -497,19 +504,64 @@ class ReferenceSink:
                 self._pending[0] = head[n:]
 
 
+def _faster_whisper_assets() -> Path:
+    from faster_whisper.vad import get_assets_path
+
+    return Path(get_assets_path())
+
+
+def silero_model_path() -> Path:
+    """The Silero VAD v6 model faster-whisper ships (1.2.1 and later), which the barge-in confirmer runs
+    with onnxruntime. Raises ConfigError naming what to install when either is missing."""
+    try:
+        assets = _faster_whisper_assets()
+    except ImportError as exc:
+        raise ConfigError(
+            f"barge-in confirmation needs faster-whisper's Silero model ({exc})", hint=SILERO_HINT
+        ) from None
+    path = assets / SILERO_MODEL
+    if not path.is_file():
+        try:
+            version = "faster-whisper " + importlib.metadata.version("faster-whisper")
+        except importlib.metadata.PackageNotFoundError:
+            version = "the installed faster-whisper"
+        raise ConfigError(
+            f"barge-in confirmation needs {SILERO_MODEL}, which {version} does not ship (no {path})",
+            hint=SILERO_HINT,
+        )
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise ConfigError(
+            "barge-in confirmation needs onnxruntime (a faster-whisper dependency) to run the Silero model",
+            hint="reinstall faster-whisper (`pip install --force-reinstall 'faster-whisper>=1.2.1'`), "
+            "or run with `--echo half-duplex`",
+        )
+    return path
+
+
+def aec_unavailable() -> ConfigError | None:
+    """Why `--echo aec` cannot run here (no canceller, or no Silero model for the barge-in confirmer),
+    or None when it can."""
+    try:
+        _apm()
+        silero_model_path()
+    except ConfigError as exc:
+        return exc
+    return None
+
+
 def resolve_mode(mode: str) -> str:
-    """`auto` -> `aec` when the canceller is installed (both devices are open in a conversation),
-    else `half-duplex`; the other modes stand. Raises ConfigError for `aec` without the canceller."""
+    """`auto` -> `aec` when the canceller and the barge-in confirmer's Silero model are installed (both
+    devices are open in a conversation), else `half-duplex`; the other modes stand. Raises ConfigError
+    naming what to install for `aec` when either is missing."""
     if mode not in ("auto", "aec", "half-duplex", "off"):
         raise ConfigError(f"unknown echo mode {mode!r}", hint="use one of: auto, aec, half-duplex, off")
     if mode in ("auto", "aec"):
-        try:
-            _apm()
-        except ConfigError:
-            if mode == "aec":
-                raise
-            return "half-duplex"
-        return "aec"
+        problem = aec_unavailable()
+        if problem is None:
+            return "aec"
+        if mode == "aec":
+            raise problem
+        return "half-duplex"
     return mode
 
 

@@ -27,13 +27,12 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from voicecli.audio.echo import EchoCancelledSource, EchoCanceller, ReferenceSink
+from voicecli.audio.echo import EchoCancelledSource, EchoCanceller, ReferenceSink, silero_model_path
 from voicecli.audio.format import SILENCE_DBFS
 from voicecli.errors import ConfigError
 
@@ -53,19 +52,18 @@ class SileroVad:
     CONTEXT = 64  # samples of the previous window the model sees with each new one
 
     def __init__(self) -> None:
+        path = str(silero_model_path())  # ConfigError naming what to install when missing
         try:
             import onnxruntime
-            from faster_whisper.vad import get_assets_path
         except ImportError as exc:
             raise ConfigError(
-                f"barge-in confirmation needs faster-whisper's Silero model and onnxruntime ({exc})",
+                f"barge-in confirmation needs onnxruntime ({exc})",
                 hint="reinstall voicecli (`pip install -e .`), or run with `--echo half-duplex`",
             ) from None
         opts = onnxruntime.SessionOptions()
         opts.inter_op_num_threads = 1
         opts.intra_op_num_threads = 1
         opts.log_severity_level = 4
-        path = str(Path(get_assets_path()) / "silero_vad_v6.onnx")
         self._session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"], sess_options=opts)
         self.reset()
 
