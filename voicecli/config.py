@@ -2,6 +2,9 @@
 
 Precedence: defaults < config file < env (VOICECLI_<SECTION>_<KEY>) < flags.
 A bad key or value raises ConfigError naming the key and what is allowed.
+
+`VOICECLI_MODELS_DIR` is the env form of `models.dir` like any other key. The variables in NOT_CONFIG_ENV
+are not config keys: each is read on its own where it is used, and the config mapping ignores them.
 """
 
 from __future__ import annotations
@@ -107,6 +110,22 @@ RANGES: dict[str, tuple[float, float]] = {
 }
 
 
+# VOICECLI_* variables that are not config keys, and where they are read. Some look like one
+# (VOICECLI_MODELS_BASE_URL would be "models.base_url"), so the config mapping must skip them.
+NOT_CONFIG_ENV = frozenset(
+    {
+        "VOICECLI_CONFIG",  # paths.config_file: the config file itself
+        "VOICECLI_DATA_DIR",  # paths.data_dir
+        "VOICECLI_MANIFEST",  # models.manifest_path: another model manifest
+        "VOICECLI_MODELS_BASE_URL",  # models.Manifest.url: a mirror to pull from
+        "VOICECLI_REAL_CACHE",  # testmodels.realweights: cache of real-size generated models
+        "VOICECLI_WHEEL_CACHE",  # scripts/build_llama.sh: cache of the llama-cpp-python wheel
+        "VOICECLI_LLAMA_CHECK",  # engines.llm_probe: 0 skips the llama.cpp start-up check
+        "VOICECLI_ECHO_TRIALS",  # tests/e2e/test_echo.py: number of trials
+    }
+)
+
+
 def _sections() -> dict[str, type]:
     hints = typing.get_type_hints(Config)
     return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
@@ -179,7 +198,7 @@ def _apply(cfg: Config, overrides: dict[str, dict[str, Any]], source: str) -> Co
             if key not in hints:
                 raise ConfigError(
                     f"unknown config key '{section}.{key}' in {source}",
-                    hint=f"allowed keys in [{section}]: " + ", ".join(hints),
+                    hint=f"allowed keys in section '{section}': " + ", ".join(hints),
                 )
             value = _coerce(f"{section}.{key}", raw, hints[key])
             _check(f"{section}.{key}", value)
@@ -189,15 +208,29 @@ def _apply(cfg: Config, overrides: dict[str, dict[str, Any]], source: str) -> Co
 
 
 def _env_overrides() -> dict[str, dict[str, Any]]:
+    """VOICECLI_<SECTION>_<KEY> variables as {section: {key: text}}. Variables in NOT_CONFIG_ENV and
+    ones that name no section are not config keys and are left alone; an unknown key in a known
+    section is an error naming the variable."""
     out: dict[str, dict[str, Any]] = {}
     sections = _sections()
-    for name, value in os.environ.items():
-        if not name.startswith("VOICECLI_"):
+    for name, value in sorted(os.environ.items()):
+        if not name.startswith("VOICECLI_") or name in NOT_CONFIG_ENV:
             continue
         rest = name[len("VOICECLI_") :].lower()
-        for section in sections:
-            if rest.startswith(section + "_"):
-                out.setdefault(section, {})[rest[len(section) + 1 :]] = value
+        for section, typ in sections.items():
+            if not rest.startswith(section + "_"):
+                continue
+            key = rest[len(section) + 1 :]
+            keys = typing.get_type_hints(typ)
+            if key not in keys:
+                raise ConfigError(
+                    f"unknown config key '{section}.{key}' from the environment variable {name}",
+                    hint=f"allowed keys in section '{section}': "
+                    + ", ".join(keys)
+                    + f" (as VOICECLI_{section.upper()}_<KEY>); or unset {name}",
+                )
+            out.setdefault(section, {})[key] = value
+            break
     return out
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,56 @@ def test_save_merges_and_validates(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         config.save({"audio": {"nope": 1}}, path=path)
     assert config.load(path=path).audio.output == "Speakers"  # nothing written on error
+
+
+# --- environment variables that are not config keys (issue 14) ---------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_documented_variables_that_are_not_config_keys_are_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VOICECLI_MODELS_BASE_URL", "http://host/m")  # looks like "models.base_url"
+    monkeypatch.setenv("VOICECLI_MANIFEST", str(tmp_path / "manifest.toml"))
+    monkeypatch.setenv("VOICECLI_CONFIG", str(tmp_path / "config.toml"))
+    monkeypatch.setenv("VOICECLI_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("VOICECLI_VAD_HANGOVER_MS", "650")  # a real key still applies
+    cfg = config.load()
+    assert cfg.vad.hangover_ms == 650
+    assert cfg.models == config.ModelsConfig()
+
+
+def test_unknown_env_key_names_the_variable_and_the_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOICECLI_MODELS_BASEURL", "http://host/m")
+    with pytest.raises(ConfigError) as err:
+        config.load(path=tmp_path / "none.toml")
+    assert "models.baseurl" in err.value.message and "VOICECLI_MODELS_BASEURL" in err.value.message
+    assert "section 'models': dir, stt, llm, tts" in err.value.hint
+    assert "[" not in err.value.hint  # the CLI prints hints as rich markup, which eats "[models]"
+
+
+def test_models_dir_from_env_beats_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[models]\ndir = "{tmp_path / "from-file"}"\n')
+    assert config.load(path=path).models.dir == str(tmp_path / "from-file")
+    monkeypatch.setenv("VOICECLI_MODELS_DIR", str(tmp_path / "from-env"))
+    assert config.load(path=path).models.dir == str(tmp_path / "from-env")
+    flags = {"models": {"dir": str(tmp_path / "from-flag")}}
+    assert config.load(flags, path=path).models.dir == str(tmp_path / "from-flag")
+
+
+def test_every_voicecli_variable_in_the_code_is_a_config_key_or_ignored() -> None:
+    """A new VOICECLI_* variable read on its own must be listed in NOT_CONFIG_ENV, or it breaks every
+    command as an 'unknown config key' as soon as it happens to start with a section name."""
+    sections = {name: typing.get_type_hints(typ) for name, typ in config._sections().items()}
+    found: set[str] = set()
+    sources = [*REPO.joinpath("voicecli").rglob("*.py"), *REPO.joinpath("scripts").glob("*")]
+    for source in sources:
+        if source.is_file():
+            found |= set(re.findall(r"VOICECLI_[A-Z][A-Z0-9_]*[A-Z0-9]", source.read_text(encoding="utf-8")))
+    assert {"VOICECLI_CONFIG", "VOICECLI_MODELS_BASE_URL", "VOICECLI_MODELS_DIR"} <= found
+    for name in sorted(found - config.NOT_CONFIG_ENV):
+        rest = name.removeprefix("VOICECLI_").lower()
+        keys = [(s, rest[len(s) + 1 :]) for s in sections if rest.startswith(s + "_")]
+        assert any(key in sections[s] for s, key in keys), f"{name} is neither a config key nor in NOT_CONFIG_ENV"
