@@ -8,8 +8,11 @@ import io
 import json
 import mmap
 import os
+import re
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -480,3 +483,60 @@ def test_models_the_engines_load_pass_the_checks(tmp_path: Path) -> None:
     }
     for kind, path in paths.items():
         assert models.resolve(kind, str(path), tmp_path) == path
+
+
+# --- issue 14: the mirror variable at the CLI, and `models list` at 80 columns --------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "VOICECLI_CONFIG": str(tmp_path / "config.toml"),
+            "VOICECLI_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "300", **env}  # fmt: skip
+    full.pop("VOICECLI_MANIFEST", None)  # the shipped manifest
+    return subprocess.run(
+        [sys.executable, "-m", "voicecli", *args], env=full, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_models_list_works_with_the_documented_mirror_variable(tmp_path: Path) -> None:
+    proc = run_cli(["models", "list", "--json"], tmp_path, VOICECLI_MODELS_BASE_URL="http://host/m")
+    assert proc.returncode == 0, proc.stderr
+    assert "whisper-base.en" in [m["name"] for m in json.loads(proc.stdout)["models"]]
+    proc = run_cli(["models", "list"], tmp_path, VOICECLI_MODELS_BASE_URL="http://host/m")
+    assert proc.returncode == 0, proc.stderr
+    assert "error" not in proc.stderr and "whisper-base.en" in proc.stdout
+
+
+def test_a_mistyped_variable_is_an_error_naming_it_and_its_section(tmp_path: Path) -> None:
+    proc = run_cli(["models", "list"], tmp_path, VOICECLI_MODELS_BASEURL="http://host/m")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "VOICECLI_MODELS_BASEURL" in proc.stderr
+    assert "allowed keys in section 'models': dir, stt, llm, tts" in proc.stderr  # the section is named
+
+
+def test_list_at_80_columns_keeps_each_model_on_two_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VOICECLI_MANIFEST", raising=False)
+    manifest = models.load_manifest()
+    dest = tmp_path / "a-models-directory-with-a-long-name" / "models"
+    spec = manifest.get("qwen2.5-1.5b-instruct-q4_k_m")
+    spec.entry_path(dest).parent.mkdir(parents=True)
+    spec.entry_path(dest).write_bytes(b"x")  # one model on disk, with the wrong size
+    result = CliRunner().invoke(app, ["list", "--dir", str(dest)], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), "\n".join(lines)
+    starts = [
+        next(i for i, line in enumerate(lines) if re.search(rf"(^|\s){re.escape(n)}\s", line)) for n in manifest.models
+    ]
+    ends = [*starts[1:], next(i for i, line in enumerate(lines) if "get the defaults with" in line)]
+    for name, start, end in zip(manifest.models, starts, ends, strict=True):
+        assert end - start <= 2, f"{name} takes {end - start} lines:\n" + "\n".join(lines[start:end])
+    row = lines[starts[list(manifest.models).index(spec.name)]]
+    assert row.split() == [spec.name, "llm", "1,117", "MB", "corrupt"]
+    # the paths are readable in full, relative to the models dir that the title names
+    stripped = [line.strip() for line in lines]
+    assert "qwen2.5-1.5b-instruct-q4_k_m/qwen2.5-1.5b-instruct-q4_k_m.gguf" in stripped
+    assert "whisper-base.en/" in stripped
+    assert str(dest) in "".join(lines[: starts[0]])

@@ -16,7 +16,7 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-from rich.table import Table
+from rich.text import Text
 
 from voicecli import config, models
 
@@ -48,22 +48,43 @@ def _mb(size: int) -> str:
     return f"{size / 1e6:,.0f} MB" if size else "?"
 
 
-def _table(rows: list[models.ModelStatus], models_dir: Path, title: str) -> Table:
-    """Paths are shown relative to the models directory (named in the title) so they stay short."""
-    table = Table(title=f"{title} {models_dir}", title_justify="left")
-    for col in ("name", "kind", "default", "size", "state", "path"):
-        table.add_column(col, no_wrap=col != "path", overflow="fold")
-    for r in rows:
-        style = STATE_STYLE.get(r.state, "")
-        table.add_row(
-            r.name,
-            r.kind,
-            "yes" if r.default else "",
-            _mb(r.size),
-            f"[{style}]{r.state}[/]",
-            str(Path(r.path).relative_to(models_dir)),
-        )
-    return table
+def _short(path: Path) -> str:
+    """`path` with the home directory written as ~."""
+    try:
+        return "~/" + str(path.relative_to(Path.home()))
+    except ValueError:
+        return str(path)
+
+
+def _print_table(console: Console, rows: list[models.ModelStatus], models_dir: Path, title: str) -> None:
+    """One model per two lines at any width: name, kind, default, size and state in aligned columns, then
+    its path (relative to the models directory, which the title names) on a line of its own, since a
+    path column squeezed beside the others folds into a tall strip on an 80-column terminal. Row lines
+    wider than the terminal end in an ellipsis instead of wrapping; the title folds (it names the dir)."""
+    console.print(Text(f"{title} {_short(models_dir)}", style="bold"), overflow="fold")
+    headers = ("name", "kind", "default", "size", "state")
+    cells = [(r.name, r.kind, "yes" if r.default else "", _mb(r.size), r.state) for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+
+    def line(values: tuple[str, ...], styles: tuple[str, ...]) -> Text:
+        text = Text()
+        for i, (value, style, width) in enumerate(zip(values, styles, widths, strict=True)):
+            text.append("  ")
+            text.append(value.rjust(width) if headers[i] == "size" else value.ljust(width), style=style)
+        text.rstrip()
+        return text
+
+    console.print(line(headers, ("bold",) * len(headers)), no_wrap=True, overflow="ellipsis")
+    for r, c in zip(rows, cells, strict=True):
+        console.print(line(c, ("", "", "", "", STATE_STYLE.get(r.state, ""))), no_wrap=True, overflow="ellipsis")
+        path = Path(r.path)
+        try:
+            shown = str(path.relative_to(models_dir))
+        except ValueError:
+            shown = _short(path)
+        if r.kind == "stt":  # a faster-whisper model is a directory
+            shown += "/"
+        console.print(Text("    " + shown, style="dim"), no_wrap=True, overflow="ellipsis")
 
 
 @app.command("list")
@@ -75,7 +96,7 @@ def list_models(json_out: JsonOption = False, models_dir: DirOption = None) -> N
         typer.echo(json.dumps({"models_dir": str(d), "models": [r.as_dict() for r in rows]}, indent=2))
         return
     console = Console()
-    console.print(_table(rows, d, "models in"))
+    _print_table(console, rows, d, "models in")
     missing = [r.name for r in rows if r.default and r.state != "present"]
     if missing:
         console.print(f"[yellow]get the defaults with:[/] voicecli models pull {' '.join(missing)}")
@@ -118,7 +139,7 @@ def verify(json_out: JsonOption = False, models_dir: DirOption = None) -> None:
         typer.echo(json.dumps({"models_dir": str(d), "models": [r.as_dict() for r in rows]}, indent=2))
     else:
         console = Console()
-        console.print(_table(rows, d, "verified"))
+        _print_table(console, rows, d, "verified")
         for r in bad:
             for p in r.problems:
                 console.print(f"[red]{r.name}:[/] {p}")
