@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -148,3 +149,82 @@ def test_retract_user_forgets_an_unanswered_message() -> None:
     assert [m.content for m in h.messages()] == ["sys", "first question", "first answer"]
     h.retract_user()  # an answered turn is never retracted
     assert len(h) == 1
+
+
+class Counting:
+    """`words` that counts its calls (each one is a template render + tokenize with a real model)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, messages: Sequence[ChatMessage]) -> int:
+        self.calls += 1
+        return words(messages)
+
+
+def test_trimming_costs_a_logarithmic_number_of_token_counts() -> None:
+    """200 turns with room for ~60 of them: a trim drops ~25 turns, found with a binary search, not one
+    count per dropped turn; messages() reuses the count made when the turn was added."""
+    count = Counting()
+    h = History(SYSTEM, 2000, count)
+    per_add: list[int] = []
+    in_messages = 0
+    trims = 0
+
+    def calls(step: Callable[..., object], *args: str) -> int:
+        before = count.calls
+        step(*args)
+        return count.calls - before
+
+    for i in range(200):
+        # As the session does: the user's words, the prompt, then the reply.
+        dropped = h.truncated_turns
+        per_add.append(calls(h.add_user, f"question {i} about the weather and what to wear outside today"))
+        in_messages += calls(h.messages)
+        per_add.append(calls(h.add_assistant, f"answer {i}: it is mild, so a light jacket will do nicely"))
+        trims += h.truncated_turns > dropped
+    assert h.truncated_turns > 100 and trims >= 4
+    # add_user: 1 count to check the message fits alone, 1 for the whole view; a trim adds log2(~64) = 6.
+    # (Dropping turns one count at a time took 30 counts in each add that trimmed.)
+    assert max(per_add) <= 2 + 7, f"{max(per_add)} count_tokens calls in one add"
+    assert sum(per_add) <= 3 * 200 + 7 * trims
+    assert in_messages == 0
+
+
+def reference_prompts(budget: int, low_water: float, replies: list[str]) -> list[list[ChatMessage]]:
+    """The trimming rule of the module docstring, one count per candidate start (the obvious way)."""
+    turns: list[list[ChatMessage]] = []
+    system = [ChatMessage("system", SYSTEM)]
+    prompts = []
+
+    def view(start: int) -> list[ChatMessage]:
+        return system + [m for t in turns[start:] for m in t]
+
+    def trim() -> None:
+        if words(view(0)) <= budget:
+            return
+        start = 0
+        while start < len(turns) - 1 and words(view(start)) > int(budget * low_water):
+            start += 1
+        del turns[:start]
+
+    for i, reply in enumerate(replies):
+        turns.append([ChatMessage("user", f"question {i}")])
+        trim()
+        prompts.append(view(0))
+        turns[-1].append(ChatMessage("assistant", reply))
+        trim()
+    return prompts
+
+
+@pytest.mark.parametrize("budget,low_water", [(150, 0.6), (300, 0.5), (300, 1.0), (1000, 0.8)])
+def test_binary_search_keeps_the_same_turns_as_dropping_one_by_one(budget: int, low_water: float) -> None:
+    rng = random.Random(budget)
+    replies = [" ".join(["word"] * rng.choice([1, 3, 10, 40, 90])) for _ in range(120)]
+    h = History(SYSTEM, budget, words, low_water=low_water)
+    got = []
+    for i, reply in enumerate(replies):
+        h.add_user(f"question {i}")
+        got.append(h.messages())
+        h.add_assistant(reply)
+    assert got == reference_prompts(budget, low_water, replies)

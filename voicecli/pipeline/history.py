@@ -64,6 +64,7 @@ class History:
         self._turns: list[_Turn] = []
         self._start = 0  # index of the first turn still sent to the model
         self._forgotten = 0  # turns dropped for good (memory stays bounded in a long session)
+        self._view_count: int | None = None  # count_tokens of the current view, while it is unchanged
         # The system prompt plus an empty user message must fit, or nothing ever can.
         floor = self._count([self._system, ChatMessage("user", "")])
         if floor > budget_tokens:
@@ -108,12 +109,13 @@ class History:
         if self._turns and self._turns[-1].assistant is None:
             self._turns.pop()
             self._start = min(self._start, max(0, len(self._turns) - 1))
+            self._view_count = None
 
     def messages(self) -> list[ChatMessage]:
         """The prompt to send: system prompt + kept turns (always including the latest user message)."""
         out = self._view(self._start)
         # Only a fresh, very long reply on the latest turn can overflow here; drop it from the view.
-        if len(self._turns) - self._start == 1 and self._count(out) > self._budget:
+        if len(self._turns) - self._start == 1 and self._counted(out) > self._budget:
             out = [self._system, ChatMessage("user", self._turns[-1].user)]
         return out
 
@@ -121,7 +123,13 @@ class History:
         self._turns.clear()
         self._start = 0
         self._forgotten = 0
+        self._view_count = None
         self.last_user_truncated = False
+
+    def _counted(self, view: list[ChatMessage]) -> int:
+        if self._view_count is None:
+            self._view_count = self._count(view)
+        return self._view_count
 
     def _view(self, start: int) -> list[ChatMessage]:
         out = [self._system]
@@ -130,12 +138,36 @@ class History:
         return out
 
     def _trim(self) -> None:
-        if self._count(self._view(self._start)) <= self._budget:
+        """Drop whole old turns down to the low-water mark once the budget overflows (see module doc).
+
+        O(log n) `count_tokens` calls (each a template render + tokenize): one for the whole view, then
+        a binary search for the first turn to keep. It relies only on a later start never counting more
+        tokens; summing counts cached per turn would also need the template to be additive (SmolLM2's
+        ChatML is, to the token, but that is a property of the template, not a guarantee)."""
+        total = self._count(self._view(self._start))
+        self._view_count = total
+        if total <= self._budget:
             return  # keep the prefix stable: llama.cpp reuses its KV cache for it
-        target = int(self._budget * self._low_water)
         last = len(self._turns) - 1
-        while self._start < last and self._count(self._view(self._start)) > target:
-            self._start += 1
+        if self._start >= last:
+            return  # the latest turn is never dropped (messages() leaves out an oversized reply)
+        target = int(self._budget * self._low_water)
+        counts: dict[int, int] = {}
+
+        def fits(start: int) -> bool:
+            counts[start] = self._count(self._view(start))
+            return counts[start] <= target
+
+        # The first start in (start, last] whose view fits the low-water mark, else the last turn alone.
+        lo, hi = self._start + 1, last
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if fits(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        self._start = lo
+        self._view_count = counts.get(lo)
         # Turns before the kept window are never sent again: forget them.
         del self._turns[: self._start]
         self._forgotten += self._start
