@@ -323,7 +323,7 @@ class LlamaLLM:
         while p < limit and old[p] == new[p]:
             p += 1
         probe = np.array(new[p : p + _SHIFT_PROBE], dtype=old.dtype)
-        if p == 0 or p >= n_cached or len(probe) < _SHIFT_PROBE:
+        if p == 0 or n_cached - p - 1 < _SHIFT_PROBE or len(probe) < _SHIFT_PROBE:
             return  # nothing cached to keep, a plain prefix hit, or too little left to match safely
         windows = np.lib.stride_tricks.sliding_window_view(old[p + 1 :], _SHIFT_PROBE)
         hits = np.flatnonzero((windows == probe).all(axis=1))
