@@ -54,6 +54,11 @@ class LlmConfig:
     threads: int = 2
     max_tokens: int = 200
     history_tokens: int = 1024
+    # Sampling that suits small instruct models: a mild repeat penalty and min_p stop loops and drift.
+    temperature: float = 0.6
+    top_p: float = 0.9
+    min_p: float = 0.1
+    repeat_penalty: float = 1.1
     system_prompt: str = (
         "You are a helpful voice assistant running on the user's desktop. "
         "Answer in one to three short spoken sentences. No markdown, no lists, no emoji."
@@ -82,6 +87,7 @@ class VadConfig:
 class TalkConfig:
     barge_in: bool = True
     barge_in_min_ms: int = 200  # speech needed to interrupt: a cough or a click is shorter
+    max_reply_words: int = 80  # a spoken reply ends at the sentence that reaches this many words
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,11 @@ RANGES: dict[str, tuple[float, float]] = {
     "llm.threads": (1, 64),
     "llm.n_ctx": (256, 131072),
     "tts.speed": (0.25, 4.0),
+    "llm.temperature": (0.0, 2.0),
+    "llm.top_p": (0.0, 1.0),
+    "llm.min_p": (0.0, 1.0),
+    "llm.repeat_penalty": (0.5, 2.0),
+    "talk.max_reply_words": (5, 1000),
 }
 
 

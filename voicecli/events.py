@@ -27,6 +27,8 @@ EventKind = Literal[
     "llm_done",  # data: prompt_tokens, prompt_tokens_evaluated, completion_tokens, tokens_per_s
     "first_clause",  # data: text
     "clause",  # data: text, index
+    "clause_dropped",  # data: text, reason (the reply guard: text the voice cannot say)
+    "reply_cut",  # data: reason (repetition | unspeakable | length cap), words, degenerate
     "tts_first_audio",
     "tts_clause",  # data: index, audio_s, compute_s
     "play_start",  # t = DAC time of the reply's first sample

@@ -84,6 +84,40 @@ def test_flush_silences_the_rest_of_the_reply(vsound: VSound) -> None:
     assert pb.stats.flushes == 1 and pb.stats.underruns == 0
 
 
+def test_a_write_waiting_for_room_is_dropped_by_a_flush(vsound: VSound) -> None:
+    """A clause longer than the ring waits for room; a barge-in flush must end that write, not let the rest of
+    the clause play after the flush point."""
+    rate = VSound.SPEAKER_RATE
+    clip = noise_clip(rate, 5.0)
+
+    async def run() -> tuple[Playback, float]:
+        pb = Playback(VSound.SPEAKER, ring_seconds=1.0)
+        await pb.start()
+        try:
+            pb.begin_reply(1)
+            writer = asyncio.create_task(pb.write(clip))
+            while pb.play_start(1) is None:
+                await asyncio.sleep(0.005)
+            start = pb.play_start(1)
+            assert start is not None
+            await asyncio.sleep(max(0.0, start + 0.5 - time.monotonic()))
+            pb.flush()
+            t_flush = time.monotonic()
+            await asyncio.wait_for(writer, 1.0)
+            writer_s = time.monotonic() - t_flush
+            await asyncio.sleep(1.0)  # anything written after the flush would be heard now
+            return pb, writer_s
+        finally:
+            await pb.stop()
+
+    with vsound.record() as rec:
+        _, writer_s = asyncio.run(run())
+    audible = np.flatnonzero(rec.pcm)
+    heard_s = (audible[-1] - audible[0] + 1) / rate
+    assert writer_s < 0.2
+    assert 0.4 <= heard_s <= 0.7, heard_s  # before the fix: ~4.5 s, the rest of the clip after the flush
+
+
 def test_idle_silence_is_not_an_underrun_but_a_starved_reply_is(vsound: VSound) -> None:
     rate = VSound.SPEAKER_RATE
     part = noise_clip(rate, 0.3)

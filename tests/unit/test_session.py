@@ -23,7 +23,7 @@ from voicecli.config import TalkConfig, VadConfig
 from voicecli.errors import EngineError
 from voicecli.events import Event
 from voicecli.pipeline.history import History
-from voicecli.pipeline.session import APOLOGY, Session
+from voicecli.pipeline.session import APOLOGY, CONFUSED, STT_APOLOGY, Session
 from voicecli.pipeline.vad import TurnDetector
 
 VAD = VadConfig()
@@ -57,11 +57,13 @@ def run_timeline(
     talk: TalkConfig | None = None,
     llm_cls: type[FakeLLM] = FakeLLM,
     tts_cls: type[FakeTTS] = FakeTTS,
+    stt_cls: type[FakeSTT] = FakeSTT,
+    transcript: object = None,
 ) -> Rig:
     async def main() -> Rig:
         clock = SimClock()
         speaker = FakeSpeaker(clock)
-        stt = FakeSTT(clock, stt_latency)
+        stt = stt_cls(clock, stt_latency)
         llm = llm_cls(clock, ttft=llm_ttft, per_token=per_token)
         tts = tts_cls(clock)
         history = History("You are a test.", 2000, llm.count_tokens)
@@ -78,6 +80,7 @@ def run_timeline(
             vad_cfg=VAD,
             talk_cfg=talk or TalkConfig(),
             emit=events.append,
+            transcript=transcript,  # type: ignore[arg-type]
             clock=clock,
             detector=TurnDetector(VAD, classifier=marker_classifier),
         )
@@ -243,7 +246,7 @@ def test_tts_failure_skips_only_that_clause() -> None:
 MESSY = (
     "## Answer\n\n**Sure!** 😀 Here is `code`:\n\n```python\nprint('hi')\n```\n\n"
     "- first point with a [link](https://example.com)\n- second point 🚀\n"
-    + " ".join(["word"] * 300)  # a long run without punctuation (2000 tokens: see test_chunker)
+    + " ".join(f"word{'xyzvq'[i % 5]}{'abcdefg'[i % 7]}{'hijklmnopqr'[i % 11]}" for i in range(300))  # no loop
     + " Done."
 )
 
@@ -254,7 +257,8 @@ class MessyLLM(FakeLLM):
 
 
 def test_markdown_code_emoji_and_endless_text_are_spoken_sensibly() -> None:
-    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2, 90.0, llm_cls=MessyLLM)
+    talk = dataclasses.replace(TalkConfig(), max_reply_words=1000)  # this is about clauses, not the cap
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2, 90.0, llm_cls=MessyLLM, talk=talk)
     spoken = rig.tts.texts
     assert all(len(c.split()) <= 25 for c in spoken)  # forced flushes keep clauses (and memory) bounded
     joined = " ".join(spoken)
@@ -297,3 +301,118 @@ def test_input_longer_than_the_context_is_truncated_with_a_warning() -> None:
     events = asyncio.run(main())
     assert any(e.kind == "warning" and "longer than the model's context" in e.data["message"] for e in events)
     assert any(e.kind == "turn_end" and e.data["answered"] for e in events)
+
+
+class FailingOnceSTT(FakeSTT):
+    """The first utterance's transcription fails like a timed-out or twice-crashed worker."""
+
+    async def transcribe(self, audio):  # type: ignore[no-untyped-def]
+        if not self.calls:
+            self.calls.append(len(audio) / RATE)
+            await self.clock.sleep(self.latency)
+            raise EngineError("speech recognition timed out", hint="check the CPU load")
+        return await super().transcribe(audio)
+
+
+def test_a_failed_transcription_is_said_out_loud_recorded_and_the_next_turn_works() -> None:
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2 or 7.0 <= t < 8.0, 16.0, stt_cls=FailingOnceSTT)
+    first, second = rig.session.records
+    assert first["assistant"] == STT_APOLOGY and first["error"] == "speech recognition timed out"
+    assert rig.tts.texts[0] == STT_APOLOGY and rig.speaker.play_start(1) is not None
+    assert "error" in rig.kinds(1)
+    assert second["assistant"] == REPLY and second["user"]
+    assert len(rig.history) == 1  # the failed turn put no words in the user's mouth
+
+
+class RefusingLLM(FakeLLM):
+    def chat(self, messages, max_tokens=256):  # type: ignore[no-untyped-def]
+        if not self.streams:
+            self.streams.append(None)  # type: ignore[arg-type]
+            raise EngineError("the language model is not loaded", hint="")
+        return super().chat(messages, max_tokens)
+
+
+def test_an_llm_that_refuses_to_start_gets_an_apology_and_the_next_turn_works() -> None:
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2 or 7.0 <= t < 8.0, 16.0, llm_cls=RefusingLLM)
+    first, second = rig.session.records
+    assert first["assistant"] == APOLOGY and first["error"]
+    assert second["assistant"] == REPLY
+
+
+class FullDisk:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def append(self, record: object) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise OSError(28, "No space left on device")
+
+
+def test_a_turn_that_cannot_be_recorded_does_not_turn_the_next_question_into_a_barge_in() -> None:
+    disk = FullDisk()
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2 or 7.0 <= t < 8.0, 16.0, transcript=disk)
+    assert disk.calls == 2
+    assert "barge_in" not in rig.kinds()
+    assert [r["assistant"] for r in rig.session.records] == [REPLY, REPLY]
+    assert any("could not record" in e.data.get("message", "") for e in rig.events if e.kind == "error")
+
+
+TOKYO_LOOP = "トウキョウ 東京 です. Tokyo, Japan - 07:15. " + "Japan time - 07:15. " * 40
+
+
+class LoopingLLM(FakeLLM):
+    """A weak real model at temperature 0.7 (SmolLM2-135M): another script, then a loop until max_tokens."""
+
+    def chat(self, messages, max_tokens=256):  # type: ignore[no-untyped-def]
+        self.reply = TOKYO_LOOP if not self.streams else REPLY
+        return super().chat(messages, max_tokens)
+
+
+def test_a_runaway_reply_is_cut_spoken_only_in_latin_and_not_fed_back() -> None:
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2 or 12.0 <= t < 13.0, 24.0, llm_cls=LoopingLLM)
+    first, second = rig.session.records
+    spoken = " ".join(rig.tts.texts)
+    assert not any("\u3000" <= ch <= "\u9fff" for ch in spoken), spoken  # no katakana or kanji reaches Piper
+    assert first["assistant"].count("Japan time") <= 1, first["assistant"]
+    assert len(first["assistant"].split()) < 15
+    assert [e.data["reason"] for e in rig.events if e.kind == "reply_cut"] == ["repetition"]
+    assert rig.llm.streams[0].cancelled  # generation stopped, not run to max_tokens
+    assert rig.llm.streams[0].produced < 30
+    # the loop never reaches the history the next reply is generated from
+    prompt = " ".join(m.content for m in rig.llm.prompts[1])
+    assert "Japan time - 07:15. Japan time" not in prompt and "東京" not in prompt
+    assert second["assistant"] == REPLY
+
+
+class ForeignLLM(FakeLLM):
+    def chat(self, messages, max_tokens=256):  # type: ignore[no-untyped-def]
+        self.reply = "東京の 現在の 時刻は 午前 七時 です. " * 5
+        return super().chat(messages, max_tokens)
+
+
+def test_a_reply_entirely_in_another_script_is_replaced_by_a_short_apology() -> None:
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2, 10.0, llm_cls=ForeignLLM)
+    [record] = rig.session.records
+    assert record["assistant"] == CONFUSED
+    assert rig.tts.texts == [CONFUSED]
+
+
+class LongLLM(FakeLLM):
+    def chat(self, messages, max_tokens=256):  # type: ignore[no-untyped-def]
+        nouns = ["whales", "tides", "corals", "storms", "shells", "currents", "islands", "reefs", "waves", "ships"]
+        verbs = ["shape", "follow", "feed", "cross", "warm", "hide", "carry", "cool", "move", "mark"]
+        sentences = [
+            f"The {nouns[i % 10]} {verbs[(3 * i + i // 10) % 10]} the {nouns[(i + 3) % 10]}." for i in range(30)
+        ]
+        self.reply = " ".join(s.replace(".", " by the sea.") for s in sentences)
+        return super().chat(messages, max_tokens)
+
+
+def test_a_long_reply_ends_on_a_sentence_at_the_word_cap() -> None:
+    talk = dataclasses.replace(TalkConfig(), max_reply_words=40)
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2, 30.0, llm_cls=LongLLM, talk=talk)
+    [record] = rig.session.records
+    words = record["assistant"].split()
+    assert 35 <= len(words) <= 50 and record["assistant"].endswith("sea."), record["assistant"]
+    assert [e.data["reason"] for e in rig.events if e.kind == "reply_cut"] == ["length cap"]

@@ -112,6 +112,7 @@ class Playback:
         self._replies: dict[int, _Reply] = {}
         self._current: int | None = None
         self._flushes = 0
+        self._dropped_writes = 0  # writes cut short by a flush or a newer reply (see write)
         self._log_overflows = 0
         self._device_name = ""
         self._pump: asyncio.Task[None] | None = None
@@ -311,11 +312,18 @@ class Playback:
         self._prune()
 
     async def write(self, pcm: npt.NDArray[np.int16]) -> None:
-        """Queue int16 mono samples at `rate` for the current reply; waits while the ring is full."""
+        """Queue int16 mono samples at `rate` for the current reply; waits while the ring is full.
+
+        A write belongs to the reply that was current when it began: if a flush (barge-in) or a new reply
+        comes while it waits for room, the rest of it is dropped, never played after the flush point."""
         data = np.asarray(pcm, dtype=np.int16).reshape(-1)
         chunk = max(1, self._ring.capacity // 2)
         pos = 0
+        flushes, reply = self._flushes, self._current
         while pos < data.size:
+            if self._flushes != flushes or self._current != reply:
+                self._dropped_writes += 1
+                return
             if self._finished:
                 raise DeviceError(f"the output device {self._device_name!r} stopped", hint=DEVICE_HINT)
             n = min(chunk, data.size - pos, self._ring.free())

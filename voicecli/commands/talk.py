@@ -164,7 +164,7 @@ def talk(
         elif plain and ev.kind in ("warning", "error"):
             console.print(f"[yellow]! {ev.data.get('message', '')}[/]")
 
-    console.print(f"[dim]loading models ... transcript: {transcript.path}[/]")
+    console.print("[dim]loading models ...[/]")
     try:
         if plain or not console.is_terminal:
             asyncio.run(assistant.converse(cfg, max_turns=max_turns, emit=emit, transcript=transcript))
@@ -186,7 +186,10 @@ def talk(
 
                 asyncio.run(main())
     finally:
-        transcript.close()
+        error = transcript.close()
+        if error is not None:
+            console.print(f"[yellow]! the transcript could not be written: {error}[/]")
         if log is not None:
             log.close()
-    console.print(f"[dim]session saved to {transcript.path}[/]")
+    if transcript.path.exists():
+        console.print(f"[dim]session saved to {transcript.path}[/]")

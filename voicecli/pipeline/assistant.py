@@ -58,7 +58,7 @@ def resolve_models(cfg: Config) -> dict[str, Path]:
 async def start_engines(cfg: Config, output_rate: int, paths: dict[str, Path] | None = None) -> Engines:
     """Load and warm up all three engines concurrently (each in its own executor)."""
     from voicecli.engines import llm_probe
-    from voicecli.engines.llm import LlamaLLM
+    from voicecli.engines.llm import LlamaLLM, Sampling
     from voicecli.engines.stt import WhisperSTT
     from voicecli.engines.tts import PiperTTS
 
@@ -71,7 +71,14 @@ async def start_engines(cfg: Config, output_rate: int, paths: dict[str, Path] | 
         language=cfg.stt.language,
         initial_prompt=cfg.stt.initial_prompt,
     )
-    llm = LlamaLLM(paths["llm"], n_ctx=cfg.llm.n_ctx, threads=cfg.llm.threads)
+    sampling = Sampling(cfg.llm.temperature, cfg.llm.top_p, cfg.llm.min_p, cfg.llm.repeat_penalty)
+    llm = LlamaLLM(
+        paths["llm"],
+        n_ctx=cfg.llm.n_ctx,
+        threads=cfg.llm.threads,
+        sampling=sampling,
+        system_prompt=cfg.llm.system_prompt,
+    )
     tts = PiperTTS(paths["tts"], output_rate=output_rate, speaker=cfg.tts.speaker, speed=cfg.tts.speed)
     engines = Engines(stt, llm, tts, paths)
     try:
@@ -195,11 +202,13 @@ def _echo_setup(
 ) -> tuple[EchoPath | None, TalkConfig]:
     """`--echo`: aec cleans the mic with the played audio as reference and confirms barge-ins;
     half-duplex ignores the mic while the assistant is busy; off leaves the mic as it is."""
-    from voicecli.audio.echo import resolve_mode
+    from voicecli.audio.echo import aec_unavailable, resolve_mode
 
     mode = resolve_mode(cfg.audio.echo)
     if cfg.audio.echo == "auto" and mode != "aec" and emit is not None:
-        message = "echo cancellation is not installed (pip install livekit): half duplex, no barge-in"
+        problem = aec_unavailable()
+        why = problem.message if problem is not None else "echo cancellation is unavailable"
+        message = f"{why}: half duplex, no barge-in ({problem.hint if problem else 'see voicecli devices --test'})"
         emit(Event("warning", time.monotonic(), 0, {"message": message}))
     if mode == "half-duplex":
         return None, dataclasses.replace(cfg.talk, barge_in=False)

@@ -37,10 +37,13 @@ from voicecli.pipeline.chunker import ClauseChunker, normalise
 from voicecli.pipeline.history import History
 from voicecli.pipeline.metrics import LoopLagMonitor, TurnMetrics
 from voicecli.pipeline.ports import AudioSink, FrameLike, FrameSource
+from voicecli.pipeline.reply_guard import ReplyGuard
 from voicecli.pipeline.transcript import Transcript as TranscriptFile
 
 CLAUSE_QUEUE = 3
 APOLOGY = "Sorry, something went wrong while I was answering."
+STT_APOLOGY = "Sorry, I could not make out what you said. Please say it again."
+CONFUSED = "Sorry, I got confused. Could you ask that again?"  # the model's reply was all garbage
 MIC_LEVEL_EVERY = 5  # frames (100 ms) between mic level events
 
 
@@ -66,6 +69,7 @@ class TurnContext:
     reply_started: bool = False
     interrupted: bool = False
     spoken_any: bool = False
+    error: str = ""  # an engine failed this turn (the message the user was shown)
 
 
 def played_text(clauses: list[tuple[int, int, str]], played: int) -> str:
@@ -452,8 +456,35 @@ class Session:
             answered = await self._reply(ctx)
         except asyncio.CancelledError:
             ctx.interrupted = True
+        except EngineError as exc:
+            # STT failed (timeout, a worker that died twice) or the LLM refused to start: say so out loud,
+            # record it, and keep listening; never end the turn silently.
+            ctx.error = exc.message
+            self._emit("error", turn_id=ctx.turn_id, message=exc.message, hint=exc.hint)
+            try:
+                answered = await self._say(ctx, APOLOGY if ctx.user_added else STT_APOLOGY)
+            except asyncio.CancelledError:
+                ctx.interrupted = True
         finally:
-            self._finish_turn(ctx, answered)
+            try:
+                self._finish_turn(ctx, answered)
+            except Exception as exc:  # e.g. the transcript's disk is full: the session must go on
+                self._emit("error", turn_id=ctx.turn_id, message=f"could not record the turn: {exc}")
+                if self._turn is ctx:
+                    self._turn = None
+                    self._set_state(State.LISTENING)
+
+    async def _say(self, ctx: TurnContext, text: str) -> bool:
+        """Speak one fixed sentence as this turn's reply (an apology); True once it has been played."""
+        self.sink.begin_reply(ctx.turn_id)
+        ctx.reply_started = True
+        q: asyncio.Queue[str | None] = asyncio.Queue(maxsize=2)
+        await q.put(text)
+        await q.put(None)
+        await self._speak(ctx, q)
+        self.sink.end_reply()
+        await self.sink.wait_reply_done(ctx.turn_id)
+        return True
 
     async def _reply(self, ctx: TurnContext) -> bool:
         m = ctx.metrics
@@ -465,6 +496,7 @@ class Session:
         speaker = asyncio.create_task(self._speak(ctx, clauses))
         # The first clause may be a single word ("Sure,"): it starts the speaker ~5 tokens sooner.
         chunker = ClauseChunker(first_min_words=1)
+        guard = ReplyGuard(max_words=self.talk_cfg.max_reply_words)
         whole: list[str] = []  # sequential mode: the reply is spoken only once it is complete
         try:
             try:
@@ -477,11 +509,22 @@ class Session:
                         whole.append(delta)
                         continue
                     for clause in chunker.push(delta):
-                        await self._queue_clause(ctx, clauses, clause)
+                        if not await self._queue_guarded(ctx, clauses, guard, clause):
+                            break
+                    if guard.stop_reason is not None:
+                        stream.cancel()  # a runaway reply: stop generating too
+                        break
                 if whole:
-                    await self._queue_clause(ctx, clauses, normalise("".join(whole)))
-                for clause in chunker.finish():
-                    await self._queue_clause(ctx, clauses, clause)
+                    await self._queue_guarded(ctx, clauses, guard, normalise("".join(whole)))
+                if guard.stop_reason is None:
+                    for clause in chunker.finish():
+                        if not await self._queue_guarded(ctx, clauses, guard, clause):
+                            break
+                if guard.stop_reason is not None:
+                    self._emit("reply_cut", turn_id=ctx.turn_id, reason=guard.stop_reason,
+                               words=guard.words, degenerate=guard.degenerate)  # fmt: skip
+                if guard.degenerate and not guard.history_text():
+                    await self._queue_clause(ctx, clauses, CONFUSED)  # never a silent turn
             except EngineError as exc:
                 # The LLM failed mid-stream: say what was ready, then a short apology; the next turn works.
                 self._emit("error", turn_id=ctx.turn_id, message=exc.message)
@@ -500,6 +543,17 @@ class Session:
                 speaker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await speaker
+
+    async def _queue_guarded(
+        self, ctx: TurnContext, q: asyncio.Queue[str | None], guard: ReplyGuard, clause: str
+    ) -> bool:
+        """Queue what the reply guard lets through of `clause`; False once the guard has ended the reply."""
+        verdict = guard.check(clause)
+        for piece in verdict.speak:
+            await self._queue_clause(ctx, q, piece)
+        if verdict.dropped:
+            self._emit("clause_dropped", turn_id=ctx.turn_id, text=clause, reason=verdict.reason)
+        return not verdict.stop
 
     async def _queue_clause(self, ctx: TurnContext, q: asyncio.Queue[str | None], clause: str) -> None:
         m = ctx.metrics
@@ -611,7 +665,9 @@ class Session:
             "answered": answered,
             "timings": summary,
         }
-        if ctx.user_added and (ctx.spoken_any or not ctx.interrupted):
+        if ctx.error:
+            record["error"] = ctx.error
+        if (ctx.user_added and (ctx.spoken_any or not ctx.interrupted)) or ctx.error:
             self.records.append(record)
             if self.transcript is not None:
                 self.transcript.append(record)

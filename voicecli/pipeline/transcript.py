@@ -1,15 +1,25 @@
 """The session transcript: one JSON line per finished turn, flushed and fsynced, so a crash or kill keeps
-every completed turn."""
+every completed turn.
+
+The write and fsync run in a writer thread (an fsync can take tens of milliseconds on a busy disk, and the
+session calls `append` on the event loop). The file is created with the first record, so a session that
+fails at start-up (a missing model, say) leaves no empty transcript behind. A write error is raised by the
+next `append` (or returned by `close`), so the session can tell the user.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
 import time
 from pathlib import Path
 from typing import IO, Any
 
 from voicecli import paths
+
+QUEUE_RECORDS = 256  # one record per turn: never full unless the disk has stalled for minutes
 
 
 def new_session_path() -> Path:
@@ -18,21 +28,54 @@ def new_session_path() -> Path:
 
 class Transcript:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._fh: IO[str] | None = path.open("a", encoding="utf-8")
+        self._queue: queue.Queue[str | None] = queue.Queue(QUEUE_RECORDS)
+        self._error: OSError | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
 
     def append(self, record: dict[str, Any]) -> None:
-        if self._fh is None:
+        """Queue one record for writing (never blocks on the disk). Raises the last write error, once."""
+        if self._closed:
             return
-        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        self._raise_pending()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._writer, name="transcript", daemon=True)
+            self._thread.start()
+        self._queue.put(json.dumps(record, ensure_ascii=False) + "\n")
 
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+    def close(self) -> OSError | None:
+        """Write what is queued, then close. Returns a write error that was not reported yet."""
+        if self._closed:
+            return None
+        self._closed = True
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(10.0)
+        error, self._error = self._error, None
+        return error
+
+    def _raise_pending(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _writer(self) -> None:
+        fh: IO[str] | None = None
+        try:
+            while (line := self._queue.get()) is not None:
+                try:
+                    if fh is None:
+                        self.path.parent.mkdir(parents=True, exist_ok=True)
+                        fh = self.path.open("a", encoding="utf-8")
+                    fh.write(line)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                except OSError as exc:
+                    self._error = exc
+        finally:
+            if fh is not None:
+                fh.close()
 
 
 def read(path: Path) -> list[dict[str, Any]]:
