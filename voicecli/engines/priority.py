@@ -13,7 +13,10 @@ import contextlib
 import os
 import threading
 
-COMPUTE_NICE = 10  # the audio callbacks and the event loop stay at the session's own priority
+# Niceness 5 gives a thread a third of the CPU share of niceness 0: enough for the audio callbacks, the event
+# loop and Piper (which the speaker waits on) to win the cores when they need them, without starving the LLM
+# when another program on the desktop competes (at 10 it got a tenth: 0.6 tokens/s next to a busy process).
+COMPUTE_NICE = 5
 
 
 def lower_this_thread(nice: int = COMPUTE_NICE) -> int:

@@ -21,7 +21,6 @@ import soxr
 
 from voicecli.audio.format import float32_to_int16
 from voicecli.engines.base import Speech
-from voicecli.engines.priority import lower_this_thread
 from voicecli.errors import ConfigError, EngineError, ModelError
 
 if TYPE_CHECKING:
@@ -33,7 +32,6 @@ T = TypeVar("T")
 # and this much of it is kept so soft onsets and word endings are not clipped.
 TRIM_THRESHOLD_DB = -40.0
 TRIM_KEEP_S = 0.015
-TTS_NICE = 5
 _WARMUP_TEXT = "Ready."
 # Unicode categories that are never spoken: symbols (emoji), format controls (zero-width joiner),
 # private use and surrogates. Currency, math signs and digits stay: espeak reads them well.
@@ -148,8 +146,7 @@ class PiperTTS:
         from piper import PiperVoice
         from piper.config import PiperConfig
 
-        # Less nice than whisper and llama.cpp: the next clause must be ready before the speaker runs dry.
-        lower_this_thread(TTS_NICE)
+        # Piper keeps the session's priority, above whisper and llama.cpp: the speaker waits on it.
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
