@@ -36,6 +36,16 @@ FRAME_S = 0.02
 Warn = Callable[[str], None]
 
 
+async def _listed(spec: int | str | None, kind: str, rescanner: Rescanner | None) -> bool:
+    """Whether the device is back, asked off the event loop (PortAudio queries block for milliseconds to
+    seconds while a sound server restarts); with a rescanner, PortAudio's list is refreshed first."""
+    if await asyncio.to_thread(devices.is_listed, spec, kind):
+        return True
+    if rescanner is None or not await rescanner.rescan():
+        return False
+    return await asyncio.to_thread(devices.is_listed, spec, kind)
+
+
 class Rescanner:
     """Re-initialises PortAudio with every stream closed around it (see the module docstring)."""
 
@@ -155,8 +165,10 @@ class ResilientSource:
             await asyncio.sleep(self._retry_s)
             if self._stopped or self._cap is not None:
                 return
-            if self._rescanner is not None and not devices.is_listed(self._spec, "input"):
-                await self._rescanner.rescan()
+            if not await _listed(self._spec, "input", self._rescanner):
+                continue  # still gone: no stream open is tried (it would block the loop every second)
+            if self._cap is not None:  # the rescan reopened it
+                return
             with contextlib.suppress(DeviceError):
                 await self._open_stream()
                 return
@@ -242,10 +254,10 @@ class ResilientSink:
             await pb.stop()
         while not self._stopped:
             await asyncio.sleep(self._retry_s)
-            if self._rescanner is not None and not devices.is_listed(self._spec, "output"):
-                await self._rescanner.rescan()
-                if self._pb is not None:  # the rescan reopened it
-                    break
+            if not await _listed(self._spec, "output", self._rescanner):
+                continue
+            if self._pb is not None:  # the rescan reopened it
+                break
             try:
                 await self._open_stream(self.rate)
             except DeviceError:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import enum
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ from voicecli.pipeline.reply_guard import ReplyGuard
 from voicecli.pipeline.transcript import Transcript as TranscriptFile
 
 CLAUSE_QUEUE = 3
+RECORDS_KEPT = 200
 APOLOGY = "Sorry, something went wrong while I was answering."
 STT_APOLOGY = "Sorry, I could not make out what you said. Please say it again."
 CONFUSED = "Sorry, I got confused. Could you ask that again?"  # the model's reply was all garbage
@@ -158,7 +160,8 @@ class Session:
         self.state = State.LISTENING
         self.turns_answered = 0
         self.turns_started = 0
-        self.records: list[dict[str, Any]] = []  # the transcript records of this session
+        # The latest transcript records (the file keeps them all): bounded, so a long session's memory is too.
+        self.records: deque[dict[str, Any]] = deque(maxlen=RECORDS_KEPT)
         self._turn: TurnContext | None = None
         self._last_task: asyncio.Task[None] | None = None
         self._spec: _Speculation | None = None
