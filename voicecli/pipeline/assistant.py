@@ -70,6 +70,7 @@ async def start_engines(cfg: Config, output_rate: int, paths: dict[str, Path] | 
         beam_size=cfg.stt.beam_size,
         language=cfg.stt.language,
         initial_prompt=cfg.stt.initial_prompt,
+        window_floor_s=cfg.stt.window_floor_s,
     )
     sampling = Sampling(cfg.llm.temperature, cfg.llm.top_p, cfg.llm.min_p, cfg.llm.repeat_penalty)
     llm = LlamaLLM(
