@@ -101,7 +101,7 @@ def bench(
         doc: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "models": info,
-            "threads": {"stt": cfg.stt.threads, "llm": cfg.llm.threads, "tts": 1},
+            "threads": {"stt": cfg.stt.threads, "llm": cfg.llm.threads, "llm_batch": cfg.llm.batch_threads, "tts": 1},
             "config": {"vad": cfg.vad.__dict__, "talk": cfg.talk.__dict__, "stt_beam": cfg.stt.beam_size},
             "machine": report.machine(),
             "audio": "virtual sound card (PulseAudio null sinks through PortAudio)",

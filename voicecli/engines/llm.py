@@ -194,6 +194,7 @@ class LlamaLLM:
         *,
         n_ctx: int = 2048,
         threads: int = 2,
+        batch_threads: int | None = None,
         seed: int = 0,
         sampling: Sampling | None = None,
         system_prompt: str = "",
@@ -204,6 +205,7 @@ class LlamaLLM:
         self.model_path = Path(model_path)
         self._n_ctx = n_ctx
         self._threads = threads
+        self._batch_threads = batch_threads or threads  # prompt prefill; `threads` decodes
         self._seed = seed
         self._sampling = sampling or Sampling()
         self.extra_buffers = True  # llama.cpp weight repacking (off on AMX hosts, see _model_params)
@@ -271,7 +273,7 @@ class LlamaLLM:
                     model_path=str(self.model_path),
                     n_ctx=self._n_ctx,
                     n_threads=self._threads,
-                    n_threads_batch=self._threads,
+                    n_threads_batch=self._batch_threads,
                     seed=self._seed,
                     verbose=False,
                     chat_format="chat_template.default",  # the GGUF's own template, never a guess

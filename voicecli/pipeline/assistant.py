@@ -77,6 +77,7 @@ async def start_engines(cfg: Config, output_rate: int, paths: dict[str, Path] | 
         paths["llm"],
         n_ctx=cfg.llm.n_ctx,
         threads=cfg.llm.threads,
+        batch_threads=cfg.llm.batch_threads,
         sampling=sampling,
         system_prompt=cfg.llm.system_prompt,
     )
@@ -84,7 +85,7 @@ async def start_engines(cfg: Config, output_rate: int, paths: dict[str, Path] | 
     engines = Engines(stt, llm, tts, paths)
     try:
         # A llama.cpp that crashes on this CPU must say so, not kill the session with a bare segfault.
-        await asyncio.to_thread(llm_probe.check, paths["llm"], cfg.llm.threads)
+        await asyncio.to_thread(llm_probe.check, paths["llm"], cfg.llm.batch_threads)
         await asyncio.gather(stt.start(), llm.start(), tts.start())
     except BaseException:
         await engines.close()
