@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import shutil
 import signal
@@ -17,7 +18,8 @@ import pytest
 import soxr
 
 from voicecli.audio.format import SAMPLE_RATE
-from voicecli.engines.stt import WhisperSTT
+from voicecli.engines.base import Transcript
+from voicecli.engines.stt import FULL_WINDOW_S, WhisperSTT
 from voicecli.errors import EngineError, ModelError
 from voicecli.testmodels import whisper as whisper_gen
 
@@ -78,6 +80,7 @@ def test_transcribes_speech_with_timings(
     assert t.compute_s > 0.0
     assert 0.0 <= t.queue_wait_s < 30.0
     assert not t.retried
+    assert (t.window_s, t.window_retry) == (10.0, "")  # the short window (default floor 10 s)
 
 
 @pytest.mark.parametrize("level", [0.0, 0.001])  # digital silence, white noise at -60 dBFS
@@ -88,6 +91,7 @@ def test_silence_and_faint_noise_are_not_speech(stt: WhisperSTT, runner: asyncio
     assert t.no_speech_prob > 0.6
     assert t.text != PHRASE
     assert not t.is_speech
+    assert t.window_s == 10.0
 
 
 def test_empty_audio_is_not_speech(stt: WhisperSTT, runner: asyncio.Runner) -> None:
@@ -106,6 +110,115 @@ def test_a_second_request_waits_in_the_queue(
     first, second = runner.run(both())
     # One worker: the later request waited at least for most of the earlier one's compute.
     assert second > first
+
+
+def test_audio_that_does_not_fit_a_short_window_gets_whisper_s_30_s(
+    stt: WhisperSTT, runner: asyncio.Runner, speech: npt.NDArray[np.float32]
+) -> None:
+    long_audio = np.concatenate([speech, np.zeros(35 * SAMPLE_RATE - len(speech), np.float32)])
+    t = runner.run(stt.transcribe(long_audio))
+    # faster-whisper's own 30 s windows (the second, silent one adds the script's silence word)
+    assert t.text.startswith(PHRASE)
+    assert (t.window_s, t.window_retry) == (FULL_WINDOW_S, "")
+    longest_short = np.concatenate([speech, np.zeros(int(28.5 * SAMPLE_RATE) - len(speech), np.float32)])
+    t = runner.run(stt.transcribe(longest_short))
+    assert (t.text, t.window_s) == (PHRASE, 29.5)
+
+
+def test_window_floor_zero_always_uses_30_s(
+    tiny_model: Path, runner: asyncio.Runner, speech: npt.NDArray[np.float32]
+) -> None:
+    with pytest.raises(ValueError, match="window_floor_s"):
+        WhisperSTT(tiny_model, window_floor_s=-1.0)
+    engine = WhisperSTT(tiny_model, threads=1, window_floor_s=0.0)
+    runner.run(engine.start())
+    try:
+        t = runner.run(engine.transcribe(speech))
+        assert (t.text, t.window_s, t.window_retry) == (PHRASE, FULL_WINDOW_S, "")
+    finally:
+        runner.run(engine.close())
+
+
+def test_a_cancelled_request_that_has_not_started_never_runs(
+    stt: WhisperSTT, runner: asyncio.Runner, speech: npt.NDArray[np.float32], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14 item 8: a speculative transcription dropped while it waits must not delay the final one."""
+    pool = stt._pool
+    assert pool is not None
+    submitted: list[int] = []
+    real_submit = pool.submit
+
+    def spy(fn: object, audio: npt.NDArray[np.float32], *args: object) -> concurrent.futures.Future[object]:
+        submitted.append(len(audio))
+        return real_submit(fn, audio, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pool, "submit", spy)
+    busy = np.concatenate([speech] * 8)  # keeps the one worker busy for a while
+    stale = np.concatenate([speech] * 6)
+    final = speech
+
+    async def scenario() -> tuple[float, float, float]:
+        running = asyncio.create_task(stt.transcribe(busy))
+        speculative = asyncio.create_task(stt.transcribe(stale))
+        await asyncio.sleep(0)  # `running` is in the worker, `speculative` waits for it
+        speculative.cancel()  # the user resumed talking
+        final_task = asyncio.create_task(stt.transcribe(final))
+        first, last = await asyncio.gather(running, final_task)
+        with pytest.raises(asyncio.CancelledError):
+            await speculative
+        assert (first.text, last.text) == (PHRASE, PHRASE)
+        return first.compute_s, last.queue_wait_s, last.compute_s
+
+    busy_compute, final_wait, final_compute = runner.run(scenario())
+    assert submitted == [len(busy), len(final)]  # the stale request never reached the worker
+    # The final request waited for the running one only (reported, not lost).
+    assert 0.0 < final_wait < busy_compute + 2.0
+    assert final_compute > 0.0
+
+
+def test_an_abandoned_request_still_times_out(
+    tiny_model: Path, runner: asyncio.Runner, speech: npt.NDArray[np.float32]
+) -> None:
+    """A running request whose caller gave up keeps its worker; a stuck one must not keep it forever."""
+    engine = WhisperSTT(tiny_model, threads=1, timeout_s=0.05)
+    runner.run(engine.start())
+    try:
+        (stuck,) = engine.worker_pids()
+
+        async def abandon() -> None:
+            task = asyncio.create_task(engine.transcribe(np.tile(speech, 24)))  # ~40 s: two 30 s windows
+            await asyncio.sleep(0.01)  # submitted and running
+            task.cancel()
+            for _ in range(100):  # the watchdog replaces the pool at the request's deadline
+                await asyncio.sleep(0.05)
+                if not _alive(stuck):
+                    return
+
+        runner.run(abandon())
+        assert not _alive(stuck)
+        engine.timeout_s = 60.0
+        assert runner.run(engine.transcribe(speech)).text == PHRASE
+    finally:
+        runner.run(engine.close())
+
+
+def test_a_request_waiting_for_a_worker_fails_cleanly_on_close(
+    tiny_model: Path, runner: asyncio.Runner, speech: npt.NDArray[np.float32]
+) -> None:
+    engine = WhisperSTT(tiny_model, threads=1)
+    runner.run(engine.start())
+
+    async def scenario() -> list[object]:
+        first = asyncio.create_task(engine.transcribe(np.concatenate([speech] * 8)))
+        waiting = asyncio.create_task(engine.transcribe(speech))
+        await asyncio.sleep(0)
+        await engine.close()
+        return list(await asyncio.wait_for(asyncio.gather(first, waiting, return_exceptions=True), 30))
+
+    running, waiting = runner.run(scenario())
+    # The running request may finish before its worker stops; it never looks like a cancellation.
+    assert isinstance(running, EngineError | Transcript), running
+    assert isinstance(waiting, EngineError), waiting  # failed, not left waiting for a slot forever
 
 
 def test_killed_worker_is_replaced_and_the_request_retried(

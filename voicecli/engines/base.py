@@ -22,7 +22,10 @@ class Transcript:
 
     `is_speech` is False when the text is empty, punctuation-only, or a well-known silence
     hallucination that the model's own probabilities say was not speech; the pipeline ignores it.
-    Times are seconds.
+    Times are seconds. `queue_wait_s`: from the request to the worker starting it (waiting behind other
+    utterances). `retried`: the worker died and the utterance ran again on a fresh one. `window_s`: the encoder
+    window that produced the text (Whisper's 30 s, or a shorter one fitted to the audio); `window_retry`: why a
+    short-window decode was discarded and re-run on 30 s ("compression", "tokens", "ngram"), else "".
     """
 
     text: str
@@ -34,6 +37,8 @@ class Transcript:
     queue_wait_s: float = 0.0
     compute_s: float = 0.0
     retried: bool = False
+    window_s: float = 30.0
+    window_retry: str = ""
 
 
 class SpeechToText(Protocol):

@@ -7,20 +7,35 @@ started with "spawn" (never fork: llama.cpp / onnxruntime threads may already ex
 Failure policy: a worker that dies mid-request (BrokenProcessPool) is replaced by a fresh pool and the
 utterance retried once; a request that outlives `timeout_s` kills the pool (it is presumably stuck) and
 raises EngineError. The caller never waits forever.
+
+Short window: faster-whisper pads every utterance to Whisper's 30 s window, so the encoder always pays for 30 s.
+CTranslate2 accepts shorter features, so an utterance is encoded in a window of max(audio + 1 s,
+`window_floor_s`) and decoded with the same prompt, options and temperature fallback faster-whisper would use
+(3-4x faster with real tiny.en and base, same WER: scripts/stt_window_wer.py). A model that loops on the
+short window (too compressible, a repeated phrase, or more tokens than any speech of that length) is re-run
+on the full 30 s window; so is audio that does not fit. Transcript.window_s says which window produced the text.
+
+Queueing: the pool only ever holds as many requests as it has workers; the rest wait in the parent, where
+cancelling them (a speculative transcription the user talked over) means they never run at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import math
 import multiprocessing
 import os
 import signal
 import threading
 import time
 import unicodedata
+import zlib
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +44,7 @@ import numpy.typing as npt
 
 from voicecli.audio.format import SAMPLE_RATE
 from voicecli.engines.base import Transcript
+from voicecli.engines.priority import lower_this_thread
 from voicecli.errors import EngineError, ModelError
 
 DEFAULT_PULL_NAME = "whisper-base.en"
@@ -42,6 +58,18 @@ HALLUCINATION_LOGPROB = -0.7
 # One fallback step only: every extra temperature re-runs the decoder (Whisper's default has six).
 TEMPERATURES = (0.0, 0.4)
 WARMUP_S = 0.5
+
+# Whisper's window and the short one (see the module docstring).
+FULL_WINDOW_S = 30.0
+WINDOW_MARGIN_S = 1.0  # silence after the speech inside the window
+DEFAULT_WINDOW_FLOOR_S = 10.0
+# The repetition guard: Whisper's own compression-ratio limit, a phrase said over and over, and a token rate
+# no speech reaches (the short-window decode is also capped there, so a loop stops early). Fast English is
+# ~6 Whisper tokens/s; 20 leaves room for digits, spelling, other scripts and byte-level test tokenizers.
+COMPRESSION_RATIO_MAX = 2.4
+TOKENS_PER_S_MAX = 20.0
+TOKENS_SLACK = 16
+MAX_DECODER_LENGTH = 448  # Whisper's decoder positions (prompt included)
 
 # What Whisper says over silence, fans and keyboards: subtitle credits and video sign-offs from its
 # training data. Compared after normalize().
@@ -117,6 +145,58 @@ def classify(text: str, no_speech_prob: float, avg_logprob: float) -> bool:
     return True
 
 
+def window_for(audio_s: float, floor_s: float) -> float:
+    """The encoder window for an utterance of `audio_s`: max(audio + 1 s, floor) in whole encoder positions
+    (20 ms), or Whisper's full 30 s when the floor is 0 (short windows off) or the utterance does not fit."""
+    if floor_s <= 0:
+        return FULL_WINDOW_S
+    window = max(audio_s + WINDOW_MARGIN_S, floor_s)
+    if window >= FULL_WINDOW_S:
+        return FULL_WINDOW_S
+    return math.ceil(round(window * 50, 6)) / 50
+
+
+def token_budget(audio_s: float) -> int:
+    """More text tokens than this for `audio_s` of speech is a decoder loop, not speech."""
+    return int(TOKENS_SLACK + TOKENS_PER_S_MAX * audio_s)
+
+
+def compression_ratio(text: str) -> float:
+    """Whisper's repetition measure: UTF-8 bytes over zlib-compressed bytes."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def repeated_ngram(words: list[str]) -> bool:
+    """True when some run of words repeats back to back as a loop does: a phrase of n words said k times in
+    a row with n * k >= 8 and k >= 3, or k >= 2 for phrases of 4 words or more ("no no no" stays speech)."""
+    total = len(words)
+    for n in range(1, total // 2 + 1):
+        min_copies = 2 if n >= 4 else max(3, math.ceil(8 / n))
+        if n * min_copies > total:
+            continue
+        for start in range(total - n * min_copies + 1):
+            phrase = words[start : start + n]
+            copies = 1
+            while words[start + copies * n : start + (copies + 1) * n] == phrase:
+                copies += 1
+                if copies >= min_copies:
+                    return True
+    return False
+
+
+def repetition(text: str, n_tokens: int, audio_s: float) -> str:
+    """Why a decode of `audio_s` of audio looks like a decoder loop: "compression", "tokens" or "ngram";
+    "" when it does not. `n_tokens` counts the text tokens the decoder produced."""
+    if compression_ratio(text) > COMPRESSION_RATIO_MAX:
+        return "compression"
+    if n_tokens >= token_budget(audio_s):
+        return "tokens"
+    if repeated_ngram(normalize(text).split()):
+        return "ngram"
+    return ""
+
+
 # ---------------------------------------------------------------------------------------------------
 # Worker side (runs in the pool's processes).
 
@@ -133,6 +213,7 @@ class _Options:
     beam_size: int
     language: str
     initial_prompt: str
+    window_floor_s: float = DEFAULT_WINDOW_FLOOR_S  # 0: always the full 30 s window
 
 
 @dataclass(frozen=True)
@@ -143,6 +224,8 @@ class _Result:
     avg_logprob: float
     started_at: float  # time.monotonic() in the worker (same clock as the parent on Linux/macOS)
     compute_s: float
+    window_s: float = FULL_WINDOW_S
+    window_retry: str = ""  # why a short-window decode was discarded and re-run on 30 s
 
 
 # Per-process state set by the pool initializer: the model (or why it failed to load).
@@ -160,6 +243,7 @@ def _watch_parent(parent_pid: int) -> None:
 def _init_worker(model_dir: str, compute_type: str, threads: int, hint: str, parent_pid: int) -> None:
     # Ctrl-C reaches the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    lower_this_thread()  # the main thread of the worker; CTranslate2's threads inherit it
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     try:
         from faster_whisper import WhisperModel
@@ -177,6 +261,20 @@ def _worker_transcribe(audio: npt.NDArray[np.float32], options: _Options) -> _Re
     if "error" in _worker_state:
         raise _worker_state["error"]
     model = _worker_state["model"]
+    audio_s = len(audio) / SAMPLE_RATE
+    window_s = window_for(audio_s, options.window_floor_s)
+    reason = ""
+    if window_s < FULL_WINDOW_S:
+        short = _transcribe_window(model, audio, window_s, options)
+        if isinstance(short, _Result):
+            return replace(short, started_at=started_at, compute_s=time.monotonic() - started_at)
+        reason = short
+    full = _transcribe_full(model, audio, options)
+    return replace(full, started_at=started_at, compute_s=time.monotonic() - started_at, window_retry=reason)
+
+
+def _transcribe_full(model: Any, audio: npt.NDArray[np.float32], options: _Options) -> _Result:
+    """faster-whisper's own transcribe(): the 30 s window."""
     segments, info = model.transcribe(
         audio,
         language=options.language or None,
@@ -203,8 +301,104 @@ def _worker_transcribe(audio: npt.NDArray[np.float32], options: _Options) -> _Re
         language=str(info.language),
         no_speech_prob=float(no_speech),
         avg_logprob=float(avg_logprob),
-        started_at=started_at,
-        compute_s=time.monotonic() - started_at,
+        started_at=0.0,
+        compute_s=0.0,
+    )
+
+
+def _tokenizer(model: Any, language: str) -> Any:
+    """faster-whisper's Tokenizer for this language (cached per worker)."""
+    cache: dict[str, Any] = _worker_state.setdefault("tokenizers", {})
+    if language not in cache:
+        from faster_whisper.tokenizer import Tokenizer
+
+        cache[language] = Tokenizer(
+            model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language
+        )
+    return cache[language]
+
+
+def _window_features(model: Any, audio: npt.NDArray[np.float32], window_s: float) -> npt.NDArray[np.float32]:
+    """The log-mel features faster-whisper computes for this audio, padded as it pads its 30 s window (with
+    zero features), only to `window_s`."""
+    from faster_whisper.audio import pad_or_trim
+
+    features = model.feature_extractor(audio)[..., :-1]
+    frames = round(window_s * SAMPLE_RATE) // model.feature_extractor.hop_length
+    return np.asarray(pad_or_trim(features, frames), dtype=np.float32)
+
+
+def _transcribe_window(model: Any, audio: npt.NDArray[np.float32], window_s: float, options: _Options) -> _Result | str:
+    """One utterance on a `window_s` encoder window, decoded exactly as faster-whisper's transcribe() would
+    decode its first 30 s window (prompt, suppressed tokens, temperature fallback, silence rule).
+    Returns the repetition guard's reason instead when a decode looks like a loop."""
+    from faster_whisper.transcribe import get_suppressed_tokens
+
+    audio_s = len(audio) / SAMPLE_RATE
+    encoder_output = model.encode(_window_features(model, audio, window_s))
+
+    if not model.model.is_multilingual:
+        language = "en"
+    elif options.language:
+        language = options.language
+    else:
+        language = model.model.detect_language(encoder_output)[0][0][0][2:-2]
+    tokenizer = _tokenizer(model, language)
+    previous = tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
+    prompt = model.get_prompt(tokenizer, previous, without_timestamps=True)
+    # CTranslate2 stops Whisper at min(max_length - prompt + 1, max_length // 2) tokens.
+    budget = token_budget(audio_s)
+    max_length = min(MAX_DECODER_LENGTH, max(len(prompt) + budget, 2 * budget))
+    suppress = list(get_suppressed_tokens(tokenizer, [-1]))
+
+    decodes: list[tuple[str, float, float]] = []  # (text, avg_logprob, no_speech_prob)
+    for temperature in TEMPERATURES:
+        if temperature > 0:
+            sampling: dict[str, Any] = {
+                "beam_size": 1,
+                "num_hypotheses": 1,
+                "sampling_topk": 0,
+                "sampling_temperature": temperature,
+            }
+        else:
+            sampling = {"beam_size": options.beam_size, "patience": 1.0}
+        result = model.model.generate(
+            encoder_output,
+            [prompt],
+            length_penalty=1.0,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            max_length=max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=suppress,
+            max_initial_timestamp_index=50,
+            **sampling,
+        )[0]
+        tokens = result.sequences_ids[0]
+        avg_logprob = float(result.scores[0]) * len(tokens) / (len(tokens) + 1)
+        text = tokenizer.decode(tokens).strip()
+        reason = repetition(text, len(tokens), audio_s)
+        if reason:
+            return reason
+        no_speech = float(result.no_speech_prob)
+        decodes.append((text, avg_logprob, no_speech))
+        # faster-whisper's fallback rule (its compression-ratio part is the guard above).
+        if avg_logprob >= LOW_LOGPROB or no_speech > NO_SPEECH_PROB:
+            break
+    else:  # every temperature failed: the most probable decode
+        text, avg_logprob, no_speech = max(decodes, key=lambda d: d[1])
+    if no_speech > NO_SPEECH_PROB and avg_logprob < LOW_LOGPROB:
+        text = ""  # faster-whisper drops such a window as silence
+    return _Result(
+        text=text,
+        language=language,
+        no_speech_prob=no_speech,
+        avg_logprob=avg_logprob,
+        started_at=0.0,
+        compute_s=0.0,
+        window_s=window_s,
     )
 
 
@@ -228,16 +422,23 @@ class WhisperSTT:
         timeout_s: float = 30.0,
         load_timeout_s: float = 120.0,
         pull_name: str = "",
+        window_floor_s: float = DEFAULT_WINDOW_FLOOR_S,
     ) -> None:
+        """`window_floor_s`: the shortest encoder window (seconds); an utterance is encoded in max(its length
+        + 1 s, this), and on Whisper's 30 s when it does not fit. 0 always uses 30 s."""
         if workers < 1 or threads < 1 or beam_size < 1:
             raise ValueError("workers, threads and beam_size must be >= 1")
+        if not window_floor_s >= 0:
+            raise ValueError("window_floor_s must be >= 0 (0 = always the 30 s window)")
         self.model_dir = Path(model).expanduser()
         self.compute_type = compute_type
         self.threads = threads
         self.workers = workers
         self.timeout_s = timeout_s
         self.load_timeout_s = load_timeout_s
-        self._options = _Options(beam_size=beam_size, language=language, initial_prompt=initial_prompt)
+        self._options = _Options(
+            beam_size=beam_size, language=language, initial_prompt=initial_prompt, window_floor_s=window_floor_s
+        )
         self._hint = (
             f"run `voicecli models pull {pull_name or DEFAULT_PULL_NAME}` (or `voicecli models verify`), "
             "or check the path"
@@ -245,6 +446,15 @@ class WhisperSTT:
         self._pool: ProcessPoolExecutor | None = None
         self._restart_lock = asyncio.Lock()
         self._closed = False
+        # Requests inside the pool (at most one per worker); the others wait in the parent, cancellable.
+        self._busy = 0
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watchdogs: set[asyncio.Future[None]] = set()
+
+    @property
+    def window_floor_s(self) -> float:
+        return self._options.window_floor_s
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -261,7 +471,9 @@ class WhisperSTT:
         """Start the workers, load the model in each and run one warm-up inference per worker."""
         self.check_files()
         self._closed = False
+        self._loop = asyncio.get_running_loop()
         self._pool = self._new_pool()
+        self._reset_slots()
         silence = np.zeros(int(WARMUP_S * SAMPLE_RATE), dtype=np.float32)
         # One warm-up per worker; with several workers one may take two, which only costs a little.
         warmups = [self._call(silence, self.load_timeout_s) for _ in range(self.workers)]
@@ -307,6 +519,8 @@ class WhisperSTT:
             queue_wait_s=max(0.0, result.started_at - submitted),
             compute_s=result.compute_s,
             retried=retried,
+            window_s=result.window_s,
+            window_retry=result.window_retry,
         )
 
     async def close(self) -> None:
@@ -317,6 +531,9 @@ class WhisperSTT:
         """Synchronous close, also safe from a signal handler or atexit."""
         self._closed = True
         pool, self._pool = self._pool, None
+        if self._loop is not None:  # requests waiting for a worker fail now (thread- and signal-safe)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing waits any more
+                self._loop.call_soon_threadsafe(self._reset_slots)
         if pool is not None:
             _stop_pool(pool)
 
@@ -340,19 +557,76 @@ class WhisperSTT:
                 raise EngineError("STT was closed", hint="start it again")
             if self._pool is broken:  # a concurrent request may have replaced it already
                 self._pool = self._new_pool()
+                self._reset_slots()  # whatever ran in the broken pool is gone with it
                 if broken is not None:
                     await asyncio.to_thread(_stop_pool, broken)
 
+    async def _acquire_slot(self) -> None:
+        """Wait until a worker is free. A request cancelled here was never submitted, so it never runs."""
+        while True:
+            if self._pool is None:
+                raise EngineError("STT is closed", hint="start it again")
+            if self._busy < self.workers:
+                break
+            waiter = asyncio.get_running_loop().create_future()
+            self._slot_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._slot_waiters:
+                    self._slot_waiters.remove(waiter)
+        self._busy += 1
+
+    def _wake_slot_waiters(self) -> None:
+        # Everyone re-checks in FIFO order; a waiter cancelled meanwhile just drops out.
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _release_slot(self, pool: ProcessPoolExecutor) -> None:
+        if pool is self._pool:  # slots of a replaced pool were reset with it
+            self._busy = max(0, self._busy - 1)
+            self._wake_slot_waiters()
+
+    def _reset_slots(self) -> None:
+        self._busy = 0
+        self._wake_slot_waiters()
+
+    async def _expire(
+        self, job: concurrent.futures.Future[_Result], pool: ProcessPoolExecutor, deadline: float
+    ) -> None:
+        """A job nobody waits for any more still frees its worker by its deadline, or the pool is replaced."""
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(job), max(0.0, deadline - asyncio.get_running_loop().time()))
+        except TimeoutError:
+            with contextlib.suppress(EngineError):  # closed meanwhile
+                await self._replace_pool(pool)
+        except Exception:  # its result or error interests no one
+            return
+
     async def _call(self, audio: npt.NDArray[np.float32], timeout_s: float) -> _Result:
         """The one place a blocking whisper call is handed to the executor."""
+        await self._acquire_slot()
         pool = self._pool
-        if pool is None:
-            raise EngineError("STT is closed", hint="start it again")
+        assert pool is not None  # checked by _acquire_slot, with no await since
         loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(pool, _worker_transcribe, audio, self._options), timeout_s
-            )
+            job = pool.submit(_worker_transcribe, audio, self._options)
+        except BaseException:
+            self._release_slot(pool)
+            raise
+
+        def finished(_: concurrent.futures.Future[_Result]) -> None:
+            # The slot frees when the worker is done, not when the caller stops waiting: a cancelled request
+            # that already runs keeps its worker busy until it ends.
+            with contextlib.suppress(RuntimeError):  # the event loop is closed: nothing waits any more
+                loop.call_soon_threadsafe(self._release_slot, pool)
+
+        job.add_done_callback(finished)
+        deadline = loop.time() + timeout_s
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(job), timeout_s)
         except TimeoutError:
             # A stuck worker cannot be interrupted: replace the pool so the next utterance works.
             await self._replace_pool(pool)
@@ -362,7 +636,17 @@ class WhisperSTT:
         except _LoadFailed as exc:
             message, hint = exc.args
             raise ModelError(message, hint=hint) from None
-        except (BrokenProcessPool, asyncio.CancelledError):
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._closed and task is not None and not task.cancelling():
+                # close() cancelled the job, not our caller: an engine error like any other
+                raise EngineError("STT was closed", hint="start it again") from None
+            if not job.done():  # the caller gave up, the worker goes on: its timeout still holds
+                watchdog = asyncio.ensure_future(self._expire(job, pool, deadline))
+                self._watchdogs.add(watchdog)
+                watchdog.add_done_callback(self._watchdogs.discard)
+            raise
+        except BrokenProcessPool:
             raise
         except Exception as exc:  # an error inside faster-whisper, re-raised from the worker
             raise EngineError(f"STT failed: {exc}", hint="check the audio and the model files") from exc
@@ -389,4 +673,4 @@ def _stop_pool(pool: ProcessPoolExecutor, grace_s: float = 2.0) -> None:
             proc.join(grace_s)
 
 
-__all__ = ["WhisperSTT", "classify", "is_hallucination", "normalize"]
+__all__ = ["WhisperSTT", "classify", "is_hallucination", "normalize", "repetition", "window_for"]
