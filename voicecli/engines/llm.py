@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _SHIFT_PROBE = 8  # tokens of the new prompt that must match the cache after a trimmed range
+BURST_TOKENS = 16  # tokens decoded on batch_threads before dropping to threads (about the first clause)
 PUT_SLICE_S = 0.25  # how often a worker blocked on a full delta queue checks that a reader is still there
 QUEUE_DELTAS = 8  # LLM -> chunker bound: "small; producer waits" (DESIGN.md stage contracts)
 _END = object()  # end-of-stream marker (always fits: the queue holds QUEUE_DELTAS + 2 items)
@@ -358,6 +359,7 @@ class LlamaLLM:
         return int(perf.n_p_eval) + int(perf.n_eval)
 
     def _generate(self, stream: LlamaStream, messages: list[ChatCompletionRequestMessage], max_tokens: int) -> None:
+        import llama_cpp
         from llama_cpp import LogitsProcessorList
 
         llm, stats = self._llm, stream.stats
@@ -372,6 +374,8 @@ class LlamaLLM:
                 stats.prompt_tokens = int(llm.n_tokens)
                 stats.prompt_tokens_evaluated = self._decoded() - decoded_before
             sampled += 1
+            if sampled == BURST_TOKENS and self._threads != self._batch_threads:
+                llama_cpp.llama_set_n_threads(llm.ctx, self._threads, self._batch_threads)
             stats.completion_tokens = sampled  # live count; corrected for the final <|im_end|> below
             if stream.stopped:  # end the reply at this very token
                 forced_end = True
@@ -386,6 +390,9 @@ class LlamaLLM:
             if stream.stopped:
                 return
             self._shift_cache(messages)
+            # The first clause is decoded on all threads (nothing else runs yet: the speaker waits for it),
+            # the rest on `threads`, once Piper is synthesising next to it (see on_logits).
+            llama_cpp.llama_set_n_threads(llm.ctx, self._batch_threads, self._batch_threads)
             sp = self._sampling
             chunks = llm.create_chat_completion(
                 messages=messages,
