@@ -416,3 +416,9 @@ def test_a_long_reply_ends_on_a_sentence_at_the_word_cap() -> None:
     words = record["assistant"].split()
     assert 35 <= len(words) <= 50 and record["assistant"].endswith("sea."), record["assistant"]
     assert [e.data["reason"] for e in rig.events if e.kind == "reply_cut"] == ["length cap"]
+
+
+def test_stt_done_reports_the_wait_for_the_stt_worker_and_the_window() -> None:
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2, 8.0)
+    done = rig.first("stt_done", 1)
+    assert done.data["queue_wait_s"] == 0.0 and done.data["window_s"] == 30.0  # as FakeSTT reports them

@@ -439,6 +439,8 @@ class Session:
                 text=tr.text,
                 is_speech=tr.is_speech,
                 compute_s=tr.compute_s,
+                queue_wait_s=tr.queue_wait_s,  # waiting for the STT worker (behind another utterance)
+                window_s=tr.window_s,
                 speculative=m.stt_speculative,
             )
             if not tr.is_speech:
