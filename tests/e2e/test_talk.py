@@ -78,37 +78,56 @@ class Talk:
         return [json.loads(line) for line in self.transcript_path.read_text().splitlines()]
 
 
+def launch_talk(
+    vsound: VSound,
+    tmp_path: Path,
+    models: dict[str, Path],
+    *extra: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 90,
+) -> Talk:
+    """Start `voicecli talk --plain` on the virtual card with `models` (stt/llm/tts paths) and its own files."""
+    n = len(list(tmp_path.glob("events*.jsonl")))
+    suffix = "" if n == 0 else str(n)
+    events, transcript = tmp_path / f"events{suffix}.jsonl", tmp_path / f"transcript{suffix}.jsonl"
+    events.touch()
+    cmd = [
+        sys.executable, "-m", "voicecli", "talk", "--plain",
+        "--input", "voicecli_mic", "--output", "voicecli_speaker",
+        "--stt", str(models["stt"]), "--llm", str(models["llm"]), "--voice", str(models["tts"]),
+        "--events", str(events), "--transcript", str(transcript), *extra,
+    ]  # fmt: skip
+    full_env = {
+        **os.environ,
+        **vsound.env,
+        "VOICECLI_CONFIG": str(tmp_path / "config.toml"),
+        "VOICECLI_DATA_DIR": str(tmp_path / "data"),
+        **(env or {}),
+    }
+    proc = subprocess.Popen(cmd, env=full_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t = Talk(proc, events, transcript)
+    try:
+        t.wait_for(lambda e: e["kind"] == "session_start", timeout=timeout)
+    except BaseException:
+        if proc.poll() is None:
+            proc.kill()
+        raise
+    return t
+
+
 @pytest.fixture
 def talk(vsound: VSound, tiny_models: dict[str, Path], tmp_path: Path) -> Iterator[Callable[..., Talk]]:
-    procs: list[subprocess.Popen[str]] = []
+    started: list[Talk] = []
 
     def start(*extra: str, env: dict[str, str] | None = None) -> Talk:
-        events, transcript = tmp_path / "events.jsonl", tmp_path / "transcript.jsonl"
-        cmd = [
-            sys.executable, "-m", "voicecli", "talk", "--plain",
-            "--input", "voicecli_mic", "--output", "voicecli_speaker",
-            "--stt", str(tiny_models["stt"]), "--llm", str(tiny_models["llm"]),
-            "--voice", str(tiny_models["tts"]),
-            "--events", str(events), "--transcript", str(transcript), *extra,
-        ]  # fmt: skip
-        full_env = {
-            **os.environ,
-            **vsound.env,
-            "VOICECLI_CONFIG": str(tmp_path / "config.toml"),
-            "VOICECLI_DATA_DIR": str(tmp_path / "data"),
-            **(env or {}),
-        }
-        proc = subprocess.Popen(cmd, env=full_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        procs.append(proc)
-        t = Talk(proc, events, transcript)
-        t.wait_for(lambda e: e["kind"] == "session_start", timeout=90)
-        return t
+        started.append(launch_talk(vsound, tmp_path, tiny_models, *extra, env=env))
+        return started[-1]
 
     yield start
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait(5)
+    for t in started:
+        if t.proc.poll() is None:
+            t.proc.kill()
+            t.proc.wait(5)
 
 
 def speech_bounds(pcm: np.ndarray, rate: int, threshold: float = 0.02) -> tuple[float, float]:

@@ -20,6 +20,9 @@ NO_DEVICES_HINT = (
 
 def sd() -> ModuleType:
     """Import sounddevice lazily (it initialises PortAudio); a missing library becomes a DeviceError."""
+    from voicecli.audio.alsa_quiet import silence_alsa
+
+    silence_alsa()  # before PortAudio probes ALSA devices (it prints their noise too)
     try:
         import sounddevice
     except OSError as exc:  # libportaudio2 missing
