@@ -5,6 +5,10 @@ milliseconds: holes of silence inside a reply (issue 11). Rather than raising th
 needs privileges), each engine's worker thread lowers its own: Linux niceness is per thread and inherited
 by the threads it creates afterwards, so calling this before a model is loaded covers the engine's own
 thread pools (ggml's, onnxruntime's, CTranslate2's) too.
+
+With the kernel's autogroup scheduling (the default on desktop distributions), niceness only weighs threads
+of the same session against each other: a terminal's voicecli against its own audio threads, not against a
+compile running in another terminal, so the assistant is not made slower than other programs.
 """
 
 from __future__ import annotations
