@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
+
+import pytest
 
 from voicecli.pipeline.transcript import Transcript, read
 
@@ -32,3 +36,22 @@ def test_a_write_error_is_reported_not_raised_on_the_loop(tmp_path: Path) -> Non
     t.append({"turn": 1})
     error = t.close()
     assert isinstance(error, OSError)
+
+
+def test_append_never_waits_for_the_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session appends on the event loop; an fsync on a busy disk must not stall it."""
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        time.sleep(0.2)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    t = Transcript(tmp_path / "s.jsonl")
+    t0 = time.monotonic()
+    for i in range(3):
+        t.append({"turn": i})
+    took = time.monotonic() - t0
+    assert t.close() is None
+    assert took < 0.05, f"append blocked {took * 1000:.0f} ms"  # before: 600 ms of fsync on the loop
+    assert [r["turn"] for r in read(tmp_path / "s.jsonl")] == [0, 1, 2]
