@@ -70,6 +70,13 @@ class LlmConfig:
         "You are a helpful voice assistant running on the user's desktop. "
         "Answer in one to three short spoken sentences. No markdown, no lists, no emoji."
     )
+    # An OpenAI-compatible server instead of the local GGUF (llama-server, llama_cpp.server, Ollama, vLLM):
+    # "http://HOST:PORT/v1"; "" = the local model. `model` "" = the first the server lists. The key is sent as
+    # a Bearer token only, never shown. `timeout_s`: longest wait for the first token (and between two tokens).
+    url: str = ""
+    model: str = ""
+    api_key: str = field(default="", repr=False)
+    timeout_s: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,9 @@ class TalkConfig:
     barge_in: bool = True
     barge_in_min_ms: int = 200  # speech needed to interrupt: a cough or a click is shorter
     max_reply_words: int = 80  # a spoken reply ends at the sentence that reaches this many words
+    # Start the LLM on the speculative transcript during the hangover (nothing plays before the turn is
+    # confirmed; thrown away if the user goes on talking).
+    prepare_reply: bool = True
 
 
 @dataclass(frozen=True)
@@ -127,6 +137,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "llm.min_p": (0.0, 1.0),
     "llm.repeat_penalty": (0.5, 2.0),
     "talk.max_reply_words": (5, 1000),
+    "llm.timeout_s": (1.0, 600.0),
 }
 
 
@@ -185,7 +196,26 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     raise ConfigError(f"config key '{key}' has an unsupported type")
 
 
+def _check_url(key: str, value: str) -> None:
+    """llm.url: "" or an http(s) URL with a host (the path, /v1, is checked against the server at start)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        _ = parts.port  # a bad port raises ValueError
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(
+            f"config key '{key}' is {value!r}; it must be an http(s) URL such as http://192.168.1.20:8080/v1",
+            hint=f"fix '{key}' in {paths.config_file()} (or --llm-url / VOICECLI_LLM_URL); \"\" uses the local model",
+        )
+
+
 def _check(key: str, value: Any) -> None:
+    if key == "llm.url" and value:
+        _check_url(key, value)
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(
             f"config key '{key}' is {value!r}; allowed: {', '.join(CHOICES[key])}",

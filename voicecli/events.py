@@ -22,6 +22,8 @@ EventKind = Literal[
     "eou",  # end of user turn confirmed
     "stt_done",  # data: text, is_speech, compute_s, speculative
     "stt_rejected",
+    "reply_prepared",  # the LLM was started on the speculative transcript during the hangover; data: text
+    "reply_wasted",  # a prepared reply was thrown away; data: reason
     "llm_first_token",
     "llm_delta",  # data: text
     "llm_done",  # data: prompt_tokens, prompt_tokens_evaluated, completion_tokens, tokens_per_s

@@ -326,7 +326,7 @@ def test_a_failed_transcription_is_said_out_loud_recorded_and_the_next_turn_work
 
 class RefusingLLM(FakeLLM):
     def chat(self, messages, max_tokens=256):  # type: ignore[no-untyped-def]
-        if not self.streams:
+        if len(self.streams) < 2:  # the reply prepared during the hangover, then the turn's own request
             self.streams.append(None)  # type: ignore[arg-type]
             raise EngineError("the language model is not loaded", hint="")
         return super().chat(messages, max_tokens)
@@ -422,3 +422,27 @@ def test_stt_done_reports_the_wait_for_the_stt_worker_and_the_window() -> None:
     rig = run_timeline(lambda r, t: 0.2 <= t < 1.2, 8.0)
     done = rig.first("stt_done", 1)
     assert done.data["queue_wait_s"] == 0.0 and done.data["window_s"] == 30.0  # as FakeSTT reports them
+
+
+def test_the_reply_is_prepared_during_the_hangover_and_played_only_once_confirmed() -> None:
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2, 10.0)
+    prepared = next(e for e in rig.events if e.kind == "reply_prepared")
+    eou = rig.first("eou", 1)
+    assert prepared.t < eou.t  # the LLM was asked during the hangover
+    assert len(rig.llm.prompts) == 1  # and that request is the turn's reply: nothing asked twice
+    assert rig.first("play_start", 1).t >= eou.t  # nothing was played before the turn was confirmed
+    [record] = rig.session.records
+    assert record["assistant"] == REPLY and record["timings"]["reply_prepared"] is True
+    assert rig.session.replies_prepared == 1 and rig.session.replies_wasted == 0
+
+
+def test_a_prepared_reply_is_thrown_away_when_the_user_goes_on_talking() -> None:
+    # a 300 ms pause mid-sentence: the early pause fires, the reply is prepared, then the user resumes
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2 or 1.5 <= t < 2.5, 12.0)
+    assert [e.kind for e in rig.events].count("eou") == 1  # one turn, not split at the pause
+    assert "reply_wasted" in rig.kinds()
+    assert rig.session.replies_wasted >= 1
+    assert rig.llm.streams[0].cancelled  # the prepared stream was stopped
+    [record] = rig.session.records
+    assert record["user"].startswith("question of 2.")  # answered on the whole utterance
+    assert record["assistant"] == REPLY

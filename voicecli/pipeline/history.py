@@ -119,6 +119,12 @@ class History:
             out = [self._system, ChatMessage("user", self._turns[-1].user)]
         return out
 
+    def preview_user(self, text: str) -> list[ChatMessage] | None:
+        """The prompt `add_user(text)` then `messages()` will give, when no trim or truncation changes it (None
+        otherwise): what a reply prepared before the turn is confirmed is asked with. One count_tokens call."""
+        prompt = [*self._view(self._start), ChatMessage("user", text)]
+        return prompt if self._count(prompt) <= self._budget else None
+
     def clear(self) -> None:
         self._turns.clear()
         self._start = 0

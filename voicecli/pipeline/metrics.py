@@ -25,6 +25,7 @@ class TurnMetrics:
     play_end: float | None = None
     stt_compute_s: float | None = None
     stt_speculative: bool = False
+    reply_prepared: bool = False  # the LLM started during the hangover on the speculative transcript
     llm_prompt_tokens: int = 0
     llm_prompt_tokens_evaluated: int = 0
     llm_completion_tokens: int = 0
@@ -74,6 +75,7 @@ class TurnMetrics:
                 else self.barge_in_decided - self.barge_in_onset
             ),
             "speculative_stt": self.stt_speculative,
+            "reply_prepared": self.reply_prepared,
             "prompt_tokens": self.llm_prompt_tokens,
             "prompt_tokens_evaluated": self.llm_prompt_tokens_evaluated,
         }

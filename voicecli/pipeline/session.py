@@ -30,7 +30,7 @@ import numpy.typing as npt
 
 from voicecli.audio.format import rms_dbfs
 from voicecli.config import TalkConfig, VadConfig
-from voicecli.engines.base import LanguageModel, LLMStream, SpeechToText, TextToSpeech, Transcript
+from voicecli.engines.base import ChatMessage, LanguageModel, LLMStream, SpeechToText, TextToSpeech, Transcript
 from voicecli.errors import EngineError
 from voicecli.events import Event, EventKind
 from voicecli.pipeline import vad
@@ -72,6 +72,7 @@ class TurnContext:
     interrupted: bool = False
     spoken_any: bool = False
     error: str = ""  # an engine failed this turn (the message the user was shown)
+    spec: _Speculation | None = None  # the speculation this turn's transcript came from
 
 
 def played_text(clauses: list[tuple[int, int, str]], played: int) -> str:
@@ -93,8 +94,24 @@ def played_text(clauses: list[tuple[int, int, str]], played: int) -> str:
 
 @dataclass
 class _Speculation:
+    """STT started at the early pause, and the reply started on its transcript during the hangover.
+
+    The reply's LLM stream fills its bounded delta queue (prefill + the first tokens) and then waits; nothing
+    is played before the turn is confirmed. If the user resumes, both are cancelled (wasted work, counted)."""
+
     audio_len: int
     task: asyncio.Task[Transcript]
+    prompt: list[ChatMessage] | None = None  # what the prepared reply was asked with
+    reply: LLMStream | None = None
+
+    def cancel(self) -> bool:
+        """Cancel both; True if a prepared reply was thrown away."""
+        self.task.cancel()
+        if self.reply is None:
+            return False
+        self.reply.cancel()
+        self.reply = None
+        return True
 
 
 async def _joined(tasks: list[Any]) -> Transcript:
@@ -160,6 +177,8 @@ class Session:
         self.state = State.LISTENING
         self.turns_answered = 0
         self.turns_started = 0
+        self.replies_prepared = 0  # replies started during the hangover and used
+        self.replies_wasted = 0  # ... and thrown away (the user went on talking)
         # The latest transcript records (the file keeps them all): bounded, so a long session's memory is too.
         self.records: deque[dict[str, Any]] = deque(maxlen=RECORDS_KEPT)
         self._turn: TurnContext | None = None
@@ -221,7 +240,7 @@ class Session:
         if self._turn is not None:
             self._cancel_turn(self._turn, reason="shutdown")
         if self._spec is not None:
-            self._spec.task.cancel()
+            self._spec.cancel()
         if self._last_task is not None:
             await asyncio.wait([self._last_task], timeout=1.0)
 
@@ -296,12 +315,50 @@ class Session:
     # ---- speculation --------------------------------------------------------------------------------------
     def _start_speculation(self, audio: npt.NDArray[np.float32]) -> None:
         self._drop_speculation()
-        self._spec = _Speculation(len(audio), asyncio.create_task(self._transcribe(audio)))
+        spec = _Speculation(len(audio), asyncio.create_task(self._transcribe(audio)))
+        if self.talk_cfg.prepare_reply:
+            spec.task.add_done_callback(lambda _: self._prepare_reply(spec))
+        self._spec = spec
 
-    def _drop_speculation(self) -> None:
-        if self._spec is not None:
-            self._spec.task.cancel()
-            self._spec = None
+    def _prepare_reply(self, spec: _Speculation) -> None:
+        """The speculative transcript is in and the user is still silent: start the reply now."""
+        if self._spec is not spec or self._turn is not None or spec.task.cancelled() or spec.task.exception():
+            return
+        tr = spec.task.result()
+        if not tr.is_speech:
+            return
+        prompt = self.history.preview_user(tr.text)
+        if prompt is None:  # the history will be trimmed first: the turn asks itself
+            return
+        try:
+            spec.reply = self.llm.chat(prompt, max_tokens=self.max_tokens)
+        except EngineError:
+            return  # the turn's own request will report it
+        spec.prompt = prompt
+        self._emit("reply_prepared", text=tr.text)
+
+    def _drop_speculation(self, spec: _Speculation | None = None) -> None:
+        spec = spec or self._spec
+        if spec is not None:
+            if spec.cancel():
+                self.replies_wasted += 1
+                self._emit("reply_wasted", reason="the user went on talking")
+            if spec is self._spec:
+                self._spec = None
+
+    def _take_prepared(self, ctx: TurnContext, messages: list[ChatMessage]) -> LLMStream | None:
+        """The reply prepared during the hangover, if it was asked exactly what this turn asks."""
+        spec, ctx.spec = ctx.spec, None
+        if spec is None or spec.reply is None:
+            return None
+        if spec.prompt == messages and not spec.reply.stats.cancelled:
+            self.replies_prepared += 1
+            ctx.metrics.reply_prepared = True
+            return spec.reply
+        spec.cancel()
+        self.replies_wasted += 1
+        self._emit("reply_wasted", turn_id=ctx.turn_id, reason="the prompt changed")
+        return None
 
     async def _transcribe(self, audio: npt.NDArray[np.float32]) -> Transcript:
         return await self.stt.transcribe(audio)
@@ -365,17 +422,19 @@ class Session:
             audio = np.concatenate([self._pending_carry, audio])
             self._pending_carry = None
             if spec is not None:
-                spec.task.cancel()
+                self._drop_speculation(spec)
             spec = None
         stt_task: Awaitable[Transcript]
+        used: _Speculation | None = None
         if spec is not None and not spec.task.cancelled():
             stt_task = spec.task  # the audio after the pause was silence: the speculative result stands
             m.stt_speculative = True
+            used = spec
         elif len(audio):
             stt_task = asyncio.create_task(self._transcribe(audio))
         if parts:
             stt_task = _joined([*parts, stt_task] if len(audio) else parts)
-        ctx = TurnContext(turn_id, m, audio=audio)
+        ctx = TurnContext(turn_id, m, audio=audio, spec=used)
         self._turn = ctx
         self.turns_started += 1
         prev = self._last_task
@@ -493,7 +552,8 @@ class Session:
 
     async def _reply(self, ctx: TurnContext) -> bool:
         m = ctx.metrics
-        stream = self.llm.chat(self.history.messages(), max_tokens=self.max_tokens)
+        messages = self.history.messages()
+        stream = self._take_prepared(ctx, messages) or self.llm.chat(messages, max_tokens=self.max_tokens)
         ctx.stream = stream
         self.sink.begin_reply(ctx.turn_id)
         ctx.reply_started = True
