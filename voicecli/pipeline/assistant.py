@@ -44,19 +44,21 @@ class Engines:
 
 
 def resolve_models(cfg: Config) -> dict[str, Path]:
-    """Manifest names or local paths -> local files; a missing one is a ModelError naming the pull command."""
+    """Manifest names or local paths -> local files; a missing one is a ModelError naming the pull command.
+    With `llm.url` (a remote LLM server) no local LLM file is needed, and none is resolved."""
     from voicecli import models
 
     root = models.models_dir(cfg.models.dir)
-    return {
-        "stt": models.resolve("stt", cfg.models.stt, root),
-        "llm": models.resolve("llm", cfg.models.llm, root),
-        "tts": models.resolve("tts", cfg.models.tts, root),
-    }
+    paths = {"stt": models.resolve("stt", cfg.models.stt, root)}
+    if not cfg.llm.url:
+        paths["llm"] = models.resolve("llm", cfg.models.llm, root)
+    paths["tts"] = models.resolve("tts", cfg.models.tts, root)
+    return paths
 
 
 async def start_engines(cfg: Config, output_rate: int, paths: dict[str, Path] | None = None) -> Engines:
-    """Load and warm up all three engines concurrently (each in its own executor)."""
+    """Load and warm up all three engines concurrently (each in its own executor). With `llm.url` the LLM is a
+    server's (engines/remote_llm.py): no local GGUF is loaded and the llama.cpp crash check is skipped."""
     from voicecli.engines import llm_probe
     from voicecli.engines.llm import LlamaLLM, Sampling
     from voicecli.engines.stt import WhisperSTT
@@ -73,19 +75,33 @@ async def start_engines(cfg: Config, output_rate: int, paths: dict[str, Path] | 
         window_floor_s=cfg.stt.window_floor_s,
     )
     sampling = Sampling(cfg.llm.temperature, cfg.llm.top_p, cfg.llm.min_p, cfg.llm.repeat_penalty)
-    llm = LlamaLLM(
-        paths["llm"],
-        n_ctx=cfg.llm.n_ctx,
-        threads=cfg.llm.threads,
-        batch_threads=cfg.llm.batch_threads,
-        sampling=sampling,
-        system_prompt=cfg.llm.system_prompt,
-    )
+    llm: LanguageModel
+    if cfg.llm.url:
+        from voicecli.engines.remote_llm import RemoteLLM
+
+        llm = RemoteLLM(
+            cfg.llm.url,
+            model=cfg.llm.model,
+            api_key=cfg.llm.api_key,
+            timeout_s=cfg.llm.timeout_s,
+            sampling=sampling,
+            system_prompt=cfg.llm.system_prompt,
+        )
+    else:
+        llm = LlamaLLM(
+            paths["llm"],
+            n_ctx=cfg.llm.n_ctx,
+            threads=cfg.llm.threads,
+            batch_threads=cfg.llm.batch_threads,
+            sampling=sampling,
+            system_prompt=cfg.llm.system_prompt,
+        )
     tts = PiperTTS(paths["tts"], output_rate=output_rate, speaker=cfg.tts.speaker, speed=cfg.tts.speed)
     engines = Engines(stt, llm, tts, paths)
     try:
-        # A llama.cpp that crashes on this CPU must say so, not kill the session with a bare segfault.
-        await asyncio.to_thread(llm_probe.check, paths["llm"], cfg.llm.batch_threads)
+        if not cfg.llm.url:
+            # A llama.cpp that crashes on this CPU must say so, not kill the session with a bare segfault.
+            await asyncio.to_thread(llm_probe.check, paths["llm"], cfg.llm.batch_threads)
         await asyncio.gather(stt.start(), llm.start(), tts.start())
     except BaseException:
         await engines.close()
