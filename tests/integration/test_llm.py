@@ -265,3 +265,59 @@ def test_any_reply_with_repeats_and_newlines_can_be_scripted(tmp_path: Path) -> 
             await model.close()
 
     assert asyncio.run(asyncio.wait_for(run(), 30)) == reply
+
+
+def test_on_a_cpu_where_llama_cpp_runs_amx_the_model_loads_without_weight_repacking(
+    tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The AMX path segfaults on Q4_1/Q4_K models (Intel Xeon hosts); a build that has it gets no extra buffers."""
+    import llama_cpp._internals as internals
+
+    from voicecli.engines import llm as llm_mod
+
+    lib = internals.llama_cpp
+    load = lib.llama_model_load_from_file
+    default_params = lib.llama_model_default_params
+    seen: list[bool] = []
+
+    def spy_load(path: bytes, params: object) -> object:
+        seen.append(bool(params.use_extra_bufts))  # type: ignore[attr-defined]
+        return load(path, params)
+
+    monkeypatch.setattr(lib, "llama_model_load_from_file", spy_load)
+    monkeypatch.setattr(llm_mod, "amx_enabled", lambda: True)
+
+    async def run() -> str:
+        model = LlamaLLM(tiny_gguf, threads=1)
+        await model.start()
+        try:
+            assert model.extra_buffers is False
+            return await model.chat(ask("Hello?"), max_tokens=128).text()
+        finally:
+            await model.close()
+
+    assert asyncio.run(asyncio.wait_for(run(), 60)) == gen.DEFAULT_REPLY
+    assert seen == [False]  # the model was created with no repacking (AMX) buffers
+    assert lib.llama_model_default_params is default_params and default_params().use_extra_bufts  # restored
+
+
+def test_a_llama_cpp_that_crashes_on_this_cpu_is_an_error_naming_the_way_out(
+    tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from voicecli.engines import llm_probe
+
+    monkeypatch.setenv("VOICECLI_DATA_DIR", str(tmp_path))
+    crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"  # what the AMX path does on its first decode
+    monkeypatch.setattr(llm_probe, "_probe_command", lambda m, t: [sys.executable, "-c", crash])
+    with pytest.raises(EngineError) as err:
+        llm_probe.check(tiny_gguf)
+    assert "SIGSEGV" in err.value.message and "AMX" in err.value.message
+    assert "scripts/setup.sh" in err.value.hint
+    # a model that runs is checked once per build and CPU, then remembered
+    monkeypatch.undo()
+    monkeypatch.setenv("VOICECLI_DATA_DIR", str(tmp_path))
+    llm_probe.check(tiny_gguf)
+    monkeypatch.setattr(llm_probe.subprocess, "run", lambda *a, **k: pytest.fail("checked twice"))
+    llm_probe.check(tiny_gguf)

@@ -57,7 +57,7 @@ def check(model: Path, threads: int = 2) -> None:
     stamp = _stamp_dir() / _key(model)
     if stamp.exists():
         return
-    cmd = [sys.executable, "-m", "voicecli.engines.llm_probe", str(model), str(threads)]
+    cmd = _probe_command(model, threads)
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
@@ -74,6 +74,10 @@ def check(model: Path, threads: int = 2) -> None:
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text(json.dumps({"model": str(model), "ok": True}))
     # Any other failure (a bad file, say) is left to the in-process load, which explains it properly.
+
+
+def _probe_command(model: Path, threads: int) -> list[str]:
+    return [sys.executable, "-m", "voicecli.engines.llm_probe", str(model), str(threads)]
 
 
 def _main(model: str, threads: int) -> None:
