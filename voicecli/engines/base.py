@@ -6,6 +6,8 @@ exposes async methods, so nothing CPU-heavy ever runs on the event loop.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -82,6 +84,46 @@ class LLMStream(Protocol):
 
     def cancel(self) -> None:
         """Stop generation within a token or two. Safe from any thread, idempotent."""
+
+
+class DeltaStream:
+    """The loop side of an `LLMStream` whose deltas a worker thread hands over through `_queue`: a text
+    delta (str), or a final item, the end marker or an exception (raised to the reader). Subclasses own the
+    worker side and `cancel`; `_taken` is called for each text delta the reader takes off the queue."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue_bound: int = 0) -> None:
+        self.stats = LLMStats(started_at=time.monotonic())
+        self._loop = loop
+        self._queue: asyncio.Queue[object] = asyncio.Queue(queue_bound)
+        self._stop = False
+        self._ended = False
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop
+
+    def _taken(self) -> None:
+        """A text delta left the queue (a hook for flow control)."""
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self
+
+    async def __anext__(self) -> str:
+        while not self._ended:
+            item = await self._queue.get()
+            if isinstance(item, str):
+                self._taken()
+                if self._stop:
+                    continue  # generated before the stop took effect: never hand it out
+                return item
+            self._ended = True
+            if isinstance(item, BaseException):
+                raise item
+        raise StopAsyncIteration
+
+    async def text(self) -> str:
+        """The whole reply (convenience for tests and the naive baseline)."""
+        return "".join([d async for d in self])
 
 
 class LanguageModel(Protocol):

@@ -23,7 +23,7 @@ import math
 import mmap
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType
 
-from voicecli.engines.base import ChatMessage, LLMStats
+from voicecli.engines.base import ChatMessage, DeltaStream
 from voicecli.engines.priority import lower_this_thread
 from voicecli.errors import EngineError, ModelError
 
@@ -481,20 +481,12 @@ def _token_text(llm: Any, token: int) -> str:
     return bytes(llm.detokenize([token], special=True)).decode("utf-8", errors="replace")
 
 
-class LlamaStream:
+class LlamaStream(DeltaStream):
     """One reply's text deltas (an `LLMStream`). Iterate it on the loop; cancel() from anywhere."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.stats = LLMStats(started_at=time.monotonic())
+        super().__init__(loop, QUEUE_DELTAS + 2)
         self.job: asyncio.Future[None] | None = None
-        self._loop = loop
-        self._queue: asyncio.Queue[object] = asyncio.Queue(QUEUE_DELTAS + 2)
-        self._stop = False
-        self._ended = False
-
-    @property
-    def stopped(self) -> bool:
-        return self._stop
 
     def cancel(self) -> None:
         if self._stop:
@@ -504,25 +496,6 @@ class LlamaStream:
             self.stats.cancelled = True  # even if generation had finished: the reader was cut off
         with contextlib.suppress(RuntimeError):  # loop already closed: nobody is listening
             self._loop.call_soon_threadsafe(self._drop_queued_text)
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self
-
-    async def __anext__(self) -> str:
-        while not self._ended:
-            item = await self._queue.get()
-            if isinstance(item, str):
-                if self._stop:
-                    continue  # generated before the stop took effect: never hand it out
-                return item
-            self._ended = True
-            if isinstance(item, BaseException):
-                raise item
-        raise StopAsyncIteration
-
-    async def text(self) -> str:
-        """The whole reply (convenience for tests and the naive baseline)."""
-        return "".join([d async for d in self])
 
     # worker thread side
     def put(self, item: object) -> bool:

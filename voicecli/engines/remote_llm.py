@@ -55,12 +55,12 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from voicecli.engines.base import ChatMessage, LLMStats
+from voicecli.engines.base import ChatMessage, DeltaStream
 from voicecli.engines.llm import QUEUE_DELTAS, Sampling
 from voicecli.errors import EngineError
 
@@ -651,24 +651,19 @@ class RemoteLLM:
         return True
 
 
-class RemoteStream:
+class RemoteStream(DeltaStream):
     """One reply's text deltas (an `LLMStream`). Iterate it on the loop; cancel() from anywhere."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.stats = LLMStats(started_at=time.monotonic())
-        self._loop = loop
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        super().__init__(loop)  # unbounded: the credits below bound what the worker queues ahead
         self._credits = threading.Semaphore(QUEUE_DELTAS)  # deltas the worker may queue ahead of the reader
         self._lock = threading.Lock()
         self._conn: http.client.HTTPConnection | None = None
         self._sock: socket.socket | None = None
-        self._stop = False
-        self._ended = False
         self.reported_prompt_tokens = 0  # usage.prompt_tokens, when the server sent it
 
-    @property
-    def stopped(self) -> bool:
-        return self._stop
+    def _taken(self) -> None:
+        self._credits.release()
 
     def cancel(self) -> None:
         """Close the connection now (the server stops generating) and drop what is queued."""
@@ -685,26 +680,6 @@ class RemoteStream:
         self._credits.release()  # a worker waiting for room wakes up and sees the flag
         with contextlib.suppress(RuntimeError):  # loop closed: nobody is listening
             self._loop.call_soon_threadsafe(self._queue.put_nowait, _END)
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self
-
-    async def __anext__(self) -> str:
-        while not self._ended:
-            item = await self._queue.get()
-            if isinstance(item, str):
-                self._credits.release()
-                if self._stop:
-                    continue  # arrived before the stop took effect: never hand it out
-                return item
-            self._ended = True
-            if isinstance(item, BaseException):
-                raise item
-        raise StopAsyncIteration
-
-    async def text(self) -> str:
-        """The whole reply (convenience for tests)."""
-        return "".join([d async for d in self])
 
     # worker thread side
     def attach(self, conn: http.client.HTTPConnection) -> bool:
