@@ -49,6 +49,19 @@ def test_two_second_clip_plays_back_intact(vsound: VSound, tmp_path: Path) -> No
     assert abs((rec.t0 + lag / rate) - start) < 0.1
 
 
+async def flush_after(pb: Playback, clip: np.ndarray, seconds: float) -> tuple[asyncio.Task[None], float]:
+    """Start reply 1 with `clip` and flush it `seconds` after its first sample played; (writer, play start)."""
+    pb.begin_reply(1)
+    writer = asyncio.create_task(pb.write(clip))
+    while pb.play_start(1) is None:
+        await asyncio.sleep(0.005)
+    start = pb.play_start(1)
+    assert start is not None
+    await asyncio.sleep(max(0.0, start + seconds - time.monotonic()))
+    pb.flush()
+    return writer, start
+
+
 def test_flush_silences_the_rest_of_the_reply(vsound: VSound) -> None:
     rate = VSound.SPEAKER_RATE
     clip = noise_clip(rate, 5.0)  # never digitally silent, so its audible span is measurable
@@ -57,14 +70,7 @@ def test_flush_silences_the_rest_of_the_reply(vsound: VSound) -> None:
         pb = Playback(VSound.SPEAKER)
         await pb.start()
         try:
-            pb.begin_reply(1)
-            writer = asyncio.create_task(pb.write(clip))
-            while pb.play_start(1) is None:
-                await asyncio.sleep(0.005)
-            start = pb.play_start(1)
-            assert start is not None
-            await asyncio.sleep(max(0.0, start + 1.0 - time.monotonic()))
-            pb.flush()
+            writer, start = await flush_after(pb, clip, 1.0)
             flushed_at = time.monotonic() - start
             await asyncio.wait_for(pb.wait_reply_done(1), 1.0)
             await writer
@@ -94,14 +100,7 @@ def test_a_write_waiting_for_room_is_dropped_by_a_flush(vsound: VSound) -> None:
         pb = Playback(VSound.SPEAKER, ring_seconds=1.0)
         await pb.start()
         try:
-            pb.begin_reply(1)
-            writer = asyncio.create_task(pb.write(clip))
-            while pb.play_start(1) is None:
-                await asyncio.sleep(0.005)
-            start = pb.play_start(1)
-            assert start is not None
-            await asyncio.sleep(max(0.0, start + 0.5 - time.monotonic()))
-            pb.flush()
+            writer, _ = await flush_after(pb, clip, 0.5)
             t_flush = time.monotonic()
             await asyncio.wait_for(writer, 1.0)
             writer_s = time.monotonic() - t_flush
