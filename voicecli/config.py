@@ -92,6 +92,7 @@ class VadConfig:
     start_ms: int = 100  # voiced audio needed before SILENCE -> SPEECH (ignores clicks)
     pause_ms: int = 200  # early pause signal: start speculative STT
     hangover_ms: int = 500  # end of turn
+    unfinished_extra_ms: int = 700  # more, when the speculative transcript sounds unfinished ("and", "um")
     preroll_ms: int = 300
     min_utterance_ms: int = 250
     max_utterance_s: float = 30.0

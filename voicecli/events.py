@@ -22,6 +22,7 @@ EventKind = Literal[
     "eou",  # end of user turn confirmed
     "stt_done",  # data: text, is_speech, compute_s, speculative
     "stt_rejected",
+    "turn_held",  # the transcript so far sounds unfinished: the pause is held open longer; data: text, extra_ms
     "reply_prepared",  # the LLM was started on the speculative transcript during the hangover; data: text
     "reply_wasted",  # a prepared reply was thrown away; data: reason
     "llm_first_token",

@@ -35,6 +35,7 @@ from voicecli.errors import EngineError
 from voicecli.events import Event, EventKind
 from voicecli.pipeline import vad
 from voicecli.pipeline.chunker import ClauseChunker, normalise
+from voicecli.pipeline.endpoint import sounds_unfinished
 from voicecli.pipeline.history import History
 from voicecli.pipeline.metrics import LoopLagMonitor, TurnMetrics
 from voicecli.pipeline.ports import AudioSink, FrameLike, FrameSource
@@ -199,6 +200,7 @@ class Session:
         self._parts: list[asyncio.Task[Transcript]] = []
         self._parts_cut_at = 0.0
         self._hangover_s = vad_cfg.hangover_ms / 1000.0
+        self._unfinished_extra_ms = vad_cfg.unfinished_extra_ms
 
     # ---- events -------------------------------------------------------------------------------------------
     def _emit(self, kind: EventKind, t: float | None = None, turn_id: int = 0, **data: Any) -> None:
@@ -316,18 +318,26 @@ class Session:
     def _start_speculation(self, audio: npt.NDArray[np.float32]) -> None:
         self._drop_speculation()
         spec = _Speculation(len(audio), asyncio.create_task(self._transcribe(audio)))
-        if self.talk_cfg.prepare_reply:
-            spec.task.add_done_callback(lambda _: self._prepare_reply(spec))
+        spec.task.add_done_callback(lambda _: self._on_spec_transcript(spec))
         self._spec = spec
 
-    def _prepare_reply(self, spec: _Speculation) -> None:
-        """The speculative transcript is in and the user is still silent: start the reply now."""
+    def _on_spec_transcript(self, spec: _Speculation) -> None:
+        """The speculative transcript is in and the user is still silent: an unfinished sentence holds the turn
+        open longer; otherwise the reply is started now (pipeline.endpoint, talk.prepare_reply)."""
         if self._spec is not spec or self._turn is not None or spec.task.cancelled() or spec.task.exception():
             return
         tr = spec.task.result()
         if not tr.is_speech:
             return
-        prompt = self.history.preview_user(tr.text)
+        if sounds_unfinished(tr.text):
+            self.detector.wait_longer(self._unfinished_extra_ms)
+            self._emit("turn_held", text=tr.text, extra_ms=self._unfinished_extra_ms)
+            return
+        if self.talk_cfg.prepare_reply:
+            self._prepare_reply(spec, tr.text)
+
+    def _prepare_reply(self, spec: _Speculation, text: str) -> None:
+        prompt = self.history.preview_user(text)
         if prompt is None:  # the history will be trimmed first: the turn asks itself
             return
         try:
@@ -335,7 +345,7 @@ class Session:
         except EngineError:
             return  # the turn's own request will report it
         spec.prompt = prompt
-        self._emit("reply_prepared", text=tr.text)
+        self._emit("reply_prepared", text=text)
 
     def _drop_speculation(self, spec: _Speculation | None = None) -> None:
         spec = spec or self._spec

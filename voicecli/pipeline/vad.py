@@ -229,6 +229,13 @@ class TurnDetector:
         self._silent = 0
         self._paused = False
         self._continue = False  # a forced cut happened mid-speech: the next frame starts a new utterance
+        self._extra_n = 0  # hangover frames added for this pause (see wait_longer)
+
+    def wait_longer(self, extra_ms: float) -> None:
+        """Hold the current pause open `extra_ms` longer before ending the turn (what was said so far sounds
+        unfinished: "and ...", "um"). Cleared when the user speaks again or a new utterance starts."""
+        if self._state is State.HANGOVER:
+            self._extra_n = _frames(extra_ms)
 
     def process(self, frame: np.ndarray, t: float) -> list[Event]:
         """Feed one 20 ms frame whose first sample is at `t` seconds; return the events it caused."""
@@ -281,6 +288,7 @@ class TurnDetector:
         self._onset_frames = len(frames) - onset
         self._silent = 0
         self._paused = False
+        self._extra_n = 0
         events.append(SpeechStarted(t_onset))
 
     def _on_frame(self, voiced: bool, t: float, events: list[Event]) -> None:
@@ -293,13 +301,14 @@ class TurnDetector:
                 events.append(Resumed(t))
             self._state = State.SPEECH
             self._paused = False
+            self._extra_n = 0
         else:
             self._state = State.HANGOVER
             self._silent += 1
             if self._silent == self._pause_n and self._pause_n < self._hang_n and self._long_enough():
                 self._paused = True
                 events.append(Paused(t + FRAME_S, int16_to_float32(self._buf[: self._n])))
-            if self._silent >= self._hang_n:
+            if self._silent >= self._hang_n + self._extra_n:
                 self._end_turn(t + FRAME_S, events)
                 return
         self._check_max(t, voiced, events)

@@ -1,0 +1,52 @@
+"""End of turn that reads the transcript (pure), and the session holding an unfinished sentence open."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tests.fakes import REPLY, FakeSTT
+from tests.unit.test_session import run_timeline
+from voicecli.pipeline.endpoint import sounds_unfinished
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["I was wondering if...", "What is the weather in Paris and", "Tell me about the, um", "So I went to the",
+     "Can you remind me to call my mother because", "I need,"],
+)  # fmt: skip
+def test_unfinished(text: str) -> None:
+    assert sounds_unfinished(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["What is the weather like today?", "Tell me a joke.", "What are you thinking of?", "Stop!", "", "Thanks"],
+)
+def test_finished(text: str) -> None:
+    assert not sounds_unfinished(text)
+
+
+class TrailingAndSTT(FakeSTT):
+    """The first part of the utterance ends on "and" (the user stopped to think)."""
+
+    async def transcribe(self, audio):  # type: ignore[no-untyped-def]
+        tr = await super().transcribe(audio)
+        seconds = len(audio) / 16000
+        return dataclasses.replace(tr, text="What is the weather like and" if seconds < 1.6 else tr.text)
+
+
+def test_a_pause_after_an_unfinished_sentence_does_not_split_the_turn() -> None:
+    # 1 s of speech, a 700 ms pause (longer than the 500 ms hangover), then the rest of the sentence
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2 or 1.9 <= t < 2.9, 12.0, stt_cls=TrailingAndSTT)
+    assert [e.kind for e in rig.events].count("eou") == 1, [e.kind for e in rig.events]
+    held = [e for e in rig.events if e.kind == "turn_held"]
+    assert held and held[0].data["text"].endswith("and")
+    [record] = rig.session.records
+    assert record["user"].startswith("question of 3.") and record["assistant"] == REPLY  # the whole utterance
+
+
+def test_the_same_pause_after_a_finished_sentence_ends_the_turn() -> None:
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2 or 1.9 <= t < 2.9, 14.0)
+    assert [e.kind for e in rig.events].count("eou") == 2  # two questions, two answers

@@ -1,0 +1,84 @@
+"""End of turn that reads the transcript: does what was said so far sound finished?
+
+The VAD ends a turn after `hangover_ms` of silence whatever was said. With the speculative transcript from
+the early pause, an utterance that stops on a conjunction, a filler or a trailing "..." ("I was wondering
+if ...", "and", "um") is a speaker thinking, not done: the turn waits longer (`vad.unfinished_extra_ms`)
+so a mid-sentence pause does not split it. Pure and cheap (called once per pause).
+
+A complete-looking sentence does not end the turn sooner: whisper punctuates "What is the weather" as a
+question, so a 300-450 ms pause before "like in Paris?" would split the turn.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Words a finished English sentence rarely ends on.
+UNFINISHED_WORDS = frozenset(
+    [
+        "and",
+        "or",
+        "but",
+        "so",
+        "because",
+        "if",
+        "when",
+        "while",
+        "although",
+        "though",
+        "unless",
+        "until",
+        "than",
+        "that",
+        "which",
+        "who",
+        "whose",
+        "whom",
+        "where",
+        "the",
+        "a",
+        "an",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "for",
+        "with",
+        "from",
+        "by",
+        "about",
+        "into",
+        "over",
+        "under",
+        "as",
+        "like",
+        "my",
+        "your",
+        "our",
+        "their",
+        "his",
+        "her",
+        "its",
+        "um",
+        "uh",
+        "er",
+        "erm",
+        "hmm",
+        "mm",
+        "well",
+    ]
+)
+_WORD = re.compile(r"[a-z']+")
+
+
+def sounds_unfinished(text: str) -> bool:
+    """True when the transcript so far ends like a speaker who is going on: a trailing "...", a dash or a
+    comma, or a last word from UNFINISHED_WORDS."""
+    stripped = text.strip()
+    if not stripped:
+        return False
+    if stripped.endswith(("...", "…", "-", "—", ",")):
+        return True
+    words = _WORD.findall(stripped.lower())
+    return bool(words) and words[-1] in UNFINISHED_WORDS and not stripped.endswith(("?", "!"))
