@@ -446,3 +446,17 @@ def test_a_prepared_reply_is_thrown_away_when_the_user_goes_on_talking() -> None
     [record] = rig.session.records
     assert record["user"].startswith("question of 2.")  # answered on the whole utterance
     assert record["assistant"] == REPLY
+
+
+class ParrotLLM(FakeLLM):
+    """A small model that copies the history's marker for an interrupted reply into its own reply."""
+
+    def chat(self, messages, max_tokens=256):  # type: ignore[no-untyped-def]
+        self.reply = "Let's hope that you're not too [interrupted by the user] Have a great day!"
+        return super().chat(messages, max_tokens)
+
+
+def test_the_history_marker_for_an_interrupted_reply_is_never_spoken() -> None:
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2, 10.0, llm_cls=ParrotLLM)
+    spoken = " ".join(rig.tts.texts)
+    assert "interrupted" not in spoken and "Have a great day!" in spoken

@@ -369,8 +369,19 @@ class EchoCanceller:
                         loud = float(np.median(np.array(self._block_mic)))
                         self.echo_absent = loud < idle + ECHO_ABSENT_MARGIN_DB
                 self._block = [0.0, 0.0, 0]
-        if self._gain is None or (d is None and not self.echo_absent):  # no alignment to trust yet
+        if self._gain is None:
             self.echo_db = None
+        elif d is None and not self.echo_absent:
+            # The gain is known but not the delay (replies cut short keep the estimator from settling): assume
+            # the loudest 20 ms of what played within the longest echo path comes back now. That over-predicts
+            # the echo, so a barge-in needs a clearly louder voice meanwhile, but a real voice's echo (which a
+            # neural VAD hears as speech) can no longer pass for the user.
+            span_n = int(MAX_DELAY_S * SAMPLE_RATE) + n
+            with self._lock:
+                span = self._timeline.read(pos + n - span_n, span_n)
+            blocks = span[: span.size // n * n].astype(np.float64).reshape(-1, n)
+            loudest = float(np.max(np.sum(blocks * blocks, axis=1))) if blocks.size else 0.0
+            self.echo_db = max(SILENCE_DBFS, _dbfs(loudest, n) + self._gain)
         else:
             self.echo_db = max(SILENCE_DBFS, ref_db + self._gain)
 

@@ -36,7 +36,7 @@ from voicecli.events import Event, EventKind
 from voicecli.pipeline import vad
 from voicecli.pipeline.chunker import ClauseChunker, normalise
 from voicecli.pipeline.endpoint import sounds_unfinished
-from voicecli.pipeline.history import History
+from voicecli.pipeline.history import INTERRUPTED_SUFFIX, History
 from voicecli.pipeline.metrics import LoopLagMonitor, TurnMetrics
 from voicecli.pipeline.ports import AudioSink, FrameLike, FrameSource
 from voicecli.pipeline.reply_guard import ReplyGuard
@@ -623,6 +623,10 @@ class Session:
         self, ctx: TurnContext, q: asyncio.Queue[str | None], guard: ReplyGuard, clause: str
     ) -> bool:
         """Queue what the reply guard lets through of `clause`; False once the guard has ended the reply."""
+        # A small model copies the history's own markers back ("... [interrupted by the user]"): never say them.
+        clause = clause.replace(INTERRUPTED_SUFFIX.strip(), "").strip()
+        if not clause:
+            return True
         verdict = guard.check(clause)
         for piece in verdict.speak:
             await self._queue_clause(ctx, q, piece)
