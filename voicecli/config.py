@@ -102,7 +102,7 @@ class VadConfig:
 class TalkConfig:
     barge_in: bool = True
     barge_in_min_ms: int = 200  # speech needed to interrupt: a cough or a click is shorter
-    max_reply_words: int = 80  # a spoken reply ends at the sentence that reaches this many words
+    max_reply_words: int = 70  # a spoken reply ends with the sentence that reaches this many words (~80 at most)
     # Start the LLM on the speculative transcript during the hangover (nothing plays before the turn is
     # confirmed; thrown away if the user goes on talking).
     prepare_reply: bool = True

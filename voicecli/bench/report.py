@@ -201,7 +201,7 @@ def print_report(
     console.print(f"CPU: {m['cpu']} ({m['cores']} cores); llama.cpp AMX path: {'on' if amx else 'off'}")
     console.print(table(summary, seq_summary, f"voicecli bench — {len(results)} turns, streaming"))
     console.print("[dim]times from the true end of speech (located in the captured audio), on the audio clock[/]")
-    prepared = sum(1 for r in results if r.metrics.get("reply_prepared"))
+    prepared = sum(1 for r in results if r.timings.get("reply_prepared"))
     console.print(f"replies prepared during the hangover (LLM started before the turn was confirmed): "
                   f"{prepared} of {len(results)} turns")  # fmt: skip
     b = barge_ins(results)
