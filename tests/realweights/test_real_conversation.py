@@ -163,13 +163,15 @@ def test_barge_in_over_the_echo_of_the_real_voice(
 ) -> None:
     """Desktop speakers: the joe voice's reply comes back into the mic (60 ms, -10 dB) while SmolLM2 keeps
     generating; the user talking over it still stops it, and the echo alone never does."""
-    from tests.e2e.test_echo import ECHO, ended, silent_after, speaking
+    from tests.e2e.test_echo import ECHO, ended, silent_after, speaking, wait_quiet
 
-    question = question_wav("Tell me a long story about the sea.", "en-us", real_models, tmp_path, 0)
+    topics = ["the sea", "a dragon and a knight", "the history of Rome", "a trip to the mountains", "a lost robot"]
+    questions = [question_wav(f"Tell me a long story about {x}.", "en-us", real_models, tmp_path, i)
+                 for i, x in enumerate(topics)]  # fmt: skip
     stop_pcm, stop_rate = read_wav(speak("Stop, tell me something else instead.", tmp_path / "s.wav", voice="en+f3"))
     onset_in_wav = float(np.flatnonzero(np.abs(stop_pcm) > 655)[0]) / stop_rate
     stops: list[float] = []
-    trials = 4
+    chances = 0  # trials in which the reply was still playing when the user spoke
     with vsound.echo(**ECHO):  # type: ignore[arg-type]
         t = talk_with(
             real_models["whisper-tiny.en"],
@@ -179,7 +181,7 @@ def test_barge_in_over_the_echo_of_the_real_voice(
             "aec",
         )
         last = 0
-        for _ in range(trials):
+        for question in questions:  # a new topic each time: SmolLM2 repeats its cut-off answer to a repeat
             vsound.feed(question)
             turn = t.wait_for(speaking(last), timeout=120)["turn"]
             with vsound.record() as rec:
@@ -187,15 +189,19 @@ def test_barge_in_over_the_echo_of_the_real_voice(
                 onset = vsound.feed(stop_pcm, stop_rate) + onset_in_wav
                 cut = t.wait_for(ended(turn), timeout=120)
                 time.sleep(0.8)
+            # A reply that ended by itself before the user spoke (SmolLM2 answers a repeated question
+            # briefly) gave no chance to interrupt; a reply still playing 0.6 s after the onset was missed.
+            if cut["interrupted"] or cut["t"] > onset + 0.6:
+                chances += 1
             if cut["interrupted"]:
                 stops.append(silent_after(rec, onset))
-                t.wait_for(ended(turn + 1), timeout=120)  # what the user said is answered
             vsound.wait_feeds()
-            time.sleep(1.0)
+            wait_quiet(t, 1.0, timeout=120)  # the answer to "stop" is over before the next question
             last = max(e["turn"] for e in t.events())
         t.proc.terminate()
         t.finish(timeout=30)
-    # Issue 6's bar on the tiny voice is 19 of 20 within 400 ms; the real voice and LLM load the CPU more.
-    assert len(stops) >= trials - 1, f"{len(stops)} of {trials} barge-ins detected: {stops}"
+    # Issue 6's bar on the tiny voice is 19 of 20 within 400 ms; the real voice is speech-like echo.
+    assert chances >= 3, f"only {chances} replies were still playing when the user spoke"
+    assert len(stops) >= chances - 1, f"{len(stops)} of {chances} barge-ins detected: {stops}"
     assert sorted(stops)[len(stops) // 2] < 0.5, stops
     assert len(by_kind(t.events(), "barge_in")) == len(stops)  # every barge-in was the user's, none the echo's
