@@ -381,3 +381,61 @@ def test_rule_against_the_predicted_echo() -> None:
     _, end = feed(voice, raw_user, 6)
     late = conf.confirm(start, end)
     assert late.confirmed and late.excess_db is not None and late.excess_db >= conf.min_excess_db, late
+
+
+def test_aec3_runs_only_from_a_reply_until_its_echo_tail_has_passed() -> None:
+    """Idle listening costs no AEC3: the mic passes through bit for bit until a reply's reference is laid,
+    AEC3 runs while it plays, and the mic passes through again once ACTIVE_TAIL_S has passed after it."""
+    from voicecli.audio.echo import ACTIVE_TAIL_S
+
+    rng = np.random.default_rng(3)
+    ec = EchoCanceller(OUT_RATE)
+    room = [rng.normal(0, 30, 320).astype(np.int16) for _ in range(100)]
+    for k, frame in enumerate(room):  # 2 s with nothing played
+        assert np.array_equal(ec.process(frame, T0 + 0.02 * k), frame)
+    assert ec.apm_frames == 0
+    reply = (rng.normal(0, 3000, OUT_RATE)).astype(np.int16)  # 1 s played from T0 + 2 s
+    ec.add_reference(reply, T0 + 2.0)
+    for k in range(100, 150):
+        ec.process(room[k % 100], T0 + 0.02 * k)
+    assert ec.apm_frames == 50
+    assert ec.playing_near(T0 + 3.0 + ACTIVE_TAIL_S - 0.05)
+    # Past the tail of the reply (it ended at T0 + 3 s) nothing is cancelled or even run through AEC3.
+    t = T0 + 3.0 + ACTIVE_TAIL_S + 0.05
+    assert not ec.playing_near(t)
+    assert np.array_equal(ec.process(room[0], t), room[0])
+    assert ec.apm_frames == 50
+    # A flush cuts the tail short from where playback stopped.
+    ec.add_reference(reply, t + 1.0)
+    assert ec.playing_near(t + 1.0 + ACTIVE_TAIL_S)
+    ec.cut_reference(t + 1.2)
+    assert not ec.playing_near(t + 1.2 + ACTIVE_TAIL_S + 0.05)
+
+
+def test_the_neural_vad_rests_in_a_quiet_room_and_wakes_for_sound() -> None:
+    """Silero scores nothing while nothing plays and the mic is far below the speech floor; sound at a voice's
+    level (or a reply playing) wakes it, starting from a fresh state."""
+    scored: list[float] = []
+    resets = 0
+
+    class Scripted:
+        def __call__(self, x: npt.NDArray[np.float32]) -> float:
+            scored.append(float(np.abs(x).mean()))
+            return 0.9
+
+        def reset(self) -> None:
+            nonlocal resets
+            resets += 1
+
+    conf = BargeInConfirmer(Scripted(), floor_dbfs=-50.0)
+    room, voice = np.full(320, 3, np.int16), np.full(320, 3000, np.int16)  # -80 dBFS and -21 dBFS
+    for k in range(50):
+        conf.observe(room, T0 + 0.02 * k, room, None, playing=False)
+    assert scored == [] and resets == 1
+    for k in range(50, 60):
+        conf.observe(voice, T0 + 0.02 * k, voice, None, playing=False)
+    assert len(scored) == 6  # 200 ms of 20 ms frames in 32 ms windows
+    for k in range(60, 70):
+        conf.observe(room, T0 + 0.02 * k, room, None, playing=True)  # a reply plays: always scored
+    assert len(scored) > 6 and resets == 1
+    assert conf.classifies(-80.0, playing=True) and not conf.classifies(-80.0, playing=False)

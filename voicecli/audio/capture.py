@@ -200,7 +200,8 @@ class Capture:
         ring = self._ring
         while self._running:
             try:
-                await asyncio.wait_for(self._wake.wait(), STALL_SECONDS)
+                async with asyncio.timeout(STALL_SECONDS):  # no task per frame, unlike wait_for
+                    await self._wake.wait()
             except TimeoutError:
                 self._raise_lost(f"delivered no audio for {STALL_SECONDS:.0f} s")
             self._wake.clear()

@@ -58,6 +58,10 @@ GAIN_BLOCKS = 10  # the gain is the median of the last this many measurements
 ECHO_ABSENT_MARGIN_DB = 6.0  # the mic rises less than this over its idle level while playing: no echo
 IDLE_FRAMES = 500  # mic levels kept from frames while nothing plays (10 s): the room's own level
 IDLE_AFTER_FRAMES = 25  # a frame counts as idle 500 ms after the last one in which the speaker played
+# AEC3 runs from when a reply's reference is laid until this long after its last sample: the echo path, the
+# room's reverberation and the suppressor's release. Outside it the mic passes through and AEC3 is not run
+# (idle listening cost ~1 ms of CPU per 20 ms frame with it, cold caches: 5% of a core).
+ACTIVE_TAIL_S = MAX_DELAY_S + 1.0
 HINT = "install the echo canceller with `pip install livekit`, or run with `--echo half-duplex`"
 SILERO_MODEL = "silero_vad_v6.onnx"  # the barge-in confirmer's neural VAD; in faster-whisper's assets since 1.2.1
 SILERO_HINT = (
@@ -246,6 +250,8 @@ class EchoCanceller:
         self._played_frames = 0  # frames in which the speaker played, since the start
         self._block_mic: deque[float] = deque(maxlen=GAIN_BLOCKS)  # mic dBFS of each second of playing
         self.echo_db: float | None = None  # the last frame's expected echo level: see `_track_echo_level`
+        self._ref_end: int | None = None  # absolute sample after the last reference laid (16 kHz)
+        self.apm_frames = 0  # frames AEC3 processed (the rest passed through: nothing had played)
 
     def _reset_acc(self) -> None:
         # per playing frame: (mic dBFS, cleaned dBFS); bounded, a turn's figures come from its last minute
@@ -269,12 +275,22 @@ class EchoCanceller:
         self._seg = (t0, n_in + x.size, n_out + out.size)
         with self._lock:
             self._timeline.add(out, pos)
+            self._ref_end = max(self._ref_end or 0, pos + out.size)
 
     def cut_reference(self, t: float) -> None:
         """Nothing plays after DAC time t (a flush): forget any reference laid beyond it."""
         self._seg = None
+        cut = round(t * SAMPLE_RATE)
         with self._lock:
-            self._timeline.cut(round(t * SAMPLE_RATE))
+            self._timeline.cut(cut)
+            if self._ref_end is not None:
+                self._ref_end = min(self._ref_end, cut)
+
+    def playing_near(self, t: float) -> bool:
+        """Whether a mic frame at ADC time t may hold echo: a reply's reference is laid up to ACTIVE_TAIL_S
+        before it (or ahead of it). Only then does AEC3 have work."""
+        end = self._ref_end
+        return end is not None and round(t * SAMPLE_RATE) <= end + int(ACTIVE_TAIL_S * SAMPLE_RATE)
 
     def _new_resampler(self) -> Any:
         if self.ref_rate == SAMPLE_RATE:
@@ -297,6 +313,13 @@ class EchoCanceller:
         if self._mic_pos is not None and abs(pos - self._mic_pos) <= SNAP_SAMPLES:
             pos = self._mic_pos
         n = mic.size
+        if not self.playing_near(t):
+            # Nothing has played for a while: no echo to remove, and AEC3 is the costliest part of listening.
+            out = mic.copy()
+            self._track(mic, out, pos, n)
+            self.frames += 1
+            return out
+        self.apm_frames += 1
         with self._lock:
             ref = self._timeline.read(pos, n)
         delay = self._est.delay
@@ -585,13 +608,16 @@ class CleanFrame:
     t: float
     raw: Int16Array
     echo_db: float | None = None
+    playing: bool = False  # a reply played within the echo tail of this frame (EchoCanceller.playing_near)
 
 
 class EchoCancelledSource:
     """A frame source yielding the capture's frames with the echo removed, processed in one worker thread.
 
-    `observe(clean, raw)` (optional) also runs in the worker, for per-frame analysis such as the
-    barge-in confirmer's neural VAD.
+    `observe(clean)` (optional) also runs in the worker, for per-frame analysis such as the
+    barge-in confirmer's neural VAD. `heavy(frame, playing)` (optional) says whether `observe` has real work
+    for a frame; a frame with no echo to cancel and no heavy work is processed on the loop (tens of us):
+    handing each 20 ms frame to a thread and back costs more than that while idle.
     """
 
     def __init__(
@@ -600,15 +626,18 @@ class EchoCancelledSource:
         canceller: EchoCanceller,
         observe: Callable[[CleanFrame], None] | None = None,
         before: Callable[[float], None] | None = None,
+        heavy: Callable[[Any, bool], bool] | None = None,
     ) -> None:
         self.source = source
         self.canceller = canceller
         self._observe = observe
         self._before = before  # on the loop, before each frame: e.g. ReferenceSink.pump
+        self._heavy = heavy
+        self.inline_frames = 0  # frames processed on the loop (nothing to cancel, nothing heavy)
 
-    def _work(self, frame: Any) -> CleanFrame:
+    def _work(self, frame: Any, playing: bool) -> CleanFrame:
         out = self.canceller.process(frame.pcm, frame.t)
-        clean = CleanFrame(out, frame.t, frame.pcm, self.canceller.echo_db)
+        clean = CleanFrame(out, frame.t, frame.pcm, self.canceller.echo_db, playing)
         if self._observe is not None:
             self._observe(clean)
         return clean
@@ -620,6 +649,11 @@ class EchoCancelledSource:
             async for frame in self.source.frames():
                 if self._before is not None:
                     self._before(time.monotonic())
-                yield await loop.run_in_executor(pool, self._work, frame)
+                playing = self.canceller.playing_near(frame.t)
+                if playing or (self._heavy is not None and self._heavy(frame, playing)):
+                    yield await loop.run_in_executor(pool, self._work, frame, playing)
+                else:
+                    self.inline_frames += 1
+                    yield self._work(frame, playing)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)

@@ -145,7 +145,8 @@ class NoiseFloor:
         self._n += 1
         if self._n % 10 == 0 or self._n < 10:  # adapt at once at start-up
             filled = self._levels[: min(self._n, len(self._levels))]
-            self.floor_dbfs = float(np.percentile(filled, self._percentile))
+            k = int(self._percentile / 100.0 * (filled.size - 1))  # nearest rank: np.percentile costs 10x more
+            self.floor_dbfs = float(np.partition(filled, k)[k])
         return self.floor_dbfs
 
 
