@@ -1,17 +1,17 @@
-"""The conversation: VAD turn-taking -> (speculative) STT -> streaming LLM -> clauses -> TTS -> playback,
-with barge-in (STOP - DRAIN - RESET).
+"""The conversation: VAD turn-taking -> (speculative) STT -> the reply pipeline, with barge-in
+(STOP - DRAIN - RESET).
+
+The parts: `pipeline.turn` is each turn's lifecycle (proposed at the pause -> confirmed -> speaking -> done
+or cancelled), `pipeline.speculation` the work started at the pause, `pipeline.reply` the reply pipeline
+(LLM -> chunker -> guard -> TTS -> sink, one cancel). The Session wires them to the VAD's events and keeps
+the books (history, transcript, events, per-turn metrics).
 
 Threading model: everything here runs on the asyncio loop and is cheap; the engines keep their blocking
-work behind their own executors. Each assistant turn gets a `TurnContext` (turn id + cancel event); a
-barge-in cancels the turn's task, stops the LLM, flushes playback, and the history keeps only what the
-user actually heard.
+work behind their own executors. A barge-in cancels the turn's task, stops the LLM, flushes playback, and
+the history keeps only what the user actually heard.
 
-Queues and their overflow policy (DESIGN.md stage table):
-  LLM deltas -> chunker: the LLM adapter's bounded queue, producer waits.
-  chunker -> TTS: `CLAUSE_QUEUE` clauses, producer waits.
-  TTS -> playback ring: the sink's bounded ring, producer waits; dropped whole on barge-in.
-  VAD -> STT: at most one utterance in flight per turn; a newer confirmed utterance supersedes the older
-  (barge-in), whose late result is discarded by turn id.
+VAD -> STT: at most one utterance in flight per turn; a newer confirmed utterance supersedes the older
+(barge-in), whose late result is discarded by turn id. The reply's own queues: see pipeline.reply.
 """
 
 from __future__ import annotations
@@ -34,19 +34,19 @@ from voicecli.engines.base import ChatMessage, LanguageModel, LLMStream, SpeechT
 from voicecli.errors import EngineError
 from voicecli.events import Event, EventKind
 from voicecli.pipeline import vad
-from voicecli.pipeline.chunker import ClauseChunker, normalise
 from voicecli.pipeline.endpoint import sounds_unfinished
-from voicecli.pipeline.history import INTERRUPTED_SUFFIX, History
+from voicecli.pipeline.history import History
 from voicecli.pipeline.metrics import LoopLagMonitor, TurnMetrics
 from voicecli.pipeline.ports import AudioSink, FrameLike, FrameSource
-from voicecli.pipeline.reply_guard import ReplyGuard
+from voicecli.pipeline.reply import APOLOGY, CONFUSED, ReplyPipeline, played_text
+from voicecli.pipeline.speculation import Speculation, joined
 from voicecli.pipeline.transcript import Transcript as TranscriptFile
+from voicecli.pipeline.turn import TurnLifecycle
 
-CLAUSE_QUEUE = 3
+__all__ = ["APOLOGY", "CONFUSED", "STT_APOLOGY", "Session", "State", "played_text"]
+
 RECORDS_KEPT = 200
-APOLOGY = "Sorry, something went wrong while I was answering."
 STT_APOLOGY = "Sorry, I could not make out what you said. Please say it again."
-CONFUSED = "Sorry, I got confused. Could you ask that again?"  # the model's reply was all garbage
 MIC_LEVEL_EVERY = 5  # frames (100 ms) between mic level events
 
 
@@ -61,70 +61,15 @@ class State(enum.Enum):
 class TurnContext:
     turn_id: int
     metrics: TurnMetrics
-    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    lifecycle: TurnLifecycle
+    reply: ReplyPipeline
     task: asyncio.Task[None] | None = None
-    stream: LLMStream | None = None
     audio: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
     user_text: str = ""
     user_added: bool = False
-    # (first sample, end sample, text) of each clause queued for playback in this reply
-    clauses: list[tuple[int, int, str]] = field(default_factory=list)
-    reply_started: bool = False
     interrupted: bool = False
-    spoken_any: bool = False
     error: str = ""  # an engine failed this turn (the message the user was shown)
-    spec: _Speculation | None = None  # the speculation this turn's transcript came from
-
-
-def played_text(clauses: list[tuple[int, int, str]], played: int) -> str:
-    """The words the user actually heard: whole clauses before `played` samples, and the share of the
-    words of the clause that was cut, by its fraction of samples played."""
-    words: list[str] = []
-    for start, end, text in clauses:
-        if played >= end:
-            words.extend(text.split())
-        elif played > start:
-            part = text.split()
-            n = int(len(part) * (played - start) / max(1, end - start))
-            words.extend(part[:n])
-            break
-        else:
-            break
-    return " ".join(words)
-
-
-@dataclass
-class _Speculation:
-    """STT started at the early pause, and the reply started on its transcript during the hangover.
-
-    The reply's LLM stream fills its bounded delta queue (prefill + the first tokens) and then waits; nothing
-    is played before the turn is confirmed. If the user resumes, both are cancelled (wasted work, counted)."""
-
-    audio_len: int
-    task: asyncio.Task[Transcript]
-    prompt: list[ChatMessage] | None = None  # what the prepared reply was asked with
-    reply: LLMStream | None = None
-
-    def cancel(self) -> bool:
-        """Cancel both; True if a prepared reply was thrown away."""
-        self.task.cancel()
-        if self.reply is None:
-            return False
-        self.reply.cancel()
-        self.reply = None
-        return True
-
-
-async def _joined(tasks: list[Any]) -> Transcript:
-    """One transcript for a monologue transcribed in chunks."""
-    results: list[Transcript] = list(await asyncio.gather(*tasks))
-    heard = [r for r in results if r.is_speech]
-    return Transcript(
-        text=" ".join(r.text for r in heard),
-        is_speech=bool(heard),
-        audio_s=sum(r.audio_s for r in results),
-        compute_s=results[-1].compute_s,  # the earlier chunks ran while the user was talking
-    )
+    spec: Speculation | None = None  # the speculation this turn's transcript came from
 
 
 class Session:
@@ -184,7 +129,7 @@ class Session:
         self.records: deque[dict[str, Any]] = deque(maxlen=RECORDS_KEPT)
         self._turn: TurnContext | None = None
         self._last_task: asyncio.Task[None] | None = None
-        self._spec: _Speculation | None = None
+        self._spec: Speculation | None = None
         self._barge_onset: float | None = None
         self._next_turn_id = 1
         self._max_turns: int | None = None
@@ -242,7 +187,7 @@ class Session:
         if self._turn is not None:
             self._cancel_turn(self._turn, reason="shutdown")
         if self._spec is not None:
-            self._spec.cancel()
+            self._spec.cancel("shutdown", self.clock())
         if self._last_task is not None:
             await asyncio.wait([self._last_task], timeout=1.0)
 
@@ -317,11 +262,13 @@ class Session:
     # ---- speculation --------------------------------------------------------------------------------------
     def _start_speculation(self, audio: npt.NDArray[np.float32]) -> None:
         self._drop_speculation()
-        spec = _Speculation(len(audio), asyncio.create_task(self._transcribe(audio)))
+        spec = Speculation(
+            len(audio), asyncio.create_task(self._transcribe(audio)), TurnLifecycle.proposed(self.clock())
+        )
         spec.task.add_done_callback(lambda _: self._on_spec_transcript(spec))
         self._spec = spec
 
-    def _on_spec_transcript(self, spec: _Speculation) -> None:
+    def _on_spec_transcript(self, spec: Speculation) -> None:
         """The speculative transcript is in and the user is still silent: an unfinished sentence holds the turn
         open longer; otherwise the reply is started now (pipeline.endpoint, talk.prepare_reply)."""
         if self._spec is not spec or self._turn is not None or spec.task.cancelled() or spec.task.exception():
@@ -336,7 +283,7 @@ class Session:
         if self.talk_cfg.prepare_reply:
             self._prepare_reply(spec, tr.text)
 
-    def _prepare_reply(self, spec: _Speculation, text: str) -> None:
+    def _prepare_reply(self, spec: Speculation, text: str) -> None:
         prompt = self.history.preview_user(text)
         if prompt is None:  # the history will be trimmed first: the turn asks itself
             return
@@ -347,10 +294,10 @@ class Session:
         spec.prompt = prompt
         self._emit("reply_prepared", text=text)
 
-    def _drop_speculation(self, spec: _Speculation | None = None) -> None:
+    def _drop_speculation(self, spec: Speculation | None = None) -> None:
         spec = spec or self._spec
         if spec is not None:
-            if spec.cancel():
+            if spec.cancel("the user went on talking", self.clock()):
                 self.replies_wasted += 1
                 self._emit("reply_wasted", reason="the user went on talking")
             if spec is self._spec:
@@ -365,7 +312,7 @@ class Session:
             self.replies_prepared += 1
             ctx.metrics.reply_prepared = True
             return spec.reply
-        spec.cancel()
+        spec.drop_reply()
         self.replies_wasted += 1
         self._emit("reply_wasted", turn_id=ctx.turn_id, reason="the prompt changed")
         return None
@@ -435,16 +382,20 @@ class Session:
                 self._drop_speculation(spec)
             spec = None
         stt_task: Awaitable[Transcript]
-        used: _Speculation | None = None
+        used: Speculation | None = None
         if spec is not None and not spec.task.cancelled():
             stt_task = spec.task  # the audio after the pause was silence: the speculative result stands
             m.stt_speculative = True
             used = spec
-        elif len(audio):
-            stt_task = asyncio.create_task(self._transcribe(audio))
+            lifecycle = spec.lifecycle
+            lifecycle.confirm(now)
+        else:
+            lifecycle = TurnLifecycle.confirmed(now)
+            if len(audio):
+                stt_task = asyncio.create_task(self._transcribe(audio))
         if parts:
-            stt_task = _joined([*parts, stt_task] if len(audio) else parts)
-        ctx = TurnContext(turn_id, m, audio=audio, spec=used)
+            stt_task = joined([*parts, stt_task] if len(audio) else parts)
+        ctx = TurnContext(turn_id, m, lifecycle, self._new_reply(turn_id, m, lifecycle), audio=audio, spec=used)
         self._turn = ctx
         self.turns_started += 1
         prev = self._last_task
@@ -465,7 +416,7 @@ class Session:
             t=decided,
             turn_id=ctx.turn_id,
             onset=ctx.metrics.barge_in_onset,
-            during="speaking" if ctx.spoken_any else "thinking",
+            during="speaking" if ctx.reply.spoken_any else "thinking",
             **({} if self._verdict is None else _verdict_fields(self._verdict)),
         )
         self._verdict = None
@@ -475,14 +426,11 @@ class Session:
         """STOP (cancel the task, stop the LLM) and DRAIN (flush playback) now; the task's own cleanup does
         RESET (history keeps what was played)."""
         ctx.interrupted = True
-        ctx.cancel.set()
-        if ctx.stream is not None:
-            ctx.stream.cancel()
-        if ctx.reply_started:
-            self.sink.flush()
+        ctx.lifecycle.cancel(reason, self.clock())
+        ctx.reply.cancel()
         if ctx.task is not None:
             ctx.task.cancel()
-        if not ctx.spoken_any and reason == "barge_in":
+        if not ctx.reply.spoken_any and reason == "barge_in":
             # Nothing was said yet: the user was still talking. Their words join the next utterance.
             self._pending_carry = ctx.audio
         if self._turn is ctx:
@@ -536,7 +484,7 @@ class Session:
             ctx.error = exc.message
             self._emit("error", turn_id=ctx.turn_id, message=exc.message, hint=exc.hint)
             try:
-                answered = await self._say(ctx, APOLOGY if ctx.user_added else STT_APOLOGY)
+                answered = await ctx.reply.say(APOLOGY if ctx.user_added else STT_APOLOGY)
             except asyncio.CancelledError:
                 ctx.interrupted = True
         finally:
@@ -548,177 +496,45 @@ class Session:
                     self._turn = None
                     self._set_state(State.LISTENING)
 
-    async def _say(self, ctx: TurnContext, text: str) -> bool:
-        """Speak one fixed sentence as this turn's reply (an apology); True once it has been played."""
-        self.sink.begin_reply(ctx.turn_id)
-        ctx.reply_started = True
-        q: asyncio.Queue[str | None] = asyncio.Queue(maxsize=2)
-        await q.put(text)
-        await q.put(None)
-        await self._speak(ctx, q)
-        self.sink.end_reply()
-        await self.sink.wait_reply_done(ctx.turn_id)
-        return True
+    def _new_reply(self, turn_id: int, metrics: TurnMetrics, lifecycle: TurnLifecycle) -> ReplyPipeline:
+        def speaking() -> None:
+            if self._turn is not None and self._turn.turn_id == turn_id:
+                self._set_state(State.SPEAKING, turn_id)
 
-    async def _reply(self, ctx: TurnContext) -> bool:
-        m = ctx.metrics
-        messages = self.history.messages()
-        stream = self._take_prepared(ctx, messages) or self.llm.chat(messages, max_tokens=self.max_tokens)
-        ctx.stream = stream
-        self.sink.begin_reply(ctx.turn_id)
-        ctx.reply_started = True
-        clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=CLAUSE_QUEUE)
-        speaker = asyncio.create_task(self._speak(ctx, clauses))
-        # The first clause may be a single word ("Sure,"): it starts the speaker ~5 tokens sooner.
-        chunker = ClauseChunker(first_min_words=1)
-        guard = ReplyGuard(max_words=self.talk_cfg.max_reply_words)
-        whole: list[str] = []  # sequential mode: the reply is spoken only once it is complete
-        try:
-            try:
-                async for delta in stream:
-                    if m.llm_first_token is None:
-                        m.llm_first_token = self.clock()
-                        self._emit("llm_first_token", turn_id=ctx.turn_id)
-                    self._emit("llm_delta", turn_id=ctx.turn_id, text=delta)
-                    if not self.streaming:
-                        whole.append(delta)
-                        continue
-                    for clause in chunker.push(delta):
-                        if not await self._queue_guarded(ctx, clauses, guard, clause):
-                            break
-                    if guard.stop_reason is not None:
-                        stream.cancel()  # a runaway reply: stop generating too
-                        break
-                if whole:
-                    await self._queue_guarded(ctx, clauses, guard, normalise("".join(whole)))
-                if guard.stop_reason is None:
-                    for clause in chunker.finish():
-                        if not await self._queue_guarded(ctx, clauses, guard, clause):
-                            break
-                if guard.stop_reason is not None:
-                    self._emit("reply_cut", turn_id=ctx.turn_id, reason=guard.stop_reason,
-                               words=guard.words, degenerate=guard.degenerate)  # fmt: skip
-                if guard.degenerate and not guard.history_text():
-                    await self._queue_clause(ctx, clauses, CONFUSED)  # never a silent turn
-            except EngineError as exc:
-                # The LLM failed mid-stream: say what was ready, then a short apology; the next turn works.
-                self._emit("error", turn_id=ctx.turn_id, message=exc.message)
-                for clause in [*chunker.finish(), APOLOGY]:
-                    await self._queue_clause(ctx, clauses, clause)
-            self._record_llm_stats(ctx, stream)
-            await clauses.put(None)
-            await speaker
-            self.sink.end_reply()
-            await self.sink.wait_reply_done(ctx.turn_id)
-            m.play_end = self.clock()
-            self._emit("play_end", t=m.play_end, turn_id=ctx.turn_id)
-            return True
-        finally:
-            if not speaker.done():
-                speaker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await speaker
-
-    async def _queue_guarded(
-        self, ctx: TurnContext, q: asyncio.Queue[str | None], guard: ReplyGuard, clause: str
-    ) -> bool:
-        """Queue what the reply guard lets through of `clause`; False once the guard has ended the reply."""
-        # A small model copies the history's own markers back ("... [interrupted by the user]"): never say them.
-        clause = clause.replace(INTERRUPTED_SUFFIX.strip(), "").strip()
-        if not clause:
-            return True
-        verdict = guard.check(clause)
-        for piece in verdict.speak:
-            await self._queue_clause(ctx, q, piece)
-        if verdict.dropped:
-            self._emit("clause_dropped", turn_id=ctx.turn_id, text=clause, reason=verdict.reason)
-        return not verdict.stop
-
-    async def _queue_clause(self, ctx: TurnContext, q: asyncio.Queue[str | None], clause: str) -> None:
-        m = ctx.metrics
-        index = len(ctx.clauses) + q.qsize()
-        if m.first_clause is None:
-            m.first_clause = self.clock()
-            self._emit("first_clause", turn_id=ctx.turn_id, text=clause)
-        self._emit("clause", turn_id=ctx.turn_id, text=clause, index=index)
-        await q.put(clause)
-
-    def _record_llm_stats(self, ctx: TurnContext, stream: LLMStream) -> None:
-        m, st = ctx.metrics, stream.stats
-        m.llm_prompt_tokens = st.prompt_tokens
-        m.llm_prompt_tokens_evaluated = st.prompt_tokens_evaluated
-        m.llm_completion_tokens = st.completion_tokens
-        if st.first_token_at is not None and st.finished_at is not None and st.completion_tokens > 1:
-            span = st.finished_at - st.first_token_at
-            m.llm_tokens_per_s = (st.completion_tokens - 1) / span if span > 0 else None
-        self._emit(
-            "llm_done",
-            turn_id=ctx.turn_id,
-            prompt_tokens=st.prompt_tokens,
-            prompt_tokens_evaluated=st.prompt_tokens_evaluated,
-            completion_tokens=st.completion_tokens,
-            tokens_per_s=m.llm_tokens_per_s,
+        return ReplyPipeline(
+            turn_id=turn_id,
+            metrics=metrics,
+            lifecycle=lifecycle,
+            sink=self.sink,
+            tts=self.tts,
+            emit=self._emit,
+            clock=self.clock,
+            max_reply_words=self.talk_cfg.max_reply_words,
+            streaming=self.streaming,
+            on_speaking=speaking,
         )
 
-    async def _speak(self, ctx: TurnContext, q: asyncio.Queue[str | None]) -> None:
-        """Synthesise clauses in order and queue their audio; runs ahead of the speaker by the ring's size."""
-        m = ctx.metrics
-        rate = self.sink.rate
-        pos = 0
-        index = 0
-        while (clause := await q.get()) is not None:
-            try:
-                speech = await self.tts.synthesize(clause)
-            except EngineError as exc:
-                # One bad clause is skipped; the rest of the reply is still spoken.
-                self._emit("warning", turn_id=ctx.turn_id, message=f"TTS skipped a clause: {exc.message}")
-                continue
-            now = self.clock()
-            if m.tts_first_audio is None:
-                m.tts_first_audio = now
-                self._emit("tts_first_audio", t=now, turn_id=ctx.turn_id)
-            self._emit(
-                "tts_clause",
-                turn_id=ctx.turn_id,
-                index=index,
-                audio_s=speech.duration_s,
-                compute_s=speech.compute_s,
-            )
-            index += 1
-            if speech.pcm.size == 0:
-                continue
-            start = self.sink.play_start(ctx.turn_id)
-            if start is not None:
-                # When playback would have run dry waiting for this clause: a hole in the speech.
-                dry_at = start + pos / rate
-                m.max_clause_gap_s = max(m.max_clause_gap_s, now - dry_at)
-            ctx.clauses.append((pos, pos + len(speech.pcm), clause))
-            pos += len(speech.pcm)
-            m.tts_audio_s += speech.duration_s
-            m.tts_compute_s += speech.compute_s
-            await self.sink.write(speech.pcm)
-            if not ctx.spoken_any:
-                ctx.spoken_any = True
-                if self._turn is ctx:
-                    self._set_state(State.SPEAKING, ctx.turn_id)
+    async def _reply(self, ctx: TurnContext) -> bool:
+        messages = self.history.messages()
+        stream = self._take_prepared(ctx, messages) or self.llm.chat(messages, max_tokens=self.max_tokens)
+        return await ctx.reply.run(stream)
 
     def _finish_turn(self, ctx: TurnContext, answered: bool) -> None:
         """RESET and bookkeeping; synchronous so it also runs fully inside a cancelled task."""
-        m = ctx.metrics
-        if ctx.stream is not None and not answered:
-            ctx.stream.cancel()
-        m.play_start = self.sink.play_start(ctx.turn_id) if ctx.reply_started else None
+        m, reply = ctx.metrics, ctx.reply
+        if reply.stream is not None and not answered:
+            reply.stream.cancel()
+        if ctx.interrupted:
+            ctx.lifecycle.cancel("cancelled", self.clock())  # a no-op when the barge-in already did
+        else:
+            ctx.lifecycle.finish(self.clock())
+        m.play_start = reply.play_start()
         if m.play_start is not None:
             self._emit("play_start", t=m.play_start, turn_id=ctx.turn_id)
-        full_text = " ".join(text for _, _, text in ctx.clauses)
-        reply_cut = getattr(self.sink, "reply_cut", None)  # a sink that can lose its device says so
-        cut_off = bool(ctx.reply_started and reply_cut is not None and reply_cut(ctx.turn_id))
-        if (ctx.interrupted or cut_off) and ctx.reply_started:
-            heard = played_text(ctx.clauses, self.sink.played_samples(ctx.turn_id))
-        else:
-            heard = full_text
+        cut_off = reply.device_lost()
+        heard = reply.heard(cut_short=ctx.interrupted or cut_off)
         if ctx.user_added:
-            if ctx.spoken_any or not ctx.interrupted:
+            if reply.spoken_any or not ctx.interrupted:
                 self.history.add_assistant(heard, interrupted=ctx.interrupted)
             else:
                 # Cut off before a word was played: the user's words are re-sent with their next ones.
@@ -746,12 +562,12 @@ class Session:
         }
         if ctx.error:
             record["error"] = ctx.error
-        if (ctx.user_added and (ctx.spoken_any or not ctx.interrupted)) or ctx.error:
+        if (ctx.user_added and (reply.spoken_any or not ctx.interrupted)) or ctx.error:
             self.records.append(record)
             if self.transcript is not None:
                 self.transcript.append(record)
         self._emit("turn_end", None, ctx.turn_id, **record)
-        if answered or ctx.spoken_any:  # a reply cut off by the user was still an answer
+        if answered or reply.spoken_any:  # a reply cut off by the user was still an answer
             self.turns_answered += 1
             if self._max_turns is not None and self.turns_answered >= self._max_turns:
                 self._done.set()

@@ -1,0 +1,266 @@
+"""One spoken reply: LLM deltas -> clause chunker -> reply guard -> TTS -> audio sink, with one cancel.
+
+Queues and their overflow policy (DESIGN.md stage table):
+  LLM deltas -> chunker: the LLM adapter's bounded queue, producer waits.
+  chunker -> TTS: `CLAUSE_QUEUE` clauses, producer waits.
+  TTS -> playback ring: the sink's bounded ring, producer waits; dropped whole on cancel (a barge-in).
+
+The pipeline knows nothing of turn-taking: the session decides when a reply starts and when it is cut off,
+and asks afterwards what the user heard (`heard`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from voicecli.engines.base import LLMStream, TextToSpeech
+from voicecli.errors import EngineError
+from voicecli.pipeline.chunker import ClauseChunker, normalise
+from voicecli.pipeline.history import INTERRUPTED_SUFFIX
+from voicecli.pipeline.metrics import TurnMetrics
+from voicecli.pipeline.ports import AudioSink
+from voicecli.pipeline.reply_guard import ReplyGuard
+from voicecli.pipeline.turn import TurnLifecycle
+
+CLAUSE_QUEUE = 3
+APOLOGY = "Sorry, something went wrong while I was answering."
+CONFUSED = "Sorry, I got confused. Could you ask that again?"  # the model's reply was all garbage
+
+Emit = Callable[..., None]  # (kind, t=None, turn_id=0, **data), the session's event emitter
+
+
+def played_text(clauses: list[tuple[int, int, str]], played: int) -> str:
+    """The words the user actually heard: whole clauses before `played` samples, and the share of the
+    words of the clause that was cut, by its fraction of samples played."""
+    words: list[str] = []
+    for start, end, text in clauses:
+        if played >= end:
+            words.extend(text.split())
+        elif played > start:
+            part = text.split()
+            n = int(len(part) * (played - start) / max(1, end - start))
+            words.extend(part[:n])
+            break
+        else:
+            break
+    return " ".join(words)
+
+
+class ReplyPipeline:
+    """Speaks one reply of turn `turn_id`; `run(stream)` for an LLM reply, `say(text)` for a fixed sentence.
+
+    `streaming=False` is the benchmark's naive baseline: the whole reply is generated, then synthesised in
+    one piece, then played. `on_speaking` is called once, when the first audio is queued."""
+
+    def __init__(
+        self,
+        *,
+        turn_id: int,
+        metrics: TurnMetrics,
+        lifecycle: TurnLifecycle,
+        sink: AudioSink,
+        tts: TextToSpeech,
+        emit: Emit,
+        clock: Callable[[], float],
+        max_reply_words: int,
+        streaming: bool = True,
+        on_speaking: Callable[[], None] | None = None,
+    ) -> None:
+        self.turn_id = turn_id
+        self.metrics = metrics
+        self.lifecycle = lifecycle
+        self.sink = sink
+        self.tts = tts
+        self._emit = emit
+        self.clock = clock
+        self.max_reply_words = max_reply_words
+        self.streaming = streaming
+        self._on_speaking = on_speaking
+        self.stream: LLMStream | None = None
+        # (first sample, end sample, text) of each clause queued for playback in this reply
+        self.clauses: list[tuple[int, int, str]] = []
+        self.started = False  # the sink was told a reply begins (so a cancel flushes it)
+        self.spoken_any = False  # audio of this reply was queued for the speaker
+
+    # ---- control ------------------------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """STOP the LLM and DRAIN the speaker now; the task running `run` is cancelled by its owner."""
+        if self.stream is not None:
+            self.stream.cancel()
+        if self.started:
+            self.sink.flush()
+
+    def heard(self, cut_short: bool) -> str:
+        """What the user heard of this reply: all of it, or (cut short) up to where playback stopped."""
+        if cut_short and self.started:
+            return played_text(self.clauses, self.sink.played_samples(self.turn_id))
+        return " ".join(text for _, _, text in self.clauses)
+
+    def play_start(self) -> float | None:
+        return self.sink.play_start(self.turn_id) if self.started else None
+
+    def device_lost(self) -> bool:
+        """Whether the speaker device was lost under this reply (a sink that can lose its device says so)."""
+        reply_cut = getattr(self.sink, "reply_cut", None)
+        return bool(self.started and reply_cut is not None and reply_cut(self.turn_id))
+
+    # ---- replies ------------------------------------------------------------------------------------------
+    async def say(self, text: str) -> bool:
+        """Speak one fixed sentence (an apology); True once it has been played."""
+        self._begin()
+        q: asyncio.Queue[str | None] = asyncio.Queue(maxsize=2)
+        await q.put(text)
+        await q.put(None)
+        await self._speak(q)
+        self.sink.end_reply()
+        await self.sink.wait_reply_done(self.turn_id)
+        return True
+
+    async def run(self, stream: LLMStream) -> bool:
+        """Speak the LLM's reply as it streams; True once it has been played to the end."""
+        m = self.metrics
+        self.stream = stream
+        self._begin()
+        clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=CLAUSE_QUEUE)
+        speaker = asyncio.create_task(self._speak(clauses))
+        # The first clause may be a single word ("Sure,"): it starts the speaker ~5 tokens sooner.
+        chunker = ClauseChunker(first_min_words=1)
+        guard = ReplyGuard(max_words=self.max_reply_words)
+        whole: list[str] = []  # sequential mode: the reply is spoken only once it is complete
+        try:
+            try:
+                async for delta in stream:
+                    if m.llm_first_token is None:
+                        m.llm_first_token = self.clock()
+                        self._emit("llm_first_token", turn_id=self.turn_id)
+                    self._emit("llm_delta", turn_id=self.turn_id, text=delta)
+                    if not self.streaming:
+                        whole.append(delta)
+                        continue
+                    for clause in chunker.push(delta):
+                        if not await self._queue_guarded(clauses, guard, clause):
+                            break
+                    if guard.stop_reason is not None:
+                        stream.cancel()  # a runaway reply: stop generating too
+                        break
+                if whole:
+                    await self._queue_guarded(clauses, guard, normalise("".join(whole)))
+                if guard.stop_reason is None:
+                    for clause in chunker.finish():
+                        if not await self._queue_guarded(clauses, guard, clause):
+                            break
+                if guard.stop_reason is not None:
+                    self._emit("reply_cut", turn_id=self.turn_id, reason=guard.stop_reason,
+                               words=guard.words, degenerate=guard.degenerate)  # fmt: skip
+                if guard.degenerate and not guard.history_text():
+                    await self._queue_clause(clauses, CONFUSED)  # never a silent turn
+            except EngineError as exc:
+                # The LLM failed mid-stream: say what was ready, then a short apology; the next turn works.
+                self._emit("error", turn_id=self.turn_id, message=exc.message)
+                for clause in [*chunker.finish(), APOLOGY]:
+                    await self._queue_clause(clauses, clause)
+            self._record_llm_stats(stream)
+            await clauses.put(None)
+            await speaker
+            self.sink.end_reply()
+            await self.sink.wait_reply_done(self.turn_id)
+            m.play_end = self.clock()
+            self._emit("play_end", t=m.play_end, turn_id=self.turn_id)
+            return True
+        finally:
+            if not speaker.done():
+                speaker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await speaker
+
+    # ---- stages -------------------------------------------------------------------------------------------
+    def _begin(self) -> None:
+        if not self.lifecycle.may_play:  # a prepared reply is only ever played once the turn is confirmed
+            raise RuntimeError(f"turn {self.turn_id} is {self.lifecycle.phase.value}: its reply may not play")
+        self.sink.begin_reply(self.turn_id)
+        self.started = True
+
+    async def _queue_guarded(self, q: asyncio.Queue[str | None], guard: ReplyGuard, clause: str) -> bool:
+        """Queue what the reply guard lets through of `clause`; False once the guard has ended the reply."""
+        # A small model copies the history's own markers back ("... [interrupted by the user]"): never say them.
+        clause = clause.replace(INTERRUPTED_SUFFIX.strip(), "").strip()
+        if not clause:
+            return True
+        verdict = guard.check(clause)
+        for piece in verdict.speak:
+            await self._queue_clause(q, piece)
+        if verdict.dropped:
+            self._emit("clause_dropped", turn_id=self.turn_id, text=clause, reason=verdict.reason)
+        return not verdict.stop
+
+    async def _queue_clause(self, q: asyncio.Queue[str | None], clause: str) -> None:
+        m = self.metrics
+        index = len(self.clauses) + q.qsize()
+        if m.first_clause is None:
+            m.first_clause = self.clock()
+            self._emit("first_clause", turn_id=self.turn_id, text=clause)
+        self._emit("clause", turn_id=self.turn_id, text=clause, index=index)
+        await q.put(clause)
+
+    def _record_llm_stats(self, stream: LLMStream) -> None:
+        m, st = self.metrics, stream.stats
+        m.llm_prompt_tokens = st.prompt_tokens
+        m.llm_prompt_tokens_evaluated = st.prompt_tokens_evaluated
+        m.llm_completion_tokens = st.completion_tokens
+        if st.first_token_at is not None and st.finished_at is not None and st.completion_tokens > 1:
+            span = st.finished_at - st.first_token_at
+            m.llm_tokens_per_s = (st.completion_tokens - 1) / span if span > 0 else None
+        self._emit(
+            "llm_done",
+            turn_id=self.turn_id,
+            prompt_tokens=st.prompt_tokens,
+            prompt_tokens_evaluated=st.prompt_tokens_evaluated,
+            completion_tokens=st.completion_tokens,
+            tokens_per_s=m.llm_tokens_per_s,
+        )
+
+    async def _speak(self, q: asyncio.Queue[str | None]) -> None:
+        """Synthesise clauses in order and queue their audio; runs ahead of the speaker by the ring's size."""
+        m = self.metrics
+        rate = self.sink.rate
+        pos = 0
+        index = 0
+        while (clause := await q.get()) is not None:
+            try:
+                speech = await self.tts.synthesize(clause)
+            except EngineError as exc:
+                # One bad clause is skipped; the rest of the reply is still spoken.
+                self._emit("warning", turn_id=self.turn_id, message=f"TTS skipped a clause: {exc.message}")
+                continue
+            now = self.clock()
+            if m.tts_first_audio is None:
+                m.tts_first_audio = now
+                self._emit("tts_first_audio", t=now, turn_id=self.turn_id)
+            self._emit(
+                "tts_clause",
+                turn_id=self.turn_id,
+                index=index,
+                audio_s=speech.duration_s,
+                compute_s=speech.compute_s,
+            )
+            index += 1
+            if speech.pcm.size == 0:
+                continue
+            start = self.sink.play_start(self.turn_id)
+            if start is not None:
+                # When playback would have run dry waiting for this clause: a hole in the speech.
+                dry_at = start + pos / rate
+                m.max_clause_gap_s = max(m.max_clause_gap_s, now - dry_at)
+            self.clauses.append((pos, pos + len(speech.pcm), clause))
+            pos += len(speech.pcm)
+            m.tts_audio_s += speech.duration_s
+            m.tts_compute_s += speech.compute_s
+            await self.sink.write(speech.pcm)
+            if not self.spoken_any:
+                self.spoken_any = True
+                if not self.lifecycle.ended:
+                    self.lifecycle.speak(now)
+                if self._on_speaking is not None:
+                    self._on_speaking()
