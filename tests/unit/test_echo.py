@@ -265,6 +265,12 @@ class _Recorder:
     def cut_reference(self, t: float) -> None:
         self.cut_at = t
 
+    def hold(self) -> None:
+        self.held = True
+
+    def release(self, t: float) -> None:
+        self.held = False
+
 
 class _Sink:
     """A playback queue whose reply started at DAC time 100.0 and has played `heard` samples."""
@@ -410,6 +416,13 @@ def test_aec3_runs_only_from_a_reply_until_its_echo_tail_has_passed() -> None:
     assert ec.playing_near(t + 1.0 + ACTIVE_TAIL_S)
     ec.cut_reference(t + 1.2)
     assert not ec.playing_near(t + 1.2 + ACTIVE_TAIL_S + 0.05)
+    # While a reply is under way AEC3 runs even where no reference lies (a late clause stalled playback and
+    # the rest of the reply is laid earlier than it plays); it stops ACTIVE_TAIL_S after the reply is over.
+    ec.hold()
+    assert ec.playing_near(t + 100.0)
+    ec.release(t + 100.0)
+    assert ec.playing_near(t + 100.0 + ACTIVE_TAIL_S - 0.05)
+    assert not ec.playing_near(t + 100.0 + ACTIVE_TAIL_S + 0.05)
 
 
 def test_the_neural_vad_rests_in_a_quiet_room_and_wakes_for_sound() -> None:

@@ -251,6 +251,7 @@ class EchoCanceller:
         self._block_mic: deque[float] = deque(maxlen=GAIN_BLOCKS)  # mic dBFS of each second of playing
         self.echo_db: float | None = None  # the last frame's expected echo level: see `_track_echo_level`
         self._ref_end: int | None = None  # absolute sample after the last reference laid (16 kHz)
+        self._busy = False  # a reply is under way (ReferenceSink): AEC3 runs, wherever its reference lies
         self.apm_frames = 0  # frames AEC3 processed (the rest passed through: nothing had played)
 
     def _reset_acc(self) -> None:
@@ -286,9 +287,23 @@ class EchoCanceller:
             if self._ref_end is not None:
                 self._ref_end = min(self._ref_end, cut)
 
+    def hold(self) -> None:
+        """A reply begins: AEC3 runs until `release`. Its reference's positions alone cannot say when it
+        ends: a clause that comes late stalls playback, and the rest of the reply is laid earlier than it
+        plays (AEC3 re-aligns, but only while it runs)."""
+        self._busy = True
+
+    def release(self, t: float) -> None:
+        """The reply is over (played out, or flushed) at time t; AEC3 runs on for ACTIVE_TAIL_S after it."""
+        self._busy = False
+        with self._lock:
+            self._ref_end = max(self._ref_end or 0, round(t * SAMPLE_RATE))
+
     def playing_near(self, t: float) -> bool:
-        """Whether a mic frame at ADC time t may hold echo: a reply's reference is laid up to ACTIVE_TAIL_S
-        before it (or ahead of it). Only then does AEC3 have work."""
+        """Whether a mic frame at ADC time t may hold echo: a reply is under way, or ended (or its reference
+        was laid) at most ACTIVE_TAIL_S before it. Only then does AEC3 have work."""
+        if self._busy:
+            return True
         end = self._ref_end
         return end is not None and round(t * SAMPLE_RATE) <= end + int(ACTIVE_TAIL_S * SAMPLE_RATE)
 
@@ -482,6 +497,7 @@ class ReferenceSink:
         self.sink.begin_reply(reply_id)
         self._reply, self._t0, self._pushed, self._limit = reply_id, None, 0, None
         self._pending.clear()
+        self.canceller.hold()
 
     async def write(self, pcm: Int16Array) -> None:
         self._pending.append(np.array(pcm, dtype=np.int16).reshape(-1))
@@ -500,6 +516,7 @@ class ReferenceSink:
             self._reply = None
             self._pending.clear()
         self.sink.flush()
+        self.canceller.release(time.monotonic() + self.FLUSH_GRACE_S)
 
     def played_samples(self, reply_id: int) -> int:
         return int(self.sink.played_samples(reply_id))
@@ -515,6 +532,8 @@ class ReferenceSink:
 
     async def wait_reply_done(self, reply_id: int) -> None:
         await self.sink.wait_reply_done(reply_id)
+        if self._reply == reply_id:  # not a newer reply that began meanwhile
+            self.canceller.release(time.monotonic())
 
     def pump(self, now: float) -> None:
         """Hand the canceller the current reply's samples due before now + LEAD_S."""

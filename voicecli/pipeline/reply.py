@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import Any
 
 from voicecli.engines.base import LLMStream, TextToSpeech
 from voicecli.errors import EngineError
@@ -27,6 +28,12 @@ from voicecli.pipeline.turn import TurnLifecycle
 CLAUSE_QUEUE = 3
 APOLOGY = "Sorry, something went wrong while I was answering."
 CONFUSED = "Sorry, I got confused. Could you ask that again?"  # the model's reply was all garbage
+
+_REPLY_TIMINGS = (  # the TurnMetrics fields a reply fills in
+    "llm_first_token", "first_clause", "tts_first_audio", "llm_prompt_tokens", "llm_prompt_tokens_evaluated",
+    "llm_completion_tokens", "llm_tokens_per_s", "tts_audio_s", "tts_compute_s", "max_clause_gap_s", "play_end",
+)  # fmt: skip
+_BLANK = TurnMetrics(0)
 
 Emit = Callable[..., None]  # (kind, t=None, turn_id=0, **data), the session's event emitter
 
@@ -66,14 +73,14 @@ class ReplyPipeline:
         clock: Callable[[], float],
         max_reply_words: int,
         streaming: bool = True,
-        on_speaking: Callable[[], None] | None = None,
+        on_speaking: Callable[[int], None] | None = None,
     ) -> None:
         self.turn_id = turn_id
         self.metrics = metrics
         self.lifecycle = lifecycle
         self.sink = sink
         self.tts = tts
-        self._emit = emit
+        self._emit_cb = emit
         self.clock = clock
         self.max_reply_words = max_reply_words
         self.streaming = streaming
@@ -83,6 +90,37 @@ class ReplyPipeline:
         self.clauses: list[tuple[int, int, str]] = []
         self.started = False  # the sink was told a reply begins (so a cancel flushes it)
         self.spoken_any = False  # audio of this reply was queued for the speaker
+        # A reply prepared during the hangover runs (LLM, chunker, TTS of its first clause) before its turn
+        # is confirmed; its audio waits here and its events are held until `adopt` gives it the turn.
+        self._go = asyncio.Event()
+        self._held: list[tuple[str, float, dict[str, Any]]] | None = None
+        if lifecycle.may_play:
+            self._go.set()
+        else:
+            self._held = []
+
+    def adopt(self, turn_id: int, metrics: TurnMetrics) -> None:
+        """The turn this reply was prepared for is confirmed and asks what it was prepared with: the reply
+        becomes that turn's (its timings and held events too) and its audio may now play."""
+        if not self.lifecycle.may_play:
+            raise RuntimeError(f"turn {turn_id} is {self.lifecycle.phase.value}: its reply may not play")
+        self.turn_id = turn_id
+        for name in _REPLY_TIMINGS:
+            value = getattr(self.metrics, name)
+            if value != getattr(_BLANK, name):
+                setattr(metrics, name, value)
+        self.metrics = metrics
+        held, self._held = self._held or [], None
+        for kind, t, data in held:
+            self._emit_cb(kind, t=t, turn_id=turn_id, **data)
+        self._go.set()
+
+    def _emit(self, kind: str, t: float | None = None, **data: Any) -> None:
+        t = self.clock() if t is None else t
+        if self._held is not None:
+            self._held.append((kind, t, data))
+        else:
+            self._emit_cb(kind, t=t, turn_id=self.turn_id, **data)
 
     # ---- control ------------------------------------------------------------------------------------------
     def cancel(self) -> None:
@@ -109,20 +147,18 @@ class ReplyPipeline:
     # ---- replies ------------------------------------------------------------------------------------------
     async def say(self, text: str) -> bool:
         """Speak one fixed sentence (an apology); True once it has been played."""
-        self._begin()
         q: asyncio.Queue[str | None] = asyncio.Queue(maxsize=2)
         await q.put(text)
         await q.put(None)
         await self._speak(q)
+        await self._begin()
         self.sink.end_reply()
         await self.sink.wait_reply_done(self.turn_id)
         return True
 
     async def run(self, stream: LLMStream) -> bool:
         """Speak the LLM's reply as it streams; True once it has been played to the end."""
-        m = self.metrics
         self.stream = stream
-        self._begin()
         clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=CLAUSE_QUEUE)
         speaker = asyncio.create_task(self._speak(clauses))
         # The first clause may be a single word ("Sure,"): it starts the speaker ~5 tokens sooner.
@@ -132,10 +168,10 @@ class ReplyPipeline:
         try:
             try:
                 async for delta in stream:
-                    if m.llm_first_token is None:
-                        m.llm_first_token = self.clock()
-                        self._emit("llm_first_token", turn_id=self.turn_id)
-                    self._emit("llm_delta", turn_id=self.turn_id, text=delta)
+                    if self.metrics.llm_first_token is None:
+                        self.metrics.llm_first_token = self.clock()
+                        self._emit("llm_first_token")
+                    self._emit("llm_delta", text=delta)
                     if not self.streaming:
                         whole.append(delta)
                         continue
@@ -152,22 +188,23 @@ class ReplyPipeline:
                         if not await self._queue_guarded(clauses, guard, clause):
                             break
                 if guard.stop_reason is not None:
-                    self._emit("reply_cut", turn_id=self.turn_id, reason=guard.stop_reason,
+                    self._emit("reply_cut", reason=guard.stop_reason,
                                words=guard.words, degenerate=guard.degenerate)  # fmt: skip
                 if guard.degenerate and not guard.history_text():
                     await self._queue_clause(clauses, CONFUSED)  # never a silent turn
             except EngineError as exc:
                 # The LLM failed mid-stream: say what was ready, then a short apology; the next turn works.
-                self._emit("error", turn_id=self.turn_id, message=exc.message)
+                self._emit("error", message=exc.message)
                 for clause in [*chunker.finish(), APOLOGY]:
                     await self._queue_clause(clauses, clause)
             self._record_llm_stats(stream)
             await clauses.put(None)
             await speaker
+            await self._begin()  # a reply with nothing to say still begins and ends at the sink
             self.sink.end_reply()
             await self.sink.wait_reply_done(self.turn_id)
-            m.play_end = self.clock()
-            self._emit("play_end", t=m.play_end, turn_id=self.turn_id)
+            self.metrics.play_end = self.clock()
+            self._emit("play_end", t=self.metrics.play_end)
             return True
         finally:
             if not speaker.done():
@@ -176,9 +213,13 @@ class ReplyPipeline:
                     await speaker
 
     # ---- stages -------------------------------------------------------------------------------------------
-    def _begin(self) -> None:
-        if not self.lifecycle.may_play:  # a prepared reply is only ever played once the turn is confirmed
-            raise RuntimeError(f"turn {self.turn_id} is {self.lifecycle.phase.value}: its reply may not play")
+    async def _begin(self) -> None:
+        """Before the first audio reaches the sink: a prepared reply waits here until it is adopted."""
+        if self.started:
+            return
+        await self._go.wait()
+        if not self.lifecycle.may_play:  # never audio for a turn that is not (or no longer) confirmed
+            raise asyncio.CancelledError
         self.sink.begin_reply(self.turn_id)
         self.started = True
 
@@ -192,7 +233,7 @@ class ReplyPipeline:
         for piece in verdict.speak:
             await self._queue_clause(q, piece)
         if verdict.dropped:
-            self._emit("clause_dropped", turn_id=self.turn_id, text=clause, reason=verdict.reason)
+            self._emit("clause_dropped", text=clause, reason=verdict.reason)
         return not verdict.stop
 
     async def _queue_clause(self, q: asyncio.Queue[str | None], clause: str) -> None:
@@ -200,8 +241,8 @@ class ReplyPipeline:
         index = len(self.clauses) + q.qsize()
         if m.first_clause is None:
             m.first_clause = self.clock()
-            self._emit("first_clause", turn_id=self.turn_id, text=clause)
-        self._emit("clause", turn_id=self.turn_id, text=clause, index=index)
+            self._emit("first_clause", text=clause)
+        self._emit("clause", text=clause, index=index)
         await q.put(clause)
 
     def _record_llm_stats(self, stream: LLMStream) -> None:
@@ -214,7 +255,6 @@ class ReplyPipeline:
             m.llm_tokens_per_s = (st.completion_tokens - 1) / span if span > 0 else None
         self._emit(
             "llm_done",
-            turn_id=self.turn_id,
             prompt_tokens=st.prompt_tokens,
             prompt_tokens_evaluated=st.prompt_tokens_evaluated,
             completion_tokens=st.completion_tokens,
@@ -223,7 +263,6 @@ class ReplyPipeline:
 
     async def _speak(self, q: asyncio.Queue[str | None]) -> None:
         """Synthesise clauses in order and queue their audio; runs ahead of the speaker by the ring's size."""
-        m = self.metrics
         rate = self.sink.rate
         pos = 0
         index = 0
@@ -232,15 +271,14 @@ class ReplyPipeline:
                 speech = await self.tts.synthesize(clause)
             except EngineError as exc:
                 # One bad clause is skipped; the rest of the reply is still spoken.
-                self._emit("warning", turn_id=self.turn_id, message=f"TTS skipped a clause: {exc.message}")
+                self._emit("warning", message=f"TTS skipped a clause: {exc.message}")
                 continue
             now = self.clock()
-            if m.tts_first_audio is None:
-                m.tts_first_audio = now
-                self._emit("tts_first_audio", t=now, turn_id=self.turn_id)
+            if self.metrics.tts_first_audio is None:
+                self.metrics.tts_first_audio = now
+                self._emit("tts_first_audio", t=now)
             self._emit(
                 "tts_clause",
-                turn_id=self.turn_id,
                 index=index,
                 audio_s=speech.duration_s,
                 compute_s=speech.compute_s,
@@ -248,19 +286,20 @@ class ReplyPipeline:
             index += 1
             if speech.pcm.size == 0:
                 continue
+            await self._begin()
             start = self.sink.play_start(self.turn_id)
             if start is not None:
                 # When playback would have run dry waiting for this clause: a hole in the speech.
                 dry_at = start + pos / rate
-                m.max_clause_gap_s = max(m.max_clause_gap_s, now - dry_at)
+                self.metrics.max_clause_gap_s = max(self.metrics.max_clause_gap_s, now - dry_at)
             self.clauses.append((pos, pos + len(speech.pcm), clause))
             pos += len(speech.pcm)
-            m.tts_audio_s += speech.duration_s
-            m.tts_compute_s += speech.compute_s
+            self.metrics.tts_audio_s += speech.duration_s
+            self.metrics.tts_compute_s += speech.compute_s
             await self.sink.write(speech.pcm)
             if not self.spoken_any:
                 self.spoken_any = True
                 if not self.lifecycle.ended:
-                    self.lifecycle.speak(now)
+                    self.lifecycle.speak(self.clock())
                 if self._on_speaking is not None:
-                    self._on_speaking()
+                    self._on_speaking(self.turn_id)

@@ -30,7 +30,7 @@ import numpy.typing as npt
 
 from voicecli.audio.format import rms_dbfs
 from voicecli.config import TalkConfig, VadConfig
-from voicecli.engines.base import ChatMessage, LanguageModel, LLMStream, SpeechToText, TextToSpeech, Transcript
+from voicecli.engines.base import ChatMessage, LanguageModel, SpeechToText, TextToSpeech, Transcript
 from voicecli.errors import EngineError
 from voicecli.events import Event, EventKind
 from voicecli.pipeline import vad
@@ -292,6 +292,8 @@ class Session:
         except EngineError:
             return  # the turn's own request will report it
         spec.prompt = prompt
+        spec.pipeline = self._new_reply(0, TurnMetrics(0), spec.lifecycle)
+        spec.running = asyncio.create_task(spec.pipeline.run(spec.reply))
         self._emit("reply_prepared", text=text)
 
     def _drop_speculation(self, spec: Speculation | None = None) -> None:
@@ -303,15 +305,18 @@ class Session:
             if spec is self._spec:
                 self._spec = None
 
-    def _take_prepared(self, ctx: TurnContext, messages: list[ChatMessage]) -> LLMStream | None:
-        """The reply prepared during the hangover, if it was asked exactly what this turn asks."""
+    def _take_prepared(self, ctx: TurnContext, messages: list[ChatMessage]) -> asyncio.Task[bool] | None:
+        """The reply prepared during the hangover, if it was asked exactly what this turn asks: it becomes
+        the turn's reply (its first clause may be synthesised already) and may play from now on."""
         spec, ctx.spec = ctx.spec, None
-        if spec is None or spec.reply is None:
+        if spec is None or spec.reply is None or spec.pipeline is None or spec.running is None:
             return None
-        if spec.prompt == messages and not spec.reply.stats.cancelled:
+        if spec.prompt == messages and not spec.reply.stats.cancelled and not spec.running.done():
             self.replies_prepared += 1
             ctx.metrics.reply_prepared = True
-            return spec.reply
+            ctx.reply = spec.pipeline
+            ctx.reply.adopt(ctx.turn_id, ctx.metrics)
+            return spec.running
         spec.drop_reply()
         self.replies_wasted += 1
         self._emit("reply_wasted", turn_id=ctx.turn_id, reason="the prompt changed")
@@ -428,6 +433,8 @@ class Session:
         ctx.interrupted = True
         ctx.lifecycle.cancel(reason, self.clock())
         ctx.reply.cancel()
+        if ctx.spec is not None:  # a prepared reply not yet taken
+            ctx.spec.drop_reply()
         if ctx.task is not None:
             ctx.task.cancel()
         if not ctx.reply.spoken_any and reason == "barge_in":
@@ -497,7 +504,7 @@ class Session:
                     self._set_state(State.LISTENING)
 
     def _new_reply(self, turn_id: int, metrics: TurnMetrics, lifecycle: TurnLifecycle) -> ReplyPipeline:
-        def speaking() -> None:
+        def speaking(turn_id: int) -> None:
             if self._turn is not None and self._turn.turn_id == turn_id:
                 self._set_state(State.SPEAKING, turn_id)
 
@@ -516,14 +523,18 @@ class Session:
 
     async def _reply(self, ctx: TurnContext) -> bool:
         messages = self.history.messages()
-        stream = self._take_prepared(ctx, messages) or self.llm.chat(messages, max_tokens=self.max_tokens)
-        return await ctx.reply.run(stream)
+        prepared = self._take_prepared(ctx, messages)
+        if prepared is not None:
+            return await prepared
+        return await ctx.reply.run(self.llm.chat(messages, max_tokens=self.max_tokens))
 
     def _finish_turn(self, ctx: TurnContext, answered: bool) -> None:
         """RESET and bookkeeping; synchronous so it also runs fully inside a cancelled task."""
         m, reply = ctx.metrics, ctx.reply
         if reply.stream is not None and not answered:
             reply.stream.cancel()
+        if ctx.spec is not None and ctx.spec.drop_reply():  # prepared, never taken (e.g. STT failed)
+            self.replies_wasted += 1
         if ctx.interrupted:
             ctx.lifecycle.cancel("cancelled", self.clock())  # a no-op when the barge-in already did
         else:

@@ -1,8 +1,9 @@
 """Work started at the user's early pause, before the end of their turn is confirmed.
 
 At the pause the audio so far is transcribed; once that transcript is in (and the user is still silent) the
-reply may be started on it too: the LLM stream fills its bounded delta queue (prefill and the first tokens)
-and then waits. Nothing is played before the turn is confirmed (pipeline.turn). If the user resumes, both
+reply is started on it too: the LLM streams into the reply pipeline, whose first clause is synthesised and
+then waits, with the LLM, on its bounded queues. Nothing is played before the turn is confirmed and asks
+exactly what the reply was prepared with (pipeline.turn, ReplyPipeline.adopt). If the user resumes, both
 are cancelled and the thrown-away reply is counted.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from voicecli.engines.base import ChatMessage, LLMStream, Transcript
+from voicecli.pipeline.reply import ReplyPipeline
 from voicecli.pipeline.turn import TurnLifecycle
 
 
@@ -23,6 +25,9 @@ class Speculation:
     lifecycle: TurnLifecycle
     prompt: list[ChatMessage] | None = None  # what the prepared reply was asked with
     reply: LLMStream | None = None
+    # The prepared reply running through chunker and TTS; its first clause's audio waits for the turn.
+    pipeline: ReplyPipeline | None = None
+    running: asyncio.Task[bool] | None = None
 
     def cancel(self, reason: str, t: float) -> bool:
         """The user went on talking: cancel the transcription and any prepared reply; True if a prepared
@@ -35,8 +40,12 @@ class Speculation:
         """Throw the prepared reply away (the turn asks something else); True if there was one."""
         if self.reply is None:
             return False
+        if self.running is not None:
+            self.running.cancel()
+        if self.pipeline is not None:
+            self.pipeline.cancel()
         self.reply.cancel()
-        self.reply = None
+        self.reply, self.pipeline, self.running = None, None, None
         return True
 
 
