@@ -20,18 +20,22 @@ from voicecli import paths
 from voicecli.audio.format import SAMPLE_RATE
 from voicecli.errors import VoicecliError
 
-# (text, espeak voice, words per minute, variant); variant: "" | "pause" | "noise" | "interrupt"
+# (text, espeak voice, words per minute, variant); variant: "" | "pauseMS" | "noise" | "interrupt".
+# "pauseMS": a silence of MS ms in the middle of the sentence (300-450 ms: such a pause must never split
+# the turn); the benchmark reports false splits on these clips.
 BUILTIN: list[tuple[str, str, int, str]] = [
     ("What is the weather like today?", "en-us", 165, ""),
     ("Can you tell me a fun fact about the moon?", "en+f3", 170, ""),
     ("Set a timer for ten minutes, please.", "en-gb", 160, "noise"),
     ("Wait, tell me something else instead.", "en+m3", 175, "interrupt"),
-    ("How far away is the nearest star from the sun?", "en-us", 155, "pause"),
+    ("How far away is the nearest star from the sun?", "en-us", 155, "pause350"),
     ("Give me a short recipe for pancakes.", "en+f3", 165, ""),
     ("What time is it in Tokyo right now?", "en-gb", 170, "noise"),
     ("Actually, never mind that.", "en-us", 170, "interrupt"),
     ("Why is the sky blue during the day?", "en+m3", 160, ""),
-    ("Tell me a joke about computers and cats.", "en-us", 175, "pause"),
+    ("Tell me a joke about computers and cats.", "en-us", 175, "pause450"),
+    ("Which planet in our solar system is the largest?", "en+f3", 165, "pause300"),
+    ("What should I cook for dinner tonight with rice?", "en-gb", 160, "pause400"),
 ]
 
 
@@ -45,6 +49,7 @@ class Clip:
     speech_start_s: float
     speech_end_s: float
     interrupt: bool = False  # fed while the previous reply is playing
+    paused_ms: int = 0  # a mid-sentence pause of this many ms (the paused-speech corpus)
 
     @property
     def duration_s(self) -> float:
@@ -98,7 +103,8 @@ def builtin(cache: Path | None = None) -> list[Clip]:
     clips = []
     for i, (text, voice, wpm, variant) in enumerate(BUILTIN):
         with tempfile.TemporaryDirectory() as tmp:
-            if variant == "pause":
+            paused_ms = int(variant[5:]) if variant.startswith("pause") else 0
+            if paused_ms:
                 # A mid-sentence pause longer than the early-pause signal, shorter than the end of turn.
                 words = text.split()
                 half = len(words) // 2
@@ -106,7 +112,7 @@ def builtin(cache: Path | None = None) -> list[Clip]:
                 b = _espeak(" ".join(words[half:]), voice, wpm, Path(tmp) / "b.wav")
                 a = a[: int(speech_span(a)[1] * SAMPLE_RATE)]
                 b = b[int(speech_span(b)[0] * SAMPLE_RATE) :]
-                pcm = np.concatenate([a, np.zeros(int(0.35 * SAMPLE_RATE), np.int16), b])
+                pcm = np.concatenate([a, np.zeros(int(paused_ms / 1000 * SAMPLE_RATE), np.int16), b])
             else:
                 pcm = _espeak(text, voice, wpm, Path(tmp) / "s.wav")
         s0, s1 = speech_span(pcm)
@@ -115,7 +121,9 @@ def builtin(cache: Path | None = None) -> list[Clip]:
         if variant == "noise":
             noise = rng.normal(0, 0.004 * 32768, len(pcm))  # about -48 dBFS of hiss under the voice
             pcm = np.clip(pcm + noise, -32768, 32767).astype(np.int16)
-        clips.append(Clip(f"{i:02d}-{variant or 'plain'}", pcm, text, start, end, variant == "interrupt"))
+        clips.append(
+            Clip(f"{i:02d}-{variant or 'plain'}", pcm, text, start, end, variant == "interrupt", paused_ms=paused_ms)
+        )
     return clips
 
 

@@ -20,8 +20,9 @@ METRICS: dict[str, tuple[str, str]] = {
     "ttfa": ("TTFA", "s"),  # true end of speech -> first reply sample at the speaker
     "turn_confirm": ("turn confirmed", "s"),
     "stt": ("STT compute", "s"),
+    "stt_window": ("STT window, s", ""),  # the audio window whisper was run over (short-window STT)
     "stt_done": ("STT done", "s"),
-    "llm_ttft": ("LLM TTFT after STT", "s"),
+    "llm_ttft": ("LLM first token (from request)", "s"),
     "first_clause": ("first clause", "s"),
     "tts_first_audio": ("TTS first audio", "s"),
     "play_start": ("play start", "s"),
@@ -185,12 +186,26 @@ def to_json(results: list[TurnResult]) -> list[dict[str, Any]]:
     return [asdict(r) for r in results]
 
 
+def splits(results: list[TurnResult]) -> dict[str, int]:
+    """False end-of-turn splits: clips that became more than one turn, over all clips and the paused ones."""
+    fed = [r for r in results if not r.interrupt and not r.missed]
+    paused = [r for r in fed if r.paused_ms]
+    return {
+        "clips": len(fed),
+        "split": sum(1 for r in fed if r.turns_started > 1),
+        "paused_clips": len(paused),
+        "paused_split": sum(1 for r in paused if r.turns_started > 1),
+        "longest_pause_ms": max((r.paused_ms for r in paused), default=0),
+    }
+
+
 def print_report(
     console: Console,
     results: list[TurnResult],
     summary: dict[str, Any],
     seq_summary: dict[str, Any] | None,
     models: dict[str, Any],
+    figures: dict[str, Any] | None = None,
 ) -> None:
     console.print(
         f"models: {models['set']} — "
@@ -202,8 +217,18 @@ def print_report(
     console.print(table(summary, seq_summary, f"voicecli bench — {len(results)} turns, streaming"))
     console.print("[dim]times from the true end of speech (located in the captured audio), on the audio clock[/]")
     prepared = sum(1 for r in results if r.timings.get("reply_prepared"))
-    console.print(f"replies prepared during the hangover (LLM started before the turn was confirmed): "
-                  f"{prepared} of {len(results)} turns")  # fmt: skip
+    wasted = (figures or {}).get("replies_wasted")
+    thrown = "" if wasted is None else f"; thrown away (the user went on talking): {wasted}"
+    console.print(f"replies prepared during the hangover (LLM and first clause before the turn was confirmed): "
+                  f"{prepared} of {len(results)} turns{thrown}")  # fmt: skip
+    sp = splits(results)
+    if sp["paused_clips"]:
+        console.print(f"false end-of-turn splits: {sp['paused_split']} of {sp['paused_clips']} clips with a "
+                      f"mid-sentence pause (up to {sp['longest_pause_ms']} ms); {sp['split']} of {sp['clips']} "
+                      f"clips in all")  # fmt: skip
+    if figures and figures.get("idle_cpu") is not None:
+        console.print(f"idle CPU while listening: {figures['idle_cpu'] * 100:.1f}% of a core (this process "
+                      f"and its STT worker, {figures.get('echo', '?')} echo mode)")  # fmt: skip
     b = barge_ins(results)
     if b["interrupting_clips"] or b["self_interruptions"]:
         console.print(

@@ -19,6 +19,7 @@ import numpy.typing as npt
 from voicecli.audio.format import SAMPLE_RATE
 from voicecli.bench import vcard
 from voicecli.bench.corpus import Clip
+from voicecli.bench.procstat import cpu_seconds
 from voicecli.config import Config
 from voicecli.events import Event
 from voicecli.pipeline.assistant import Engines
@@ -47,6 +48,9 @@ class TurnResult:
     barge_in_reaction: float | None = None  # interrupting onset -> the assistant's decision to stop
     self_interrupted: bool = False  # its reply was cut though no clip was fed to interrupt it
     missed: bool = False  # an interrupting clip that neither cut the reply nor became a turn
+    turns_started: int = 0  # turns confirmed while this clip was the latest fed: more than 1 is a false split
+    stt_window_s: float | None = None  # the STT window its transcript was computed over
+    paused_ms: int = 0  # the clip holds a mid-sentence pause this long (the paused-speech corpus)
     metrics: dict[str, float | None] = field(default_factory=dict)
 
 
@@ -104,6 +108,8 @@ class _Events:
                 await asyncio.wait_for(self.changed.wait(), timeout=remaining)
 
 
+IDLE_S = 5.0  # listening with nothing said, before the first clip: the idle CPU figure
+
 STAGES = ("eou", "stt_done", "llm_first_token", "first_clause", "tts_first_audio", "play_start")
 
 
@@ -116,8 +122,12 @@ async def run_corpus(
     progress: Any = None,
     deadline: float | None = None,
     event_log: Any = None,
+    figures: dict[str, Any] | None = None,
 ) -> list[TurnResult]:
-    """Converse over `clips` through the virtual sound card; one TurnResult per clip."""
+    """Converse over `clips` through the virtual sound card; one TurnResult per clip.
+
+    `figures` (optional) receives the run's own numbers: idle CPU while listening (measured over IDLE_S
+    before the first clip), replies prepared during the hangover and replies thrown away."""
     from voicecli.pipeline import assistant
 
     events = _Events(event_log)
@@ -148,6 +158,10 @@ async def run_corpus(
     results: list[TurnResult] = []
     try:
         await asyncio.sleep(1.0)  # let the streams settle before the first clip
+        if figures is not None:
+            cpu0, t0 = cpu_seconds(), time.monotonic()
+            await asyncio.sleep(IDLE_S)
+            figures["idle_cpu"] = (cpu_seconds() - cpu0) / (time.monotonic() - t0)
         marks: list[int] = []
         for i, clip in enumerate(clips):
             if deadline is not None and time.monotonic() >= deadline and not clip.interrupt:
@@ -156,7 +170,7 @@ async def run_corpus(
                 await _wait_idle(session)
             mark = len(events.items)
             marks.append(mark)
-            res = TurnResult(clip.name, clip.interrupt, await vcard.feed(clip.pcm))
+            res = TurnResult(clip.name, clip.interrupt, await vcard.feed(clip.pcm), paused_ms=clip.paused_ms)
             res.clip_speech_start_s, res.clip_speech_end_s = clip.speech_start_s, clip.speech_end_s
             try:
                 eou = await events.wait(
@@ -192,10 +206,16 @@ async def run_corpus(
         if results and results[-1].turn_id is not None:  # the last reply plays to its end
             last = results[-1].turn_id
             await events.wait(lambda e: e.kind == "turn_end" and e.turn_id == last, marks[-1])
-        for res, mark in zip(results, marks, strict=True):
+        ends = [*marks[1:], len(events.items)]
+        for res, mark, end in zip(results, marks, ends, strict=True):
             if res.missed:  # nothing after its mark is its own (a later clip's barge-in is not)
                 continue
+            res.turns_started = sum(
+                1 for ev in events.items[mark:end] if ev.kind == "eou" and not ev.data.get("forced")
+            )
             for ev in events.items[mark:]:
+                if ev.turn_id == res.turn_id and ev.kind == "stt_done":
+                    res.stt_window_s = ev.data.get("window_s")
                 if ev.turn_id == res.turn_id and ev.kind in (*STAGES, "speech_end", "play_end"):
                     res.stamps.setdefault(ev.kind, ev.t)
                 if ev.turn_id == res.turn_id and ev.kind == "turn_end":
@@ -206,6 +226,9 @@ async def run_corpus(
         for i, res in enumerate(results):
             meant = i + 1 < len(results) and results[i + 1].interrupt  # the next clip was fed to cut this reply
             res.self_interrupted = res.turn_id in cut and not meant
+        if figures is not None:
+            figures["replies_prepared"] = session.replies_prepared
+            figures["replies_wasted"] = session.replies_wasted
     finally:
         session.stop()
         await asyncio.wait([conv], timeout=10)
@@ -247,6 +270,7 @@ def derive(res: TurnResult) -> dict[str, float | None]:
         "ttfa": since("play_start"),
         "turn_confirm": since("eou"),
         "stt": tm.get("stt"),
+        "stt_window": res.stt_window_s,
         "stt_done": since("stt_done"),
         "llm_ttft": tm.get("llm_ttft"),
         "first_clause": since("first_clause"),

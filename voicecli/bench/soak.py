@@ -3,35 +3,15 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from voicecli.bench.procstat import rss_mb
 from voicecli.bench.report import barge_ins
 from voicecli.bench.runner import TurnResult, run_corpus
 from voicecli.config import Config
 from voicecli.pipeline.assistant import Engines
-
-
-def rss_mb(pid: int | None = None) -> float:
-    """Resident memory of this process and all its descendants (the STT workers), in MB."""
-    root = pid or int(Path("/proc/self").resolve().name)
-    total, todo, seen = 0, [root], set()
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo.extend(int(k) for k in (task / "children").read_text().split())
-        except (OSError, ValueError):
-            continue
-    return total / 1024.0
 
 
 def _p50(values: list[float]) -> float | None:

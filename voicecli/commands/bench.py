@@ -91,13 +91,14 @@ def bench(
         _soak(cfg, model_paths, corpus_mod.pick(clips, 100_000), soak_minutes, info, json_out, console, loop, remote)
         return
     with vcard.virtual_card(), vcard.loopback(*loop) if loop else contextlib.nullcontext():
-        streaming, sequential = asyncio.run(_run(cfg, model_paths, clips, compare, console, events, remote))
+        figures: dict[str, Any] = {"echo": cfg.audio.echo}
+        streaming, sequential = asyncio.run(_run(cfg, model_paths, clips, compare, console, events, remote, figures))
     if loop:
         console.print(f"[dim]virtual speaker looped back into the mic: {loop[0]} ms, {loop[1]:+g} dB; "
                       f"echo mode {cfg.audio.echo}[/]")  # fmt: skip
     summary = report.summarise(streaming)
     seq_summary = report.summarise(sequential) if sequential else None
-    report.print_report(console, streaming, summary, seq_summary, info)
+    report.print_report(console, streaming, summary, seq_summary, info, figures)
     ratio = None
     if seq_summary and seq_summary["ttfa"]["p50"] and summary["ttfa"]["p50"]:
         ratio = seq_summary["ttfa"]["p50"] / summary["ttfa"]["p50"]
@@ -122,6 +123,9 @@ def bench(
             "sequential": {"turns": report.to_json(sequential), "summary": seq_summary} if sequential else None,
             "ttfa_ratio_sequential_over_streaming": ratio,
             "barge_ins": report.barge_ins(streaming),
+            "splits": report.splits(streaming),
+            "idle_cpu": figures.get("idle_cpu"),
+            "replies": {k: figures.get(k) for k in ("replies_prepared", "replies_wasted")},
         }
         json_out.write_text(json.dumps(doc, indent=1, default=str))
         console.print(f"[dim]raw numbers: {json_out}[/]")
@@ -218,6 +222,7 @@ async def _run(
     console: Console,
     events: Path | None = None,
     remote: dict[str, str] | None = None,
+    figures: dict[str, Any] | None = None,
 ) -> tuple[list[Any], list[Any]]:
     from voicecli.bench.runner import run_corpus
     from voicecli.events import EventLog
@@ -232,7 +237,7 @@ async def _run(
             console.print(f"[dim]  fed {res.clip} ({what})[/]")
 
         console.print("streaming pipeline:")
-        streaming = await run_corpus(cfg, engines, clips, streaming=True, progress=show, event_log=log)
+        streaming = await run_corpus(cfg, engines, clips, streaming=True, progress=show, event_log=log, figures=figures)
         sequential = []
         if compare is Compare.sequential:
             console.print("sequential pipeline:")

@@ -18,6 +18,7 @@ class TurnMetrics:
     speech_end: float | None = None  # end of the user's last voiced frame (ADC clock)
     eou: float | None = None  # turn confirmed
     stt_done: float | None = None
+    llm_request: float | None = None  # the reply was asked of the LLM (during the hangover when prepared)
     llm_first_token: float | None = None
     first_clause: float | None = None
     tts_first_audio: float | None = None
@@ -57,7 +58,9 @@ class TurnMetrics:
             "stt": self.stt_compute_s,
             "stt_done": self._since_end(self.stt_done),
             "llm_ttft": (
-                None if self.llm_first_token is None or self.stt_done is None else self.llm_first_token - self.stt_done
+                None
+                if self.llm_first_token is None or self.llm_request is None
+                else self.llm_first_token - self.llm_request
             ),
             "first_clause": self._since_end(self.first_clause),
             "tts_first_audio": self._since_end(self.tts_first_audio),

@@ -30,8 +30,9 @@ APOLOGY = "Sorry, something went wrong while I was answering."
 CONFUSED = "Sorry, I got confused. Could you ask that again?"  # the model's reply was all garbage
 
 _REPLY_TIMINGS = (  # the TurnMetrics fields a reply fills in
-    "llm_first_token", "first_clause", "tts_first_audio", "llm_prompt_tokens", "llm_prompt_tokens_evaluated",
-    "llm_completion_tokens", "llm_tokens_per_s", "tts_audio_s", "tts_compute_s", "max_clause_gap_s", "play_end",
+    "llm_request", "llm_first_token", "first_clause", "tts_first_audio", "llm_prompt_tokens",
+    "llm_prompt_tokens_evaluated", "llm_completion_tokens", "llm_tokens_per_s", "tts_audio_s", "tts_compute_s",
+    "max_clause_gap_s", "play_end",
 )  # fmt: skip
 _BLANK = TurnMetrics(0)
 
@@ -159,6 +160,7 @@ class ReplyPipeline:
     async def run(self, stream: LLMStream) -> bool:
         """Speak the LLM's reply as it streams; True once it has been played to the end."""
         self.stream = stream
+        self.metrics.llm_request = self.clock()
         clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=CLAUSE_QUEUE)
         speaker = asyncio.create_task(self._speak(clauses))
         # The first clause may be a single word ("Sure,"): it starts the speaker ~5 tokens sooner.
