@@ -106,6 +106,9 @@ class TalkConfig:
     # Start the LLM on the speculative transcript during the hangover (nothing plays before the turn is
     # confirmed; thrown away if the user goes on talking).
     prepare_reply: bool = True
+    # The first clause may end before "and", "with", "because" ... once it has this many words, without waiting
+    # for the LLM's first comma (pipeline.chunker.SOFT_BREAK_BEFORE); 0 = only at punctuation.
+    first_clause_soft_words: int = 5
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "llm.min_p": (0.0, 1.0),
     "llm.repeat_penalty": (0.5, 2.0),
     "talk.max_reply_words": (5, 1000),
+    "talk.first_clause_soft_words": (0, 100),
     "llm.timeout_s": (1.0, 600.0),
 }
 

@@ -314,3 +314,26 @@ def test_arbitrary_unicode_never_crashes_and_keeps_the_invariants(text: str) -> 
     # Every clause must be encodable for the TTS engine (no lone surrogates, no controls).
     for clause in clauses:
         clause.encode("utf-8")
+
+
+def test_a_long_first_clause_is_cut_before_a_conjunction_once_it_has_enough_words() -> None:
+    """With first_soft_words, the first clause need not wait for the LLM's first comma: it ends before "and",
+    "with", "because" ... once it has that many words; later clauses and short openings are untouched."""
+    text = "The moon is actually a very special and mysterious object with a long history and many craters."
+    chunker = ClauseChunker(first_min_words=1, first_soft_words=5)
+    clauses: list[str] = []
+    for word in text.split(" "):  # token by token, as the LLM streams
+        clauses += chunker.push(word + " ")
+        if clauses:
+            break
+    assert clauses == ["The moon is actually a very special"]  # out as soon as " and" arrived
+    clauses += chunker.push("") + chunker.finish()
+    rest = ClauseChunker(first_min_words=1, first_soft_words=5)
+    whole = rest.push(text) + rest.finish()
+    assert whole[0] == "The moon is actually a very special"
+    assert " ".join(whole) == normalise(text)
+    assert not any(c.startswith("with") for c in whole[1:])  # only the first clause is cut this way
+    short = ClauseChunker(first_min_words=1, first_soft_words=5)
+    assert (short.push("Cats and dogs sleep a lot.") + short.finish()) == ["Cats and dogs sleep a lot."]
+    plain = ClauseChunker(first_min_words=1)  # without it: the first comma or sentence end, as before
+    assert (plain.push(text) + plain.finish())[0] == text

@@ -72,6 +72,11 @@ def bench(
                                                 "server, e.g. http://HOST:8080/v1 (see docs/remote-llm.md).")] = None,
     llm_model: Annotated[str | None, typer.Option("--llm-model", help="Model name on the --llm-url server "
                                                   "(default: the first it lists).")] = None,
+    stt_path: Annotated[Path | None, typer.Option("--stt", help="Replace the set's whisper model with this "
+                                                  "CTranslate2 directory.")] = None,
+    llm_path: Annotated[Path | None, typer.Option("--llm", help="Replace the set's LLM with this .gguf.")] = None,
+    voice_path: Annotated[Path | None, typer.Option("--voice", help="Replace the set's Piper voice with this "
+                                                    ".onnx.")] = None,
 ) -> None:  # fmt: skip
     """Feed spoken turns through the virtual sound card and report per-stage latency (p50 / p95 / max)."""
     from voicecli.bench import corpus as corpus_mod
@@ -85,7 +90,14 @@ def bench(
     loop = _rig_echo(rig_echo)
     clips = corpus_mod.pick(corpus_mod.from_dir(corpus) if corpus else corpus_mod.builtin(), turns)
     model_paths = _model_paths(models, cfg, console)
-    info = report.model_info(model_paths, models.value)
+    overrides = {"stt": stt_path, "llm": llm_path, "tts": voice_path}
+    for (stage, path), flag in zip(overrides.items(), ("--stt", "--llm", "--voice"), strict=True):
+        if path is not None:
+            if not path.exists():
+                raise typer.BadParameter(f"{path} does not exist", param_hint=flag)
+            model_paths[stage] = path
+    mixed = [k for k, v in overrides.items() if v is not None]
+    info = report.model_info(model_paths, models.value + (f" + own {', '.join(mixed)}" if mixed else ""))
     remote: dict[str, str] = {}  # the LLM server and the model it runs, with --llm-url
     if soak_minutes > 0:
         _soak(cfg, model_paths, corpus_mod.pick(clips, 100_000), soak_minutes, info, json_out, console, loop, remote)

@@ -326,13 +326,26 @@ def _ends_clause(token: str, nxt: str, words: int, need: int) -> bool:
     return False
 
 
+# Words a first clause may be cut before once it is `first_soft_words` long, when the LLM has not reached a
+# comma yet: conjunctions and relative words that open a new part of the sentence ("The moon is a very
+# special | and mysterious object"). Piper speaks the two parts as two phrases: a slight break in the
+# prosody, for first audio several tokens and a shorter synthesis sooner.
+SOFT_BREAK_BEFORE = frozenset(
+    {"and", "but", "or", "so", "because", "which", "who", "whose", "while", "when", "where", "whereas", "with",
+     "although", "though", "since", "until", "unless", "if"}
+)  # fmt: skip
+
+
 class _Splitter:
     """Plain text (single spaces, "\\n" breaks) -> clauses."""
 
-    def __init__(self, min_clause_words: int, max_words: int, first_min_words: int) -> None:
+    def __init__(
+        self, min_clause_words: int, max_words: int, first_min_words: int, first_soft_words: int | None = None
+    ) -> None:
         self._min = min_clause_words
         self._max = max_words
         self._first_min = first_min_words
+        self._first_soft = first_soft_words
         self.reset()
 
     def reset(self) -> None:
@@ -351,6 +364,14 @@ class _Splitter:
                 break
             token, sep, nxt = p[i:k], p[k], p[k + 1]
             i = k + 1
+            if (
+                token
+                and not self._emitted
+                and self._first_soft is not None
+                and len(self._tokens) >= self._first_soft
+                and token.lower() in SOFT_BREAK_BEFORE
+            ):
+                self._flush(out, force=False)  # the first clause ends before this word
             if token:
                 self._tokens.append(token)
             need = self._min if self._emitted else self._first_min
@@ -397,7 +418,16 @@ class ClauseChunker:
     chunker ready for the next reply; `reset` drops everything (barge-in).
     """
 
-    def __init__(self, *, min_clause_words: int = 4, max_words: int = 25, first_min_words: int = 2) -> None:
+    def __init__(
+        self,
+        *,
+        min_clause_words: int = 4,
+        max_words: int = 25,
+        first_min_words: int = 2,
+        first_soft_words: int | None = None,
+    ) -> None:
+        """first_soft_words: the first clause may also end before a SOFT_BREAK_BEFORE word once it has this
+        many words (None: only at punctuation or max_words)."""
         if min(min_clause_words, max_words, first_min_words) < 1 or max(min_clause_words, first_min_words) > max_words:
             raise ValueError(
                 "ClauseChunker needs 1 <= min_clause_words, first_min_words <= max_words; got "
@@ -406,7 +436,7 @@ class ClauseChunker:
             )
         self.max_words = max_words
         self._norm = _Normaliser()
-        self._split = _Splitter(min_clause_words, max_words, first_min_words)
+        self._split = _Splitter(min_clause_words, max_words, first_min_words, first_soft_words)
 
     def push(self, text: str) -> list[str]:
         return self._split.feed(self._norm.feed(text))

@@ -73,6 +73,7 @@ class ReplyPipeline:
         emit: Emit,
         clock: Callable[[], float],
         max_reply_words: int,
+        first_soft_words: int = 0,
         streaming: bool = True,
         on_speaking: Callable[[int], None] | None = None,
     ) -> None:
@@ -84,6 +85,7 @@ class ReplyPipeline:
         self._emit_cb = emit
         self.clock = clock
         self.max_reply_words = max_reply_words
+        self.first_soft_words = first_soft_words
         self.streaming = streaming
         self._on_speaking = on_speaking
         self.stream: LLMStream | None = None
@@ -164,7 +166,7 @@ class ReplyPipeline:
         clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=CLAUSE_QUEUE)
         speaker = asyncio.create_task(self._speak(clauses))
         # The first clause may be a single word ("Sure,"): it starts the speaker ~5 tokens sooner.
-        chunker = ClauseChunker(first_min_words=1)
+        chunker = ClauseChunker(first_min_words=1, first_soft_words=self.first_soft_words or None)
         guard = ReplyGuard(max_words=self.max_reply_words)
         whole: list[str] = []  # sequential mode: the reply is spoken only once it is complete
         try:

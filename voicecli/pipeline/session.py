@@ -517,6 +517,7 @@ class Session:
             emit=self._emit,
             clock=self.clock,
             max_reply_words=self.talk_cfg.max_reply_words,
+            first_soft_words=self.talk_cfg.first_clause_soft_words,
             streaming=self.streaming,
             on_speaking=speaking,
         )
