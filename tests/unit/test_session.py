@@ -461,3 +461,26 @@ def test_the_history_marker_for_an_interrupted_reply_is_never_spoken() -> None:
     rig = run_timeline(lambda r, t: 0.2 <= t < 1.2, 10.0, llm_cls=ParrotLLM)
     spoken = " ".join(rig.tts.texts)
     assert "interrupted" not in spoken and "Have a great day!" in spoken
+
+
+class MarkdownLLM(FakeLLM):
+    def chat(self, messages, max_tokens=256):  # type: ignore[no-untyped-def]
+        self.reply = "**Sure!**  Here is one *fun* fact: the moon drifts away from us every year."
+        return super().chat(messages, max_tokens)
+
+
+def test_a_reply_played_whole_stays_in_the_history_in_the_models_own_words() -> None:
+    """The next prompt must start with exactly the tokens the model generated, so that llama.cpp reuses its
+    KV cache instead of prefilling the previous reply again; the transcript keeps what was spoken."""
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2 or 9.0 <= t < 10.0, 20.0, llm_cls=MarkdownLLM)
+    first, _ = rig.session.records
+    assert first["assistant"] == "Sure! Here is one fun fact: the moon drifts away from us every year."
+    second_prompt = rig.llm.prompts[-1]
+    assert second_prompt[2].role == "assistant"
+    assert second_prompt[2].content == "**Sure!**  Here is one *fun* fact: the moon drifts away from us every year."
+
+
+def test_a_cut_reply_stays_in_the_history_as_heard() -> None:
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2 or after_play(r, 1, 0.6, 1.0, t), 12.0, llm_cls=MarkdownLLM)
+    assistant = next(m for m in rig.llm.prompts[-1] if m.role == "assistant")
+    assert "**" not in assistant.content and assistant.content.endswith("[interrupted by the user]")

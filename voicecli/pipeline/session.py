@@ -547,7 +547,8 @@ class Session:
         heard = reply.heard(cut_short=ctx.interrupted or cut_off)
         if ctx.user_added:
             if reply.spoken_any or not ctx.interrupted:
-                self.history.add_assistant(heard, interrupted=ctx.interrupted)
+                kept = reply.history_text(cut_short=ctx.interrupted or cut_off)
+                self.history.add_assistant(kept, interrupted=ctx.interrupted)
             else:
                 # Cut off before a word was played: the user's words are re-sent with their next ones.
                 self.history.retract_user()
