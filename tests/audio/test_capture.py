@@ -18,15 +18,24 @@ pytestmark = pytest.mark.audio
 
 
 async def _capture_while_feeding(
-    vsound: VSound, pcm: np.ndarray, rate: int, *, force_rate: int | None = None
+    vsound: VSound,
+    pcm: np.ndarray,
+    rate: int,
+    *,
+    force_rate: int | None = None,
+    wake_every: int = 1,
+    arrivals: list[float] | None = None,
 ) -> tuple[list[Frame], float, Capture]:
     """Open the mic, feed `pcm`, collect frames until the feed is over (+0.5 s)."""
     cap = Capture(VSound.MIC, force_rate=force_rate)
+    cap.wake_every = wake_every
     await cap.start()
     frames: list[Frame] = []
     t_feed = 0.0
     try:
         async for frame in cap.frames():
+            if arrivals is not None:
+                arrivals.append(time.monotonic())
             frames.append(frame)
             if len(frames) == 10:  # stream is running: start the speech
                 t_feed = vsound.feed(pcm, rate)
@@ -59,6 +68,18 @@ def test_capture_16k_speech_matches_source(vsound: VSound, tmp_path: Path) -> No
     # the first source sample reached the mic shortly after it was fed (ADC time on the monotonic clock)
     heard_at = frames[lag // FRAME_SAMPLES].t + (lag % FRAME_SAMPLES) / SAMPLE_RATE
     assert -0.02 < heard_at - t_feed < 0.3
+
+
+def test_idle_listening_wakes_the_loop_every_other_block_and_loses_nothing(vsound: VSound, tmp_path: Path) -> None:
+    src = speech(tmp_path, SAMPLE_RATE, 2.0)
+    arrivals: list[float] = []
+    frames, _, cap = asyncio.run(_capture_while_feeding(vsound, src, SAMPLE_RATE, wake_every=2, arrivals=arrivals))
+    got = _check_frames(frames)  # every frame, 20 ms apart on the ADC clock
+    corr, _ = aligned_corr(src, got)
+    assert corr >= 0.99 and cap.stats.overrun_samples == 0
+    # frames reach the loop in twos: about half as many wake-ups as frames
+    wakeups = 1 + int(np.sum(np.diff(arrivals) > 0.005))
+    assert wakeups <= 0.65 * len(frames), (wakeups, len(frames))
 
 
 def test_capture_from_48k_mic_is_resampled_to_16k(vsound: VSound, tmp_path: Path) -> None:

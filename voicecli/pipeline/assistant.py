@@ -167,6 +167,13 @@ async def converse(
             raise asyncio.CancelledError
         history = History(cfg.llm.system_prompt, cfg.llm.history_tokens, engines.llm.count_tokens)
         echo, talk_cfg = _echo_setup(cfg, capture, playback, emit)
+
+        def on_event(ev: Event) -> None:
+            if ev.kind == "state":  # nothing said, nothing playing: fewer wake-ups (idle CPU)
+                capture.relax(ev.data.get("state") == "listening")
+            if emit is not None:
+                emit(ev)
+
         session = Session(
             source=capture if echo is None else echo.source,
             sink=playback if echo is None else echo.sink,
@@ -177,7 +184,7 @@ async def converse(
             vad_cfg=cfg.vad,
             talk_cfg=talk_cfg,
             max_tokens=cfg.llm.max_tokens,
-            emit=emit,
+            emit=on_event,
             transcript=transcript,
             capture_overruns=lambda: capture.overrun_samples,
             playback_underruns=lambda: playback.underruns,

@@ -95,10 +95,17 @@ class ResilientSource:
         self._outage = False  # "lost" was said and "back" not yet
         self._overruns_before = 0  # from streams that are closed
         self.name = str(device or "default")
+        self._wake_every = 1
 
     @property
     def is_open(self) -> bool:
         return self._cap is not None
+
+    def relax(self, idle: bool) -> None:
+        """Idle listening: the capture wakes the loop every other block (see Capture.wake_every)."""
+        self._wake_every = 2 if idle else 1
+        if self._cap is not None:
+            self._cap.wake_every = self._wake_every
 
     @property
     def overrun_samples(self) -> int:
@@ -113,6 +120,7 @@ class ResilientSource:
 
     async def _open_stream(self) -> None:
         cap = Capture(self._spec, on_warning=self._warn)
+        cap.wake_every = self._wake_every
         try:
             await cap.start()
         except BaseException:
