@@ -23,9 +23,9 @@ def talk_with(vsound: VSound, tmp_path: Path) -> Iterator[Callable[..., Talk]]:
     """Start `voicecli talk --plain` on the virtual card with the given stt/llm/voice paths and extra flags."""
     started: list[Talk] = []
 
-    def start(stt: Path, llm: Path, voice: Path, *extra: str) -> Talk:
+    def start(stt: Path, llm: Path, voice: Path, *extra: str, env: dict[str, str] | None = None) -> Talk:
         models = {"stt": stt, "llm": llm, "tts": voice}
-        started.append(launch_talk(vsound, tmp_path, models, *extra, timeout=180))
+        started.append(launch_talk(vsound, tmp_path, models, *extra, env=env, timeout=180))
         return started[-1]
 
     yield start
