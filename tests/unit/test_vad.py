@@ -274,7 +274,8 @@ def test_fuzz_random_voiced_sequences_keep_the_invariants(cfg: VadConfig, runs: 
     open_turn = False
     paused = False
     last_speech_end = -1.0
-    max_frames = round(cfg.max_utterance_s * 50) + -(-cfg.preroll_ms // 20)
+    # the detector's own arithmetic: 1.15 s is 57.5 frames -> 58 (round(1.15 * 50) gives 57, a float artefact)
+    max_frames = round(cfg.max_utterance_s * 1000 / 20) + -(-cfg.preroll_ms // 20)
     for i, voiced in enumerate(flags):
         t = i * F
         for e in det.process(tagged_frame(i, voiced), t):
