@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import tomllib
 import types
 import typing
@@ -315,14 +316,47 @@ def load(flags: dict[str, dict[str, Any]] | None = None, path: Path | None = Non
 
 
 def save(updates: dict[str, dict[str, Any]], path: Path | None = None) -> Path:
-    """Merge `updates` into the user's config file (validated first) and write it."""
+    """Merge `updates` into the user's config file (validated first) and write it, keeping its mode: a
+    config made private for its API key must not become world-readable (a new one holding a key is 0600)."""
     path = path or paths.config_file()
     data = read_file(path)
     _apply(Config(), {**data, **updates}, "the update")  # validate before writing anything
     for section, values in updates.items():
         data.setdefault(section, {}).update(values)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(tomli_w.dumps(data), encoding="utf-8")
-    tmp.replace(path)
+    _write_replacing(path, tomli_w.dumps(data), _mode_for(path, data))
     return path
+
+
+PRIVATE_MODE = 0o600  # a config holding a secret (docs/remote-llm.md: chmod 600)
+
+
+def _holds_secret(data: dict[str, Any]) -> bool:
+    """True when `data` sets a secret: a field hidden from repr (llm.api_key)."""
+    for section, typ in _sections().items():
+        values = data.get(section)
+        if isinstance(values, dict) and any(values.get(f.name) for f in dataclasses.fields(typ) if not f.repr):
+            return True
+    return False
+
+
+def _mode_for(path: Path, data: dict[str, Any]) -> int | None:
+    """The rewritten file's mode: the existing file's (a user's chmod stays), 0600 for a new file holding a
+    secret, None for the umask's default."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return PRIVATE_MODE if _holds_secret(data) else None
+
+
+def _write_replacing(path: Path, text: str, mode: int | None) -> None:
+    """Write `text` to a temp file with `mode`, then rename it over `path` (never half a config)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)  # a leftover keeps its own mode through O_CREAT
+    # Created private, so a secret is never readable by others, even before the chmod.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else PRIVATE_MODE)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        if mode is not None:
+            os.chmod(tmp, mode)  # exactly this mode: os.open's is masked by the umask
+        f.write(text)
+    tmp.replace(path)
