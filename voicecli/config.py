@@ -55,11 +55,12 @@ class SttConfig:
 @dataclass(frozen=True)
 class LlmConfig:
     n_ctx: int = 2048
-    # Decode on one thread, prefill on two. Two decode threads sync at every layer: when Piper, whisper or
-    # another program takes a core, the pair stalls (SmolLM2: 60 -> 18 tokens/s next to one busy process,
-    # near zero at niceness 5), while one thread keeps 43-50 tokens/s, several times faster than speech.
-    threads: int = 1
-    batch_threads: int = 2
+    # Ceilings for the decode / prefill threads; 0 = decided per request from the cores that are free then
+    # (engines.threads: 2 then 1 on 2 quiet cores, 1 next to a busy program, up to 15 / 8 on 16 cores).
+    # ggml's threads wait for each other at every op: two threads on two cores next to one busy program
+    # collapse ~140x (SmolLM2: 101 -> 0.7 tokens/s), one thread does not.
+    threads: int = 0
+    batch_threads: int = 0
     max_tokens: int = 200
     history_tokens: int = 1024
     # Sampling that suits small instruct models: a mild repeat penalty and min_p stop loops and drift.
@@ -135,8 +136,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "stt.beam_size": (1, 10),
     "stt.threads": (1, 64),
     "stt.window_floor_s": (0.0, 30.0),
-    "llm.threads": (1, 64),
-    "llm.batch_threads": (1, 64),
+    "llm.threads": (0, 64),
+    "llm.batch_threads": (0, 64),
     "llm.n_ctx": (256, 131072),
     "tts.speed": (0.25, 4.0),
     "llm.temperature": (0.0, 2.0),

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 Role = Literal["system", "user", "assistant"]
+QUEUE_DELTAS = 8  # LLM -> chunker bound: "small; producer waits" (DESIGN.md stage contracts)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,17 @@ class ChatMessage:
     content: str
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling for small instruct models: a mild repeat penalty and min_p keep a 135M-0.5B model from
+    looping or wandering into other scripts, at no cost in speed."""
+
+    temperature: float = 0.6
+    top_p: float = 0.9
+    min_p: float = 0.1
+    repeat_penalty: float = 1.1
+
+
 @dataclass
 class LLMStats:
     """Per-generation numbers. Times are seconds on time.monotonic()."""
@@ -73,6 +85,12 @@ class LLMStats:
     finished_at: float | None = None
     cancelled: bool = False
     error: str | None = None
+    # Local models: threads of the prefill / the rest of the reply, runnable threads of other programs when the
+    # request was planned (engines.threads), and how often a stall dropped the reply to one thread.
+    threads_batch: int = 0
+    threads_decode: int = 0
+    cpu_busy: int = 0
+    stalls: int = 0
 
 
 class LLMStream(Protocol):

@@ -19,9 +19,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import math
-import mmap
-import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,10 +28,11 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
-from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType
 
-from voicecli.engines.base import ChatMessage, DeltaStream
+from voicecli import gguf_header
+from voicecli.engines.base import QUEUE_DELTAS, ChatMessage, DeltaStream, Sampling
 from voicecli.engines.priority import lower_this_thread
+from voicecli.engines.threads import StallWatch, ThreadPlan, current_plan
 from voicecli.errors import EngineError, ModelError
 
 if TYPE_CHECKING:
@@ -45,20 +43,8 @@ T = TypeVar("T")
 _SHIFT_PROBE = 8  # tokens of the new prompt that must match the cache after a trimmed range
 BURST_TOKENS = 16  # tokens decoded on batch_threads before dropping to threads (about the first clause)
 PUT_SLICE_S = 0.25  # how often a worker blocked on a full delta queue checks that a reader is still there
-QUEUE_DELTAS = 8  # LLM -> chunker bound: "small; producer waits" (DESIGN.md stage contracts)
 _END = object()  # end-of-stream marker (always fits: the queue holds QUEUE_DELTAS + 2 items)
 _WARMUP_SYSTEM = "You are a helpful assistant."
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Sampling for small instruct models: a mild repeat penalty and min_p keep a 135M-0.5B model from
-    looping or wandering into other scripts, at no cost in speed."""
-
-    temperature: float = 0.6
-    top_p: float = 0.9
-    min_p: float = 0.1
-    repeat_penalty: float = 1.1
 
 
 @dataclass(frozen=True)
@@ -73,8 +59,7 @@ class GGUFInfo:
 def inspect_gguf(path: Path, pull_name: str = "") -> GGUFInfo:
     """Check that `path` is a complete GGUF before llama.cpp sees it (it may abort on bad files).
 
-    Walks the header and tensor table with the `gguf` package's type tables; gguf.GGUFReader
-    would do the same but decodes every vocabulary string in Python (~10 s for a 151k vocab).
+    The same header walk as `voicecli models` (voicecli.gguf_header), so both give one verdict.
     """
     pull = f"run `voicecli models pull {pull_name or path.stem}`"
     again = f"{pull} again to replace it (or `voicecli models verify`)"
@@ -82,108 +67,15 @@ def inspect_gguf(path: Path, pull_name: str = "") -> GGUFInfo:
         raise ModelError(f"LLM model not found: {path}", hint=f"{pull}, or pass the path of a local .gguf file")
     if not path.is_file():
         raise ModelError(f"LLM model path is not a file: {path}", hint="pass the path of a .gguf file")
-    with path.open("rb") as f:
-        head = f.read(4)
-        if head != b"GGUF":
-            raise ModelError(f"{path} is not a GGUF model file (it starts with {head!r})", hint=again)
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            try:
-                info = _scan(path, buf)
-            except (struct.error, _Truncated) as e:
-                raise ModelError(f"{path} is truncated (the header ends early)", hint=again) from e
-            except (ValueError, KeyError, UnicodeDecodeError) as e:
-                raise ModelError(f"{path} is corrupt: {e}", hint=again) from e
-    size = path.stat().st_size
-    if info.data_bytes > size:
-        raise ModelError(f"{path} is truncated: {size} bytes, its tensors need {info.data_bytes}", hint=again)
-    return info
-
-
-class _Truncated(Exception):
-    pass
-
-
-_SCALARS = {
-    GGUFValueType.UINT8: "<B",
-    GGUFValueType.INT8: "<b",
-    GGUFValueType.UINT16: "<H",
-    GGUFValueType.INT16: "<h",
-    GGUFValueType.UINT32: "<I",
-    GGUFValueType.INT32: "<i",
-    GGUFValueType.FLOAT32: "<f",
-    GGUFValueType.BOOL: "<?",
-    GGUFValueType.UINT64: "<Q",
-    GGUFValueType.INT64: "<q",
-    GGUFValueType.FLOAT64: "<d",
-}
-
-
-def _scan(path: Path, buf: mmap.mmap) -> GGUFInfo:
-    pos = 4
-    size = len(buf)
-
-    def take(fmt: str) -> Any:
-        nonlocal pos
-        (value,) = struct.unpack_from(fmt, buf, pos)
-        pos += struct.calcsize(fmt)
-        return value
-
-    def string() -> str:
-        nonlocal pos
-        n = take("<Q")
-        if pos + n > size:
-            raise _Truncated
-        pos += n
-        return bytes(buf[pos - n : pos]).decode("utf-8")
-
-    def skip(vtype: int) -> None:
-        nonlocal pos
-        if vtype == GGUFValueType.STRING:
-            n = take("<Q")  # not `pos += take(...)`: take() moves pos itself
-            pos += n
-        elif vtype == GGUFValueType.ARRAY:
-            itype, count = take("<I"), take("<Q")
-            if itype in (GGUFValueType.STRING, GGUFValueType.ARRAY):
-                for _ in range(count):
-                    skip(itype)
-            else:
-                pos += count * struct.calcsize(_SCALARS[GGUFValueType(itype)])
-        else:
-            pos += struct.calcsize(_SCALARS[GGUFValueType(vtype)])
-        if pos > size:
-            raise _Truncated
-
-    version = take("<I")
-    if version not in (2, 3):
-        raise ValueError(f"unsupported GGUF version {version}")
-    n_tensors, n_kv = take("<Q"), take("<Q")
-    if n_tensors > 1 << 20 or n_kv > 1 << 20:
-        raise ValueError(f"implausible header ({n_tensors} tensors, {n_kv} keys)")
-    wanted: dict[str, Any] = {}
-    for _ in range(n_kv):
-        key, vtype = string(), take("<I")
-        if key in ("general.architecture", "tokenizer.chat_template") and vtype == GGUFValueType.STRING:
-            wanted[key] = string()
-        elif key == "general.alignment" and vtype == GGUFValueType.UINT32:
-            wanted[key] = take("<I")
-        else:
-            skip(vtype)
-    extent = 0
-    for _ in range(n_tensors):
-        string()  # name
-        dims = [take("<Q") for _ in range(take("<I"))]
-        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(take("<I"))]
-        offset = take("<Q")
-        extent = max(extent, offset + math.prod(dims) // block * type_size)
-    align = int(wanted.get("general.alignment", GGUF_DEFAULT_ALIGNMENT))
-    data_start = -(-pos // align) * align
-    return GGUFInfo(
-        path=path,
-        architecture=str(wanted.get("general.architecture", "?")),
-        chat_template=wanted.get("tokenizer.chat_template"),
-        n_tensors=n_tensors,
-        data_bytes=data_start + extent,
-    )
+    try:
+        header = gguf_header.read(path)
+    except gguf_header.NotGGUF as e:
+        raise ModelError(f"{path} is not a GGUF model file (it starts with {e.head!r})", hint=again) from e
+    except gguf_header.Truncated as e:
+        raise ModelError(f"{path} is truncated: {e}", hint=again) from e
+    except gguf_header.HeaderError as e:
+        raise ModelError(f"{path} is corrupt: {e}", hint=again) from e
+    return GGUFInfo(path, header.architecture, header.chat_template, header.n_tensors, header.data_bytes)
 
 
 class LlamaLLM:
@@ -194,19 +86,23 @@ class LlamaLLM:
         model_path: str | Path,
         *,
         n_ctx: int = 2048,
-        threads: int = 2,
-        batch_threads: int | None = None,
+        threads: int = 0,
+        batch_threads: int = 0,
         seed: int = 0,
         sampling: Sampling | None = None,
         system_prompt: str = "",
         pull_name: str = "",
     ) -> None:
-        """`system_prompt` is prefilled at warm-up so the first turn reuses it from the KV cache;
-        `pull_name` is the manifest name used in "model missing" hints."""
+        """`threads` / `batch_threads`: ceilings for the decode and prefill threads (0 = no ceiling); each request
+        uses what engines.threads plans from the cores that are free at that moment. `system_prompt` is
+        prefilled at warm-up so the first turn reuses it from the KV cache; `pull_name` is the manifest name
+        used in "model missing" hints."""
         self.model_path = Path(model_path)
         self._n_ctx = n_ctx
-        self._threads = threads
-        self._batch_threads = batch_threads or threads  # prompt prefill; `threads` decodes
+        self._max_decode = threads
+        self._max_batch = batch_threads
+        self._stall = StallWatch()
+        self.last_plan: ThreadPlan | None = None
         self._seed = seed
         self._sampling = sampling or Sampling()
         self.extra_buffers = True  # llama.cpp weight repacking (off on AMX hosts, see _model_params)
@@ -268,13 +164,14 @@ class LlamaLLM:
         from llama_cpp import llama_chat_format
 
         t0 = time.monotonic()
+        plan = current_plan(self._max_batch, self._max_decode)
         try:
             with _model_params(extra_buffers=not amx_enabled()) as self.extra_buffers:
                 llm = llama_cpp.Llama(
                     model_path=str(self.model_path),
                     n_ctx=self._n_ctx,
-                    n_threads=self._threads,
-                    n_threads_batch=self._batch_threads,
+                    n_threads=plan.batch,
+                    n_threads_batch=plan.batch,
                     seed=self._seed,
                     verbose=False,
                     chat_format="chat_template.default",  # the GGUF's own template, never a guess
@@ -367,15 +264,32 @@ class LlamaLLM:
         decoded_before = self._decoded()
         sampled = 0
         forced_end = False
+        plan = self.last_plan = current_plan(self._max_batch, self._max_decode)
+        stats.threads_batch, stats.threads_decode, stats.cpu_busy = plan.batch, plan.decode, plan.busy
+        threads = plan.batch
+
+        def set_threads(n: int) -> None:
+            nonlocal threads
+            if n != threads:
+                threads = n
+                llama_cpp.llama_set_n_threads(llm.ctx, n, n)
+                self._stall.start(time.monotonic())
 
         def on_logits(_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]) -> Any:
             nonlocal sampled, forced_end
+            now = time.monotonic()
             if sampled == 0:  # the prompt has just been decoded
                 stats.prompt_tokens = int(llm.n_tokens)
                 stats.prompt_tokens_evaluated = self._decoded() - decoded_before
+                self._stall.start(now)
+            elif self._stall.token(now, threads):
+                # Another program took a core mid-reply: threads that wait for each other at every op
+                # collapse, one thread does not (engines.threads).
+                stats.stalls += 1
+                set_threads(1)
             sampled += 1
-            if sampled == BURST_TOKENS and self._threads != self._batch_threads:
-                llama_cpp.llama_set_n_threads(llm.ctx, self._threads, self._batch_threads)
+            if sampled == BURST_TOKENS:
+                set_threads(min(threads, plan.decode))
             stats.completion_tokens = sampled  # live count; corrected for the final <|im_end|> below
             if stream.stopped:  # end the reply at this very token
                 forced_end = True
@@ -390,9 +304,9 @@ class LlamaLLM:
             if stream.stopped:
                 return
             self._shift_cache(messages)
-            # The first clause is decoded on all threads (nothing else runs yet: the speaker waits for it),
-            # the rest on `threads`, once Piper is synthesising next to it (see on_logits).
-            llama_cpp.llama_set_n_threads(llm.ctx, self._batch_threads, self._batch_threads)
+            # The prompt and the first clause on the free cores (the speaker waits for them), the rest on
+            # plan.decode once Piper is synthesising next to it (see on_logits).
+            llama_cpp.llama_set_n_threads(llm.ctx, plan.batch, plan.batch)
             sp = self._sampling
             chunks = llm.create_chat_completion(
                 messages=messages,

@@ -286,6 +286,9 @@ class ReplyPipeline:
             prompt_tokens_evaluated=st.prompt_tokens_evaluated,
             completion_tokens=st.completion_tokens,
             tokens_per_s=m.llm_tokens_per_s,
+            threads=[st.threads_batch, st.threads_decode],
+            cpu_busy=st.cpu_busy,
+            stalls=st.stalls,
         )
 
     async def _speak(self, q: asyncio.Queue[str | None]) -> None:

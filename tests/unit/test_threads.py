@@ -1,0 +1,90 @@
+"""The LLM thread policy (engines.threads): never more threads than free cores, scale up on big machines,
+drop to one thread when a core is taken away mid-reply."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from voicecli.engines import threads
+from voicecli.engines.threads import StallWatch, plan
+
+
+def test_two_quiet_cores_prefill_on_both_and_decode_on_one() -> None:
+    p = plan(cores=2, busy=0)
+    assert (p.batch, p.decode) == (2, 1)
+
+
+def test_one_busy_program_on_two_cores_leaves_one_thread() -> None:
+    # Two ggml threads next to one busy process collapse ~140x: one thread is the only safe choice.
+    p = plan(cores=2, busy=1)
+    assert (p.batch, p.decode) == (1, 1)
+    assert plan(cores=2, busy=5).batch == 1
+
+
+def test_a_big_desktop_uses_its_cores_but_never_all_of_them() -> None:
+    p = plan(cores=16, busy=0)
+    assert p.batch == 15 and p.decode == threads.DECODE_CAP
+    loaded = plan(cores=16, busy=6)
+    assert loaded.batch == 9 and loaded.decode == 8
+    assert plan(cores=4, busy=0).batch == 3
+
+
+def test_user_ceilings_apply_but_never_exceed_free_cores() -> None:
+    assert plan(cores=16, busy=0, max_batch=4, max_decode=2) == threads.ThreadPlan(4, 2, 16, 0)
+    assert plan(cores=2, busy=1, max_batch=8, max_decode=8).batch == 1
+    assert plan(cores=1, busy=0).batch == 1
+
+
+def test_decode_never_exceeds_batch() -> None:
+    for cores in range(1, 33):
+        for busy in range(0, 40):
+            p = plan(cores, busy)
+            assert 1 <= p.decode <= p.batch <= max(1, cores)
+
+
+def test_stall_watch_flags_a_token_far_slower_than_the_best() -> None:
+    w = StallWatch()
+    w.start(0.0)
+    t = 0.0
+    for _ in range(10):
+        t += 0.01
+        assert not w.token(t, 2)
+    t += 0.5  # a core was taken away: 50x the best interval
+    assert w.token(t, 2)
+
+
+def test_stall_watch_ignores_jitter_and_single_threads() -> None:
+    w = StallWatch()
+    w.start(0.0)
+    t = 0.0
+    for dt in (0.004, 0.005, 0.006, 0.012, 0.02):  # jitter below the absolute floor is not a stall
+        t += dt
+        assert not w.token(t, 2)
+    w.start(t)
+    for dt in (0.01, 0.9):  # one thread has nothing to drop to
+        t += dt
+        assert not w.token(t, 1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_busy_program_in_another_session_is_seen() -> None:
+    busy = subprocess.Popen(
+        [sys.executable, "-c", "while True: pass"], start_new_session=True, stdout=subprocess.DEVNULL
+    )
+    try:
+        time.sleep(0.3)
+        assert threads.runnable_elsewhere() >= 1
+        assert threads.current_plan().busy >= 1
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+def test_usable_cores_follows_the_affinity_mask() -> None:
+    import os
+
+    assert 1 <= threads.usable_cores() <= len(os.sched_getaffinity(0))
