@@ -6,9 +6,11 @@ flushes the reply, `BargeInConfirmer.confirm(onset, now)` checks the stretch on 
 * the cleaned level must stand well above what the cleaned mic carried just before the onset (residual
   echo and noise while the assistant talks);
 * the raw mic must stand >= 5 dB above the echo the reference predicts (EchoCanceller.echo_db: what
-  played one echo delay earlier, times the measured echo path gain). This is the cue that tells the user
-  from an echo leak, and it does not depend on how much of the user the canceller's double-talk
-  suppression kept (that varies by 10 dB from one barge-in to the next on the rig);
+  played one echo delay earlier, times the measured echo path gain), at every lag within +-80 ms of that
+  delay (EchoCanceller.echo_lags_db): the echo path's delay wanders while a reply plays, and an echo that
+  some nearby lag explains is still the echo. This is the cue that tells the user from an echo leak, and it
+  does not depend on how much of the user the canceller's double-talk suppression kept (that varies by
+  10 dB from one barge-in to the next on the rig);
 * a neural VAD (Silero v6: the ONNX model faster-whisper bundles, on onnxruntime) hearing a voice lets
   the decision through at 100 ms; without it the stretch must have lasted 140 ms (against clicks).
 
@@ -135,6 +137,7 @@ class BargeInConfirmer:
         self._resting = False  # Silero is idle (a quiet room, nothing playing)
         # (t, cleaned dBFS, speech probability, mic dBFS before cancellation, echo dBFS the reference predicts)
         self._records: deque[tuple[float, float, float, float, float]] = deque(maxlen=HISTORY_FRAMES)
+        self._lags: deque[npt.NDArray[np.float64] | None] = deque(maxlen=HISTORY_FRAMES)  # aligned with _records
         self._lock = threading.Lock()
 
     def observe(
@@ -144,6 +147,7 @@ class BargeInConfirmer:
         raw: npt.NDArray[np.int16] | None = None,
         echo_db: float | None = None,
         playing: bool = True,
+        echo_lags_db: npt.NDArray[np.float64] | None = None,
     ) -> None:
         """One cleaned 20 ms frame with the ADC time of its first sample, and the mic frame it came from
         (worker thread, or the loop for a frame `classifies` says is light)."""
@@ -171,6 +175,7 @@ class BargeInConfirmer:
         prob = self._prob
         with self._lock:
             self._records.append((t, level, prob, raw_level, math.nan if echo_db is None else echo_db))
+            self._lags.append(echo_lags_db)
 
     def classifies(self, raw_level_dbfs: float, playing: bool) -> bool:
         """Whether the neural VAD scores a frame: while a reply plays, or with sound above the quiet floor."""
@@ -184,7 +189,9 @@ class BargeInConfirmer:
         and a user barely louder than the echo would drown in its average (measured on the rig)."""
         with self._lock:
             records = list(self._records)
-        rows = np.array([r for r in records if onset - 1e-3 <= r[0] < now], dtype=np.float64).reshape(-1, 5)
+            lags = list(self._lags)
+        inside = [i for i, r in enumerate(records) if onset - 1e-3 <= r[0] < now]
+        rows = np.array([records[i] for i in inside], dtype=np.float64).reshape(-1, 5)
         before = [r[1] for r in records if onset - BACKGROUND_S <= r[0] < onset - 1e-3]
         background = float(np.median(before)) if before else SILENCE_DBFS
         n = rows.shape[0]
@@ -204,7 +211,13 @@ class BargeInConfirmer:
         level = _db(sums(clean) / width)  # mean power, not mean dB: a few loud syllables carry it
         retained = level - _db(sums(raw) / width)
         n_known = sums(known.astype(np.float64))
-        excess = _db(sums(np.where(known, raw, 0.0))) - _db(sums(echo))
+        raw_sum = _db(sums(np.where(known, raw, 0.0)))
+        excess = raw_sum - _db(sums(echo))
+        lagged = _lag_powers([lags[i] for i in inside], known)
+        if lagged is not None:
+            # The echo at any lag near the delay may be what the mic hears: the smallest excess counts.
+            per_lag = raw_sum[:, None] - _db(np.apply_along_axis(sums, 0, lagged))
+            excess = np.minimum(excess, per_lag.min(axis=1))
         by_echo = n_known * 2 >= width  # enough of the window has an echo level predicted
         loud = level >= max(self.floor_dbfs, background + self.margin_db)
         speech = sums(voiced) >= self.min_speech_frames
@@ -227,6 +240,21 @@ class BargeInConfirmer:
             float(retained[i]),
             float(excess[i]) if by_echo[i] else None,
         )
+
+
+def _lag_powers(
+    lags: list[npt.NDArray[np.float64] | None], known: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.float64] | None:
+    """Predicted echo power per frame (rows) and lag (columns), 0 where no echo is predicted; None when no
+    frame of the stretch has lags."""
+    width = max((a.size for a in lags if a is not None), default=0)
+    if width == 0:
+        return None
+    out = np.zeros((len(lags), width), dtype=np.float64)
+    for i, a in enumerate(lags):
+        if a is not None and known[i] and a.size == width:
+            out[i] = 10.0 ** (a / 10.0)
+    return out
 
 
 def _db(power: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -272,7 +300,7 @@ def open_echo_path(source: Any, sink: Any, floor_dbfs: float) -> EchoPath:
     cleaned = EchoCancelledSource(
         source,
         canceller,
-        observe=lambda f: confirmer.observe(f.pcm, f.t, f.raw, f.echo_db, f.playing),
+        observe=lambda f: confirmer.observe(f.pcm, f.t, f.raw, f.echo_db, f.playing, f.echo_lags_db),
         before=ref.pump,
         heavy=lambda frame, playing: confirmer.classifies(rms_dbfs(frame.pcm), playing),
     )
