@@ -101,6 +101,29 @@ def table(summary: dict[str, Any], sequential: dict[str, Any] | None, title: str
     return t
 
 
+LOAD_KEYS = ("ttfa", "llm_ttft", "tokens_per_s", "stt", "tts_rtf", "max_clause_gap", "underruns", "loop_lag_max")
+
+
+def load_table(quiet: dict[str, Any], loaded: dict[str, Any], busy: int) -> Table:
+    """The same corpus quiet and next to `busy` busy processes, side by side (one run, one machine)."""
+    t = Table(title=f"quiet vs next to {busy} busy process(es)")
+    t.add_column("metric")
+    for col in ("quiet p50", "quiet max", "loaded p50", "loaded max", "loaded/quiet p50"):
+        t.add_column(col, justify="right")
+    for key in LOAD_KEYS:
+        label, unit = METRICS[key]
+        q, ld = quiet[key], loaded[key]
+        ratio = ld["p50"] / q["p50"] if q["p50"] and ld["p50"] is not None else None
+        cells = [_fmt(q["p50"], unit), _fmt(q["max"], unit), _fmt(ld["p50"], unit), _fmt(ld["max"], unit)]
+        t.add_row(label, *cells, f"{ratio:.2f}x" if ratio is not None else "")
+    return t
+
+
+def answered(results: list[TurnResult]) -> int:
+    """Clips (not interruptions) whose reply started to play."""
+    return sum(1 for r in results if not r.interrupt and not r.missed and r.metrics.get("ttfa") is not None)
+
+
 WATERFALL = [  # (from, to, glyph, style): the stages as they overlap after the end of speech
     ("end", "eou", "░", "dim"),
     ("eou", "stt_done", "▒", "cyan"),

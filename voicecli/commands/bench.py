@@ -77,6 +77,9 @@ def bench(
     llm_path: Annotated[Path | None, typer.Option("--llm", help="Replace the set's LLM with this .gguf.")] = None,
     voice_path: Annotated[Path | None, typer.Option("--voice", help="Replace the set's Piper voice with this "
                                                     ".onnx.")] = None,
+    background_load: Annotated[int, typer.Option(help="After the quiet run, run the corpus again next to this "
+                                                 "many busy processes (each in a session of its own) and report "
+                                                 "both side by side.", min=0, max=64)] = 0,
 ) -> None:  # fmt: skip
     """Feed spoken turns through the virtual sound card and report per-stage latency (p50 / p95 / max)."""
     from voicecli.bench import corpus as corpus_mod
@@ -104,13 +107,21 @@ def bench(
         return
     with vcard.virtual_card(), vcard.loopback(*loop) if loop else contextlib.nullcontext():
         figures: dict[str, Any] = {"echo": cfg.audio.echo}
-        streaming, sequential = asyncio.run(_run(cfg, model_paths, clips, compare, console, events, remote, figures))
+        streaming, sequential, loaded = asyncio.run(
+            _run(cfg, model_paths, clips, compare, console, events, remote, figures, background_load)
+        )
     if loop:
         console.print(f"[dim]virtual speaker looped back into the mic: {loop[0]} ms, {loop[1]:+g} dB; "
                       f"echo mode {cfg.audio.echo}[/]")  # fmt: skip
     summary = report.summarise(streaming)
     seq_summary = report.summarise(sequential) if sequential else None
     report.print_report(console, streaming, summary, seq_summary, info, figures)
+    loaded_summary = report.summarise(loaded) if loaded else None
+    if loaded_summary is not None:
+        console.print(report.load_table(summary, loaded_summary, background_load))
+        b = report.barge_ins(loaded)
+        console.print(f"next to the load: {report.answered(loaded)} of {len(loaded)} clips answered, "
+                      f"self-interruptions {b['self_interruptions']}")  # fmt: skip
     ratio = None
     if seq_summary and seq_summary["ttfa"]["p50"] and summary["ttfa"]["p50"]:
         ratio = seq_summary["ttfa"]["p50"] / summary["ttfa"]["p50"]
@@ -133,6 +144,11 @@ def bench(
             "turns": report.to_json(streaming),
             "summary": summary,
             "sequential": {"turns": report.to_json(sequential), "summary": seq_summary} if sequential else None,
+            "loaded": (
+                {"busy_processes": background_load, "turns": report.to_json(loaded), "summary": loaded_summary}
+                if loaded
+                else None
+            ),
             "ttfa_ratio_sequential_over_streaming": ratio,
             "barge_ins": report.barge_ins(streaming),
             "splits": report.splits(streaming),
@@ -235,7 +251,8 @@ async def _run(
     events: Path | None = None,
     remote: dict[str, str] | None = None,
     figures: dict[str, Any] | None = None,
-) -> tuple[list[Any], list[Any]]:
+    background_load: int = 0,
+) -> tuple[list[Any], list[Any], list[Any]]:
     from voicecli.bench.runner import run_corpus
     from voicecli.events import EventLog
 
@@ -250,11 +267,18 @@ async def _run(
 
         console.print("streaming pipeline:")
         streaming = await run_corpus(cfg, engines, clips, streaming=True, progress=show, event_log=log, figures=figures)
+        loaded: list[Any] = []
+        if background_load:
+            from voicecli.bench.load import background_load as busy
+
+            console.print(f"streaming pipeline next to {background_load} busy process(es):")
+            with busy(background_load):
+                loaded = await run_corpus(cfg, engines, clips, streaming=True, progress=show, event_log=log)
         sequential = []
         if compare is Compare.sequential:
             console.print("sequential pipeline:")
             sequential = await run_corpus(cfg, engines, clips, streaming=False, progress=show, event_log=log)
-        return streaming, sequential
+        return streaming, sequential, loaded
     finally:
         await engines.close()
         if log is not None:
