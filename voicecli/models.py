@@ -15,7 +15,6 @@ import http.client
 import importlib.resources
 import importlib.resources.abc
 import json
-import mmap
 import os
 import socket
 import struct
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from voicecli import paths
+from voicecli import gguf_header, paths
 from voicecli.errors import ModelError
 
 if TYPE_CHECKING:
@@ -212,99 +211,27 @@ def _corrupt(path: Path, what: str, name: str = "") -> ModelError:
     return ModelError(f"{path} is {what}", hint=("delete it and run: " + hint) if name else hint)
 
 
-# GGUF metadata value types -> byte size (8 = string, 9 = array are variable-sized)
-_GGUF_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-
-
 def _gguf_extent(buf: Any, size: int) -> tuple[int, int]:
-    """Walk a GGUF header (v2/v3) and return (version, where the last tensor's data ends).
-
-    gguf.GGUFReader parses every metadata value in Python: ~9 s for a Qwen-size vocabulary (151k
-    tokens + merges), too slow for start time. This walk skips values and reads only sizes.
-    Raises struct.error when the header itself is cut short.
-    """
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType  # tensor type -> block sizes
-
-    e = "<"
-    (version,) = struct.unpack_from(e + "I", buf, 4)
-    if version & 0xFFFF == 0:  # a big-endian file
-        e = ">"
-        (version,) = struct.unpack_from(e + "I", buf, 4)
-    if version not in (2, 3):
-        raise ValueError(f"unsupported GGUF version {version}")
-    n_tensors, n_kv = struct.unpack_from(e + "QQ", buf, 8)
-    pos, alignment = 24, 32
-
-    def string(pos: int) -> int:
-        (n,) = struct.unpack_from(e + "Q", buf, pos)
-        return pos + 8 + int(n)
-
-    for _ in range(n_kv):
-        key_end = string(pos)
-        key = bytes(buf[pos + 8 : key_end])
-        (vtype,) = struct.unpack_from(e + "I", buf, key_end)
-        pos = key_end + 4
-        if key == b"general.alignment" and vtype == 4:
-            (alignment,) = struct.unpack_from(e + "I", buf, pos)
-        if vtype == 8:
-            pos = string(pos)
-        elif vtype == 9:
-            etype, count = struct.unpack_from(e + "IQ", buf, pos)
-            pos += 12
-            if etype == 8:
-                for _ in range(count):
-                    pos = string(pos)
-            elif etype in _GGUF_SCALAR:
-                pos += _GGUF_SCALAR[etype] * int(count)
-            else:
-                raise ValueError(f"metadata '{key.decode(errors='replace')}' has array type {etype}")
-        elif vtype in _GGUF_SCALAR:
-            pos += _GGUF_SCALAR[vtype]
-        else:
-            raise ValueError(f"metadata '{key.decode(errors='replace')}' has unknown type {vtype}")
-        if pos > size:
-            raise struct.error("metadata runs past the end of the file")
-    tensors = []
-    for _ in range(n_tensors):
-        pos = string(pos)
-        (n_dims,) = struct.unpack_from(e + "I", buf, pos)
-        dims = struct.unpack_from(e + f"{n_dims}Q", buf, pos + 4)
-        ttype, offset = struct.unpack_from(e + "IQ", buf, pos + 4 + 8 * n_dims)
-        pos += 4 + 8 * n_dims + 12
-        tensors.append((dims, ttype, offset))
-    data_start = -(-pos // alignment) * alignment
-    end = data_start
-    for dims, ttype, offset in tensors:
-        try:
-            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
-        except ValueError:  # a tensor type newer than the gguf package: its start must fit
-            end = max(end, data_start + offset + 1)
-            continue
-        n_elems = 1
-        for d in dims:
-            n_elems *= d
-        end = max(end, data_start + offset + n_elems * type_size // block)
-    return version, end
+    """(version, where the last tensor's data ends) of the GGUF file held whole in `buf` (`size` bytes)."""
+    if len(buf) != size:
+        raise ValueError(f"the buffer holds {len(buf)} bytes, not the file's {size}")
+    header = gguf_header.walk(buf)
+    return header.version, header.data_bytes
 
 
 def check_gguf(path: Path, name: str = "") -> None:
-    """Magic, version, a readable header, and that every tensor's data lies inside the file."""
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        if fh.read(4) != b"GGUF":
-            fh.seek(0)
-            raise _corrupt(path, f"not a GGUF file (starts with {fh.read(4)!r})", name)
-        if size < 24:
-            raise _corrupt(path, f"a truncated GGUF file ({size} bytes)", name)
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            try:
-                _version, end = _gguf_extent(buf, size)
-            except struct.error:
-                raise _corrupt(path, "truncated: its header is cut short", name) from None
-            except ValueError as exc:
-                raise _corrupt(path, f"a corrupt GGUF file ({exc})", name) from None
-    if end > size:
-        raise _corrupt(path, f"truncated: its tensors need {end} bytes but the file has {size}", name)
+    """Magic, version, a readable header, and that every tensor's data lies inside the file.
+
+    The engine runs the same walk before its load (engines/llm.py), so both give one verdict.
+    """
+    try:
+        gguf_header.read(path)
+    except gguf_header.NotGGUF as exc:
+        raise _corrupt(path, f"not a GGUF file (starts with {exc.head!r})", name) from None
+    except gguf_header.Truncated as exc:
+        raise _corrupt(path, f"truncated: {exc}", name) from None
+    except gguf_header.HeaderError as exc:
+        raise _corrupt(path, f"a corrupt GGUF file ({exc})", name) from None
 
 
 def _ct2_end(fh: Any, size: int) -> int:
