@@ -3,13 +3,19 @@
 A llama.cpp build can crash the whole process with a segmentation fault on some CPUs (its AMX path on
 Intel Xeon hosts, issue 11): the user would see a bare "Segmentation fault" and lose the session. The
 first time a model is used with a given llama.cpp build on a given CPU, a child process loads it and
-generates two tokens; if the child dies from a signal, the user gets an error naming the cause and the
-way out instead. A passing check is remembered (keyed by model file, llama.cpp build and CPU), so it
+generates two tokens; if the child dies from a fault signal, the user gets an error naming the cause and
+the way out instead. A passing check is remembered (keyed by model file, llama.cpp build and CPU), so it
 costs one model load once, not every start.
+
+The child runs in its own session: a Ctrl-C at the terminal reaches the parent only, which kills the
+child at once (`check` on KeyboardInterrupt, `check_async` when its task is cancelled), so an
+interrupted check is neither a crash report nor a wait for the child to finish.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -17,6 +23,8 @@ import platform
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from voicecli import paths
@@ -50,30 +58,81 @@ def _stamp_dir() -> Path:
     return paths.data_dir() / "llama-checks"
 
 
-def check(model: Path, threads: int = 2) -> None:
-    """Raise EngineError if llama.cpp crashes running `model` on this machine (checked once per build/CPU)."""
+# A llama.cpp fault kills its process with one of these. Anything else (SIGINT from Ctrl-C, SIGTERM,
+# SIGKILL from the OOM killer) says nothing about this CPU.
+CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGILL, signal.SIGBUS, signal.SIGABRT})
+POLL_S = 0.1  # how often a probe run in a worker thread looks at its stop event
+
+
+def check(model: Path, threads: int = 2, stop: threading.Event | None = None) -> None:
+    """Raise EngineError if llama.cpp crashes running `model` on this machine (checked once per build/CPU).
+
+    The probe child runs in its own session, so a Ctrl-C at the terminal reaches only this process: a
+    KeyboardInterrupt here, or `stop` set by another thread (see `check_async`), kills the child at once
+    and ends the check without a verdict.
+    """
     if os.environ.get("VOICECLI_LLAMA_CHECK", "1") == "0":
         return
     stamp = _stamp_dir() / _key(model)
     if stamp.exists():
         return
-    cmd = _probe_command(model, threads)
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
-        return  # slow, not crashed: the in-process load reports its own errors
-    if done.returncode < 0:
-        sig = signal.Signals(-done.returncode).name
+    done = _run_probe(_probe_command(model, threads), stop)
+    if done is None:
+        return  # slow or stopped, not crashed: the in-process load reports its own errors
+    returncode, stderr = done
+    if returncode < 0 and -returncode in CRASH_SIGNALS:
+        sig = signal.Signals(-returncode).name
         raise EngineError(
             f"llama.cpp crashed ({sig}) running {model.name} on this CPU ({platform.processor() or 'x86'}); "
             "on Intel Xeon CPUs with AMX this is llama.cpp's AMX code path",
             hint="rebuild llama-cpp-python without it: `bash scripts/setup.sh` (it builds for this CPU without "
-            "AMX), or use another model (`voicecli models list`); details: " + done.stderr.strip()[-200:],
+            "AMX), or use another model (`voicecli models list`); details: " + stderr.strip()[-200:],
         )
-    if done.returncode == 0:
+    if returncode == 0:
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text(json.dumps({"model": str(model), "ok": True}))
-    # Any other failure (a bad file, say) is left to the in-process load, which explains it properly.
+    # Any other failure (a bad file, a signal from outside) is left to the in-process load, which explains it.
+
+
+async def check_async(model: Path, threads: int = 2) -> None:
+    """`check` off the event loop; cancelling the awaiting task kills the probe child at once."""
+    stop = threading.Event()
+    worker = asyncio.ensure_future(asyncio.to_thread(check, model, threads, stop))
+    try:
+        await asyncio.shield(worker)
+    except asyncio.CancelledError:
+        stop.set()
+        with contextlib.suppress(BaseException):
+            await worker  # returns within POLL_S, the child gone
+        raise
+
+
+def _run_probe(cmd: list[str], stop: threading.Event | None) -> tuple[int, str] | None:
+    """Run the probe child in its own session: (return code, stderr), or None when it timed out or was
+    stopped. Whatever ends the wait early (KeyboardInterrupt included) kills the child first."""
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while True:
+            try:
+                _, stderr = proc.communicate(timeout=POLL_S if stop is not None else TIMEOUT_S)
+                return proc.returncode, stderr
+            except subprocess.TimeoutExpired:
+                if (stop is not None and stop.is_set()) or time.monotonic() >= deadline:
+                    return None
+    finally:
+        if proc.returncode is None:
+            _kill(proc)
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL the child's whole session (llama.cpp's threads and anything it started), then reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # its session's group id is its pid
+    proc.communicate()
 
 
 def _probe_command(model: Path, threads: int) -> list[str]:
@@ -81,8 +140,6 @@ def _probe_command(model: Path, threads: int) -> list[str]:
 
 
 def _main(model: str, threads: int) -> None:
-    import asyncio
-
     from voicecli.engines.base import ChatMessage
     from voicecli.engines.llm import LlamaLLM
 
