@@ -89,16 +89,35 @@ class TurnMetrics:
 
 
 class LoopLagMonitor:
-    """Measures how late `asyncio.sleep` wakes: the worst stall of the event loop since the last `take()`."""
+    """How late `asyncio.sleep` wakes: the worst stall of the event loop since the last `take()`.
+
+    It samples only while active: a 20 ms timer while the session listens to silence would wake the
+    loop 50 times a second for nothing, undoing the capture's fewer wake-ups then (Capture.wake_every).
+    The session calls `active(True)` when a turn starts (anything but listening) and `active(False)`
+    when it is back to listening; `run()` waits without a timer while inactive.
+    """
 
     def __init__(self, interval_s: float = 0.02, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval_s = interval_s
         self._clock = clock
         self._worst = 0.0
         self.worst_ever = 0.0
+        self._on = asyncio.Event()  # bound to a loop at its first wait, so it may be made outside one
+
+    def active(self, on: bool) -> None:
+        """Sample the loop's lag (True) or stop sampling (False; a sample under way still counts)."""
+        if on:
+            self._on.set()
+        else:
+            self._on.clear()
+
+    @property
+    def is_active(self) -> bool:
+        return self._on.is_set()
 
     async def run(self) -> None:
         while True:
+            await self._on.wait()
             before = self._clock()
             await asyncio.sleep(self.interval_s)
             lag = max(0.0, self._clock() - before - self.interval_s)
