@@ -18,6 +18,7 @@ EventKind = Literal[
     "pause",  # early pause: speculative STT starts
     "resume",  # user spoke again after a pause: speculation discarded
     "discarded",  # a blip shorter than the minimum utterance
+    "turn_resumed",  # a barge-in's sound was discarded: the question it cut off is asked again; data: text
     "speech_end",  # t = end of the last voiced frame (ADC clock)
     "eou",  # end of user turn confirmed
     "stt_done",  # data: text, is_speech, compute_s, speculative

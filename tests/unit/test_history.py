@@ -228,3 +228,13 @@ def test_binary_search_keeps_the_same_turns_as_dropping_one_by_one(budget: int, 
         got.append(h.messages())
         h.add_assistant(reply)
     assert got == reference_prompts(budget, low_water, replies)
+
+
+def test_retract_turn_forgets_the_latest_question_and_its_reply() -> None:
+    h = History(SYSTEM, 1000, words)
+    h.add_user("hello")
+    h.add_assistant("hi there")
+    h.add_user("what time is it")
+    h.add_assistant("it is", interrupted=True)
+    h.retract_turn()
+    assert [m.content for m in h.messages()] == [SYSTEM, "hello", "hi there"]

@@ -59,6 +59,8 @@ def run_timeline(
     tts_cls: type[FakeTTS] = FakeTTS,
     stt_cls: type[FakeSTT] = FakeSTT,
     transcript: object = None,
+    vad: VadConfig = VAD,
+    timeout: float = 120,
 ) -> Rig:
     async def main() -> Rig:
         clock = SimClock()
@@ -77,16 +79,16 @@ def run_timeline(
             llm=llm,
             tts=tts,
             history=history,
-            vad_cfg=VAD,
+            vad_cfg=vad,
             talk_cfg=talk or TalkConfig(),
             emit=events.append,
             transcript=transcript,  # type: ignore[arg-type]
             clock=clock,
-            detector=TurnDetector(VAD, classifier=marker_classifier),
+            detector=TurnDetector(vad, classifier=marker_classifier),
         )
         rig = Rig(clock, speaker, stt, llm, tts, history, session, events)
         rig_ref.append(rig)
-        await asyncio.wait_for(session.run(), timeout=120)
+        await asyncio.wait_for(session.run(), timeout=timeout)
         return rig
 
     return asyncio.run(main())

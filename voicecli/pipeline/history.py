@@ -107,6 +107,12 @@ class History:
         """Forget the latest user message when its reply was cut off before a word was played: the user
         was still talking, and those words are sent again together with what they said next."""
         if self._turns and self._turns[-1].assistant is None:
+            self.retract_turn()
+
+    def retract_turn(self) -> None:
+        """Forget the latest turn, reply and all: its question is asked again (a barge-in that cut the reply
+        turned out to be a cough)."""
+        if self._turns:
             self._turns.pop()
             self._start = min(self._start, max(0, len(self._turns) - 1))
             self._view_count = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,7 @@ _REPLY_TIMINGS = (  # the TurnMetrics fields a reply fills in
     "max_clause_gap_s", "play_end",
 )  # fmt: skip
 _BLANK = TurnMetrics(0)
+_WORD = re.compile(r"\w+")
 
 Emit = Callable[..., None]  # (kind, t=None, turn_id=0, **data), the session's event emitter
 
@@ -94,6 +96,7 @@ class ReplyPipeline:
         self.started = False  # the sink was told a reply begins (so a cancel flushes it)
         self.spoken_any = False  # audio of this reply was queued for the speaker
         self._generated: list[str] = []  # the LLM's text as it came
+        self._speaker: asyncio.Task[None] | None = None  # synthesises and queues the clauses of `run`
         # The clauses say exactly what the LLM wrote (nothing dropped, cut, stripped or added): the history
         # may then keep its own words, token for token, and the next prompt reuses them from the KV cache.
         self.verbatim = True
@@ -144,15 +147,16 @@ class ReplyPipeline:
         return " ".join(text for _, _, text in self.clauses)
 
     def history_text(self, cut_short: bool) -> str:
-        """What the history keeps of this reply: what was heard, in the LLM's own text when the reply was
-        played whole and unchanged (markdown and spacing as it wrote them). The chunker's normalised text
-        tokenises differently, so keeping it would make llama.cpp prefill the whole previous reply again
-        with the next question (measured: 20-40 prompt tokens a turn, ~10 ms each for a 0.5B model)."""
+        """What the history keeps of this reply: the clauses that were played, in the LLM's own text when
+        that says exactly their words (markdown and spacing as it wrote them). The chunker's normalised
+        text tokenises differently, so keeping it would make llama.cpp prefill the whole previous reply
+        again with the next question (measured: 20-40 prompt tokens a turn, ~10 ms each for a 0.5B model).
+        A link's URL or a code block are words the user never heard: then the played clauses are kept."""
         heard = self.heard(cut_short)
         if cut_short or not self.verbatim or self.stream is None:
             return heard
         generated = "".join(self._generated).strip()
-        return generated if normalise(generated) == heard else heard
+        return generated if _WORD.findall(generated) == _WORD.findall(heard) else heard
 
     def play_start(self) -> float | None:
         return self.sink.play_start(self.turn_id) if self.started else None
@@ -179,7 +183,7 @@ class ReplyPipeline:
         self.stream = stream
         self.metrics.llm_request = self.clock()
         clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=CLAUSE_QUEUE)
-        speaker = asyncio.create_task(self._speak(clauses))
+        speaker = self._speaker = asyncio.create_task(self._speak(clauses))
         # The first clause may be a single word ("Sure,"): it starts the speaker ~5 tokens sooner.
         chunker = ClauseChunker(first_min_words=1, first_soft_words=self.first_soft_words or None)
         guard = ReplyGuard(max_words=self.max_reply_words)
@@ -221,7 +225,7 @@ class ReplyPipeline:
                 for clause in [*chunker.finish(), APOLOGY]:
                     await self._queue_clause(clauses, clause)
             self._record_llm_stats(stream)
-            await clauses.put(None)
+            await self._put(clauses, None)
             await speaker
             await self._begin()  # a reply with nothing to say still begins and ends at the sink
             self.sink.end_reply()
@@ -230,10 +234,13 @@ class ReplyPipeline:
             self._emit("play_end", t=self.metrics.play_end)
             return True
         finally:
+            self._speaker = None
             if not speaker.done():
                 speaker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await speaker
+            elif not speaker.cancelled():
+                speaker.exception()  # raised above or superseded by the reply's own end: seen, not lost
 
     # ---- stages -------------------------------------------------------------------------------------------
     async def _begin(self) -> None:
@@ -270,7 +277,25 @@ class ReplyPipeline:
             m.first_clause = self.clock()
             self._emit("first_clause", text=clause)
         self._emit("clause", text=clause, index=index)
-        await q.put(clause)
+        await self._put(q, clause)
+
+    async def _put(self, q: asyncio.Queue[str | None], item: str | None) -> None:
+        """Queue for the speaker task, watching it: one that died (a bug in the TTS or the sink) would leave
+        the reply blocked on a full queue for ever. Its exception ends the reply instead."""
+        speaker = self._speaker
+        if speaker is None:
+            await q.put(item)
+            return
+        put = None if speaker.done() else asyncio.ensure_future(q.put(item))
+        if put is not None:
+            try:
+                await asyncio.wait([put, speaker], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                put.cancel()
+            if put.done() and not put.cancelled():
+                return
+        speaker.result()  # raises what killed it
+        raise RuntimeError("the speaker task ended before the reply")
 
     def _record_llm_stats(self, stream: LLMStream) -> None:
         m, st = self.metrics, stream.stats
@@ -294,7 +319,7 @@ class ReplyPipeline:
     async def _speak(self, q: asyncio.Queue[str | None]) -> None:
         """Synthesise clauses in order and queue their audio; runs ahead of the speaker by the ring's size."""
         rate = self.sink.rate
-        pos = 0
+        pos = self.clauses[-1][1] if self.clauses else 0  # an apology after a failed reply follows its audio
         index = 0
         while (clause := await q.get()) is not None:
             try:

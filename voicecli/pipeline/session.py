@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import enum
 import time
+import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,9 +40,10 @@ from voicecli.pipeline.history import History
 from voicecli.pipeline.metrics import LoopLagMonitor, TurnMetrics
 from voicecli.pipeline.ports import AudioSink, FrameLike, FrameSource
 from voicecli.pipeline.reply import APOLOGY, CONFUSED, ReplyPipeline, played_text
-from voicecli.pipeline.speculation import Speculation, joined
+from voicecli.pipeline.speculation import Speculation
 from voicecli.pipeline.transcript import Transcript as TranscriptFile
 from voicecli.pipeline.turn import TurnLifecycle
+from voicecli.pipeline.utterance import TurnInput, UtteranceAssembler, joined
 
 __all__ = ["APOLOGY", "CONFUSED", "STT_APOLOGY", "Session", "State", "played_text"]
 
@@ -64,7 +66,7 @@ class TurnContext:
     lifecycle: TurnLifecycle
     reply: ReplyPipeline
     task: asyncio.Task[None] | None = None
-    audio: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
+    input: TurnInput = field(default_factory=TurnInput)
     user_text: str = ""
     user_added: bool = False
     interrupted: bool = False
@@ -137,13 +139,8 @@ class Session:
         self._lag = LoopLagMonitor(clock=clock)
         self._frame_count = 0
         self._overruns_seen = 0
-        # Audio of a turn cut off before it said anything: the user was still talking, so it is
-        # transcribed again together with what they said next.
-        self._pending_carry: npt.NDArray[np.float32] | None = None
-        # Chunks of a monologue cut at max_utterance_s, transcribed while the user goes on talking;
-        # answered together once they stop.
-        self._parts: list[asyncio.Task[Transcript]] = []
-        self._parts_cut_at = 0.0
+        # Monologue pieces and the input of turns cut off by a barge-in, until a turn answers them.
+        self._input = UtteranceAssembler(self._transcribe)
         self._hangover_s = vad_cfg.hangover_ms / 1000.0
         self._unfinished_extra_ms = vad_cfg.unfinished_extra_ms
 
@@ -188,6 +185,7 @@ class Session:
             self._cancel_turn(self._turn, reason="shutdown")
         if self._spec is not None:
             self._spec.cancel("shutdown", self.clock())
+        self._input.clear()
         if self._last_task is not None:
             await asyncio.wait([self._last_task], timeout=1.0)
 
@@ -205,12 +203,14 @@ class Session:
         for ev in self.detector.process(frame.pcm, frame.t):
             self._on_vad(ev)
         if (
-            self._parts
+            self._input.monologue
+            and self._turn is None
             and self.detector.state is vad.State.SILENCE
-            and frame.t - self._parts_cut_at >= self._hangover_s
+            and frame.t - self._input.cut_at >= self._hangover_s
         ):
             # The monologue was cut exactly where the user stopped: answer what was transcribed.
-            self._start_turn(None, speech_start=self._parts_cut_at, speech_end=self._parts_cut_at)
+            cut_at = self._input.cut_at
+            self._start_turn(self._input.take(None), speech_start=cut_at, speech_end=cut_at)
         if self._barge_onset is not None and self._turn is not None and self._barge_ready(frame.t + 0.02):
             self._barge_in(decided=frame.t + 0.02)
 
@@ -255,7 +255,7 @@ class Session:
             self._barge_onset = None
             self._drop_speculation()
             if self._turn is None:
-                self._set_state(State.LISTENING)
+                self._sound_discarded(ev.t)
         elif isinstance(ev, vad.Utterance):
             self._on_utterance(ev)
 
@@ -284,6 +284,8 @@ class Session:
             self._prepare_reply(spec, tr.text)
 
     def _prepare_reply(self, spec: Speculation, text: str) -> None:
+        if self._input.pending:  # the turn will ask with earlier words too: this reply could never be used
+            return
         prompt = self.history.preview_user(text)
         if prompt is None:  # the history will be trimmed first: the turn asks itself
             return
@@ -331,8 +333,7 @@ class Session:
             # Max length reached while the user is still talking: transcribe this chunk now, answer later.
             self._emit("eou", t=ev.t_confirmed, forced=True, audio_s=len(ev.audio) / 16000.0)
             self._drop_speculation()
-            self._parts.append(asyncio.create_task(self._transcribe(ev.audio)))
-            self._parts_cut_at = ev.t_speech_end
+            self._input.add_piece(ev.audio, ev.t_speech_end)
             return
         now = self.clock()
         if self._turn is not None:
@@ -356,39 +357,35 @@ class Session:
             self._emit("discarded", t=ev.t_confirmed, reason="not the user", duration_s=ev.t_speech_end - ev.t_start)
             self._barge_onset = None
             self._drop_speculation()
-            self._set_state(State.LISTENING)
+            self._sound_discarded(ev.t_confirmed)
             return
         self._barge_onset = None
-        self._start_turn(ev.audio, ev.t_start, ev.t_speech_end, forced=ev.forced)
+        self._start_turn(self._input.take(ev.audio), ev.t_start, ev.t_speech_end, forced=ev.forced)
 
-    def _start_turn(
-        self,
-        audio: npt.NDArray[np.float32] | None,
-        speech_start: float,
-        speech_end: float,
-        forced: bool = False,
-    ) -> None:
+    def _sound_discarded(self, t: float) -> None:
+        """A sound that was no turn ended: the question a barge-in on it cut off is asked again now."""
+        cut = self._input.sound_discarded()
+        if cut is None:
+            self._set_state(State.LISTENING)
+        else:
+            self._emit("turn_resumed", t=t, text=cut.text or "")
+            self._start_turn(cut, speech_start=t, speech_end=t)
+
+    def _start_turn(self, inp: TurnInput, speech_start: float, speech_end: float, forced: bool = False) -> None:
         now = self.clock()
         turn_id = self._next_turn_id
         self._next_turn_id += 1
         m = TurnMetrics(turn_id, speech_start=speech_start, speech_end=speech_end, eou=now)
         self._emit("speech_end", t=speech_end, turn_id=turn_id)
-        n = 0 if audio is None else len(audio)
-        self._emit("eou", t=now, turn_id=turn_id, forced=forced, audio_s=n / 16000.0)
+        self._emit("eou", t=now, turn_id=turn_id, forced=forced, audio_s=inp.audio_s)
         spec = self._spec
         self._spec = None
-        parts, self._parts = self._parts, []
-        if audio is None:
-            audio = np.zeros(0, np.float32)
-        elif self._pending_carry is not None:
-            audio = np.concatenate([self._pending_carry, audio])
-            self._pending_carry = None
-            if spec is not None:
-                self._drop_speculation(spec)
-            spec = None
-        stt_task: Awaitable[Transcript]
+        stt_task: Awaitable[Transcript] | None = None
         used: Speculation | None = None
-        if spec is not None and not spec.task.cancelled():
+        if inp.text is not None:
+            stt_task = _known(inp)  # asked again: its transcript is in already
+            lifecycle = TurnLifecycle.confirmed(now)
+        elif spec is not None and not inp.joined_carry and not spec.task.cancelled() and len(inp.audio):
             stt_task = spec.task  # the audio after the pause was silence: the speculative result stands
             m.stt_speculative = True
             used = spec
@@ -396,11 +393,16 @@ class Session:
             lifecycle.confirm(now)
         else:
             lifecycle = TurnLifecycle.confirmed(now)
-            if len(audio):
-                stt_task = asyncio.create_task(self._transcribe(audio))
-        if parts:
-            stt_task = joined([*parts, stt_task] if len(audio) else parts)
-        ctx = TurnContext(turn_id, m, lifecycle, self._new_reply(turn_id, m, lifecycle), audio=audio, spec=used)
+            if len(inp.audio):
+                stt_task = asyncio.create_task(self._transcribe(inp.audio))
+        if spec is not None and used is None:
+            self._drop_speculation(spec)
+        if inp.pieces and inp.text is None:
+            stt_task = joined(inp.pieces, stt_task)
+        if stt_task is None:
+            self._set_state(State.LISTENING)
+            return
+        ctx = TurnContext(turn_id, m, lifecycle, self._new_reply(turn_id, m, lifecycle), input=inp, spec=used)
         self._turn = ctx
         self.turns_started += 1
         prev = self._last_task
@@ -437,9 +439,9 @@ class Session:
             ctx.spec.drop_reply()
         if ctx.task is not None:
             ctx.task.cancel()
-        if not ctx.reply.spoken_any and reason == "barge_in":
-            # Nothing was said yet: the user was still talking. Their words join the next utterance.
-            self._pending_carry = ctx.audio
+        if reason == "barge_in":
+            # Their words join the next utterance, or are asked again if the barge-in was a false alarm.
+            self._input.carry(ctx.input, ctx.user_text, spoken=ctx.reply.spoken_any)
         if self._turn is ctx:
             self._turn = None
 
@@ -454,6 +456,8 @@ class Session:
         try:
             if prev is not None and not prev.done():
                 await asyncio.wait([prev])  # the previous turn's RESET lands in the history first
+            if ctx.input.resumes:
+                self.history.retract_turn()  # the cut answer gives way to the whole one
             tr = await stt_task
             m.stt_done = self.clock()
             m.stt_compute_s = tr.compute_s
@@ -485,15 +489,10 @@ class Session:
             answered = await self._reply(ctx)
         except asyncio.CancelledError:
             ctx.interrupted = True
-        except EngineError as exc:
-            # STT failed (timeout, a worker that died twice) or the LLM refused to start: say so out loud,
-            # record it, and keep listening; never end the turn silently.
-            ctx.error = exc.message
-            self._emit("error", turn_id=ctx.turn_id, message=exc.message, hint=exc.hint)
-            try:
-                answered = await ctx.reply.say(APOLOGY if ctx.user_added else STT_APOLOGY)
-            except asyncio.CancelledError:
-                ctx.interrupted = True
+        except Exception as exc:
+            # STT failed (timeout, a worker that died twice), the LLM refused to start, or a bug: say so out
+            # loud, record it, and keep listening; never end the turn silently.
+            answered = await self._apologise(ctx, exc)
         finally:
             try:
                 self._finish_turn(ctx, answered)
@@ -502,6 +501,22 @@ class Session:
                 if self._turn is ctx:
                     self._turn = None
                     self._set_state(State.LISTENING)
+
+    async def _apologise(self, ctx: TurnContext, exc: Exception) -> bool:
+        if isinstance(exc, EngineError):
+            ctx.error, hint, trace = exc.message, exc.hint, ""
+        else:
+            ctx.error, hint = f"unexpected {type(exc).__name__}: {exc}", "this is a bug: please report it"
+            trace = "".join(traceback.format_exception(exc))
+        extra: dict[str, Any] = {"traceback": trace} if trace else {}
+        self._emit("error", turn_id=ctx.turn_id, message=ctx.error, hint=hint, **extra)
+        try:
+            return await ctx.reply.say(APOLOGY if ctx.user_added else STT_APOLOGY)
+        except asyncio.CancelledError:
+            ctx.interrupted = True
+        except Exception as again:  # the speaker itself is broken: the turn still ends, and says why
+            self._emit("error", turn_id=ctx.turn_id, message=f"could not apologise: {again!r}")
+        return False
 
     def _new_reply(self, turn_id: int, metrics: TurnMetrics, lifecycle: TurnLifecycle) -> ReplyPipeline:
         def speaking(turn_id: int) -> None:
@@ -587,6 +602,10 @@ class Session:
         if self._turn is ctx:
             self._turn = None
             self._set_state(State.LISTENING)
+
+
+async def _known(inp: TurnInput) -> Transcript:
+    return Transcript(text=inp.text or "", is_speech=True, audio_s=inp.audio_s)
 
 
 def _verdict_fields(verdict: Any) -> dict[str, Any]:
