@@ -1,45 +1,26 @@
 """A language model on another machine, through the OpenAI chat-completions API with streaming.
 
-Works with llama.cpp's `llama-server`, `python -m llama_cpp.server`, Ollama and vLLM (anything that serves
-`GET /v1/models` and `POST /v1/chat/completions` with `stream: true`). Same `LanguageModel` protocol as the
-local llama.cpp adapter, so the chunker, the TTS and barge-in are unchanged.
+Works with `llama-server`, `python -m llama_cpp.server`, Ollama and vLLM (anything that serves `GET /v1/models`
+and `POST /v1/chat/completions` with `stream: true`), behind the same `LanguageModel` protocol as the local model.
 
-HTTP client: the standard library (`http.client`), one worker thread per reply. Measured against httpx 0.28's
-AsyncClient (reading on the event loop) with the same SSE parsing, on 2 cores (Intel Xeon, KVM) next to a loop
-that is busy 10% of the time like the session's, against a local SSE server that stamps every delta:
-* latency from the server writing a delta to the loop holding it, 100 deltas/s, 3 runs each: p50 0.29-0.41 ms
-  (stdlib) against 0.45-0.65 ms (httpx), p95 about the same (2.0-3.3 ms against 1.7-5.2 ms); process CPU per
-  delta 1.20-1.37 ms against 1.36-1.64 ms (both including the busy loop); in a burst both ~30 us per delta.
-* cancel() -> the server sees the connection closed: p50 0.2 ms, max 2 ms (stdlib: `socket.shutdown` right
-  inside cancel(), from any thread, whatever the loop is doing) against p50 0.9 ms, max 7 ms (httpx: the read
-  task must be cancelled on the loop first; a loop blocked elsewhere delays it further).
-* no new dependency (httpx is not one of voicecli's), and no HTTP_PROXY silently rerouting a LAN address (httpx
-  honours it by default).
+HTTP: httpx's AsyncClient and httpx-sse on the event loop, measured before the switch against a hand-written
+`http.client` reader thread (2 cores, loop busy 10%): 0.45-0.65 ms from the server writing a delta to the loop
+holding it (against 0.29-0.41 ms), 0.9 ms from cancel() to the server seeing the connection close (against 0.2):
+noise next to a 100-200 ms first token and a 100 ms barge-in decision. No proxy from the environment (a LAN
+address must not go through HTTP_PROXY) and no keep-alive (a connection the server closed while idle must not
+fail a reply). A reply is a task that queues text deltas and waits once QUEUE_DELTAS are unread (TCP then slows
+the server); cancel() cancels it, which closes the response, and servers stop generating at their next token.
 
-Streaming: the worker reads the server-sent events line by line and hands each text delta to the loop through
-a bounded handoff (QUEUE_DELTAS credits; the worker waits when they are used up, and TCP then slows the
-server down). Cancellation (barge-in): a stop flag plus `shutdown(SHUT_RDWR)` on the socket, so the blocked
-read returns at once and the server sees the client go away within a delta; servers stop generating when they
-find the client gone (llama_cpp.server at its next token: 3 ms after cancel(), checked in
-tests/integration/test_remote_llm.py; the others in docs/remote-llm.md). Queued deltas are dropped.
+Faults are EngineErrors with the server's own text, raised at start or, after it, from the stream's iteration
+(never from chat()): unreachable, unknown model (lists the ones it has), HTTP 4xx/5xx (MAX_ERROR_BYTES of the
+body read), no first token within `timeout_s`, no text delta within `timeout_s` of the previous one (SSE
+comments such as llama_cpp.server's 15 s pings do not count), a line over MAX_LINE_BYTES, a connection lost.
 
-Faults (each an EngineError with the server's own text when it sent one): unreachable at start (names the URL
-and what to check), a model the server does not have (lists the ones it has), HTTP 4xx/5xx, no first token
-within `timeout_s` (also the longest silence allowed between two deltas), the connection lost mid-reply. After
-start every fault is raised from the stream's iteration, never from chat(): the session speaks what was ready
-plus an apology and the next turn tries again on a fresh connection.
-
-Token budget without the local tokenizer: `count_tokens` never touches the network (History calls it on the
-event loop). It adds per-message content counts and a per-message template overhead:
-* content: exact counts from the server's tokenizer when it has one (llama-server `POST /tokenize`, vLLM
-  `POST /tokenize`, llama_cpp.server `POST /extras/tokenize/count`), fetched after each reply for the messages
-  not counted yet, off the critical path; otherwise chars / chars-per-token x 1.15. Chars-per-token starts at
-  3.5 and is learned from the exact counts, or, without a tokenizer, from the prompt sizes the server reports.
-* overhead per message: learned from `usage.prompt_tokens` (always in the non-streamed warm-up's answer, and in
-  the last chunk of a stream with `stream_options.include_usage` where the server supports it).
-LLMStats: prompt and completion tokens from the server's `usage` when it sends one (else this estimate and the
-number of deltas); `prompt_tokens_evaluated` from llama-server's `timings` or `usage.prompt_tokens_details`
-(else it is the whole prompt: cache reuse unknown).
+Token budget: `count_tokens` never touches the network. Content counts are exact where the server's tokenizer
+gave them (llama-server and vLLM `POST /tokenize`, llama_cpp.server `POST /extras/tokenize/count`, asked after
+each reply, off the critical path), else chars / chars-per-token x 1.15; chars-per-token (3.5 at first) is
+learned from exact counts or the prompt sizes the server reports. The template overhead per message is learned
+from `usage.prompt_tokens` (the warm-up's answer; a stream's last chunk with `stream_options.include_usage`).
 
 The API key goes only into the Authorization header: never into a message, a log line, an event or repr().
 """
@@ -48,20 +29,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import json
 import math
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from voicecli.engines.base import ChatMessage, DeltaStream
-from voicecli.engines.llm import QUEUE_DELTAS, Sampling
+import httpx
+from httpx_sse import EventSource, ServerSentEvent, SSEError, aconnect_sse
+
+from voicecli.engines.base import QUEUE_DELTAS, ChatMessage, DeltaStream, LLMStats, Sampling
 from voicecli.errors import EngineError
 
 CONNECT_TIMEOUT_S = 5.0  # TCP connect (and the /models request at start)
@@ -70,9 +51,11 @@ TOKENIZE_TIMEOUT_S = 2.0
 CHARS_PER_TOKEN = 3.5  # a conservative start for English with a BPE vocabulary
 ESTIMATE_MARGIN = 1.15  # estimates err on the large side: the budget is a ceiling
 OVERHEAD_PER_MESSAGE = 8.0  # template tokens around one message (ChatML takes 5) until the server tells
+MAX_LINE_BYTES = 1 << 20  # one SSE line; a delta's is under 1 KiB, so more is a server streaming junk
+MAX_ERROR_BYTES = 8 << 10  # of an error body: the server's message is at its start
+MAX_JSON_BYTES = 16 << 20  # of a plain answer (a big server's /models list)
 _MAX_EXACT = 512  # texts whose exact token count is remembered
 _MAX_TOKENIZE_PER_TURN = 4
-PUT_SLICE_S = 0.25  # how often a worker waiting for the reader checks that one is still there
 _ERROR_TEXT = 400  # characters of a server's error text kept in a message
 _END = object()
 
@@ -81,6 +64,16 @@ CHECK_SERVER = (
     "--port 8080, `ollama serve`, `vllm serve MODEL`), that no firewall blocks the port, and that the URL "
     "ends in /v1; see docs/remote-llm.md"
 )
+RETRY_HINT = "is the server still running? its log says why; the next turn tries again"
+STALL_HINT = (
+    "the server is overloaded, stuck or loading a model: the turn is abandoned and the next one tries again; "
+    "raise llm.timeout_s for a slow server"
+)
+CUT_HINT = (
+    "another request may have interrupted it (python -m llama_cpp.server does that unless started with "
+    "--interrupt_requests False); the next turn tries again"
+)
+API_HINT = "check that --llm-url points at an OpenAI-compatible API root, e.g. http://HOST:8080/v1"
 
 
 @dataclass(frozen=True)
@@ -96,6 +89,10 @@ class Endpoint:
     @property
     def root(self) -> str:
         return self.base[: -len("/v1")] if self.base.endswith("/v1") else ""
+
+    @property
+    def origin(self) -> str:
+        return self.url[: -len(self.base)]
 
 
 def parse_url(url: str) -> Endpoint:
@@ -128,6 +125,10 @@ class _HTTPStatusError(Exception):
         self.status, self.reason, self.text = status, reason, text
 
 
+class _LineTooLong(Exception):
+    pass
+
+
 def _error_text(body: bytes) -> str:
     """The server's own words from an error body: OpenAI's {"error": {"message"}}, FastAPI's {"detail"}, ..."""
     raw = body.decode("utf-8", errors="replace").strip()
@@ -143,6 +144,69 @@ def _error_text(body: bytes) -> str:
             text = err if isinstance(err, str) else json.dumps(err)
             return text.strip()[:_ERROR_TEXT]
     return raw[:_ERROR_TEXT]
+
+
+def delta_text(content: object) -> str:
+    """The text of a delta's `content`: a string, or content parts ([{"type": "text", "text": ...}]) as some
+    servers send. Parts that carry no text add nothing; a value that is neither raises ValueError."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    texts: list[str] = []
+    for part in content if isinstance(content, list) else [content]:
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, dict):
+            text = part.get("text")
+            if part.get("type", "text") == "text" and isinstance(text, str):
+                texts.append(text)
+        else:
+            raise ValueError(f"delta content {content!r:.80} is neither text nor content parts")
+    return "".join(texts)
+
+
+async def _read_capped(resp: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """At most `limit` bytes of the body, and whether there was more: an endless body must not hold the turn
+    or fill memory."""
+    body = bytearray()
+    async for chunk in resp.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            return bytes(body[:limit]), True
+    return bytes(body), False
+
+
+async def _status_error_of(resp: httpx.Response) -> _HTTPStatusError:
+    body, _ = await _read_capped(resp, MAX_ERROR_BYTES)
+    return _HTTPStatusError(resp.status_code, resp.reason_phrase, _error_text(body))
+
+
+class _BoundedLines(httpx.AsyncByteStream):
+    """A response body that fails once a line grows past `limit` bytes: httpx-sse buffers each line whole, so a
+    server streaming without newlines would fill memory until the deadline."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, limit: int) -> None:
+        self._inner, self._limit = inner, limit
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        run = 0  # bytes since the last line end
+        async for chunk in self._inner:
+            end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
+            run = run + len(chunk) if end < 0 else len(chunk) - end - 1
+            if run > self._limit:
+                raise _LineTooLong
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The OS or TLS error under httpx's and httpcore's wrappers (and anyio's "all attempts failed")."""
+    while True:
+        under = e.exceptions[0] if isinstance(e, BaseExceptionGroup) else e.__cause__ or e.__context__
+        if under is None:
+            return e
+        e = under
 
 
 class RemoteLLM:
@@ -168,12 +232,12 @@ class RemoteLLM:
         self.models: list[str] = []  # what the server lists (after start)
         self.tokenizer = ""  # the tokenize endpoint found at start ("" = none: estimates only)
         self._started = False
+        self._http: httpx.AsyncClient | None = None
         self._current: RemoteStream | None = None
-        self._workers: set[threading.Thread] = set()
-        self._turn = 0  # chat() calls so far (written on the loop only)
-        self._tokenize_lock = threading.Lock()  # held around each background tokenize request
-        # token accounting (see the module docstring): written by worker threads under _count_lock, read on the loop
-        self._count_lock = threading.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()  # replies and background token counts
+        self._turn = 0  # chat() calls so far
+        self._tokenize_lock = asyncio.Lock()  # held around each background tokenize request
+        # token accounting (see the module docstring)
         self._exact: dict[str, int] = {}
         self._chars = 0.0  # texts counted so far: characters and tokens, for chars-per-token
         self._tokens = 0.0
@@ -187,9 +251,14 @@ class RemoteLLM:
     # --- LanguageModel ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if not self._started:
-            await asyncio.to_thread(self._start)
-            self._started = True
+        if self._started:
+            return
+        try:
+            await self._start()
+        except BaseException:
+            await self._close_client()
+            raise
+        self._started = True
 
     def chat(self, messages: Sequence[ChatMessage], max_tokens: int = 256) -> RemoteStream:
         """Start streaming a reply; a previous stream still running is cancelled first. Network faults come
@@ -202,12 +271,8 @@ class RemoteLLM:
         self._turn += 1  # background token counting of the previous turn gives way (see _count_exactly)
         stream = RemoteStream(asyncio.get_running_loop())
         stream.stats.prompt_tokens = self.count_tokens(msgs)
-        worker = threading.Thread(
-            target=self._generate, args=(stream, msgs, max_tokens, self._turn), name="remote-llm", daemon=True
-        )
-        self._workers.add(worker)
+        stream.attach(self._spawn(self._pump(stream, msgs, max_tokens, self._turn)))
         self._current = stream
-        worker.start()
         return stream
 
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
@@ -219,14 +284,12 @@ class RemoteLLM:
     async def close(self) -> None:
         if self._current is not None:
             self._current.cancel()
-        workers = list(self._workers)
-        if workers:
-
-            def join() -> None:
-                for w in workers:
-                    w.join(1.0)
-
-            await asyncio.to_thread(join)
+        if self._tasks:
+            _, pending = await asyncio.wait(list(self._tasks), timeout=1.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self._close_client()
 
     # --- token accounting ---------------------------------------------------------------------
 
@@ -243,78 +306,114 @@ class RemoteLLM:
         return math.ceil(len(text) / self.chars_per_token * ESTIMATE_MARGIN)
 
     def _learn_exact(self, text: str, tokens: int) -> None:
-        with self._count_lock:
-            if text in self._exact:
-                return
-            if len(self._exact) >= _MAX_EXACT:
-                self._exact.pop(next(iter(self._exact)))
-            self._exact[text] = tokens
-            self._chars += len(text)
-            self._tokens += tokens
+        if text in self._exact:
+            return
+        if len(self._exact) >= _MAX_EXACT:
+            self._exact.pop(next(iter(self._exact)))
+        self._exact[text] = tokens
+        self._chars += len(text)
+        self._tokens += tokens
 
     def _learn_usage(self, messages: Sequence[ChatMessage], prompt_tokens: int) -> None:
         """The server counted the whole prompt: correct the template overhead (all contents counted exactly) or
         chars-per-token (some estimated)."""
         if not messages or prompt_tokens <= 0:
             return
-        with self._count_lock:
-            counts = [self._exact.get(m.content) for m in messages]
-            known = sum(c for c in counts if c is not None)
-            unknown = [m.content for m, c in zip(messages, counts, strict=True) if c is None]
-            if not unknown:
-                self._per_message = max(0.0, (prompt_tokens - known) / len(messages))
-                return
-            content = prompt_tokens - known - self._per_message * len(messages)
-            chars = sum(len(t) for t in unknown)
-            if content > 0 and chars > 0 and not self.tokenizer:
-                self._chars += chars
-                self._tokens += content
+        counts = [self._exact.get(m.content) for m in messages]
+        known = sum(c for c in counts if c is not None)
+        unknown = [m.content for m, c in zip(messages, counts, strict=True) if c is None]
+        if not unknown:
+            self._per_message = max(0.0, (prompt_tokens - known) / len(messages))
+            return
+        content = prompt_tokens - known - self._per_message * len(messages)
+        chars = sum(len(t) for t in unknown)
+        if content > 0 and chars > 0 and not self.tokenizer:
+            self._chars += chars
+            self._tokens += content
 
-    # --- worker threads -----------------------------------------------------------------------
+    async def _count_exactly(self, messages: list[ChatMessage], reply: str, reported: int, turn: int) -> None:
+        """After a reply, off the critical path: exact counts for the texts of this prompt and for the reply (the
+        next turn's history), then the template overhead from the server's prompt size.
 
-    def _headers(self, stream: bool = False) -> dict[str, str]:
-        h = {"Content-Type": "application/json", "User-Agent": "voicecli"}
-        if stream:
-            h["Accept"] = "text/event-stream"
-        if self._api_key:
-            h["Authorization"] = f"Bearer {self._api_key}"
-        return h
+        Never while a chat request is under way: llama_cpp.server (with its default --interrupt_requests) ends
+        the reply it is streaming as soon as another request arrives. A newer chat() stops this, and its request
+        waits for a tokenize request in flight (`_tokenize_lock`) before it is sent."""
+        texts = [m.content for m in messages if m.content not in self._exact] + [reply]
+        for text in texts[-_MAX_TOKENIZE_PER_TURN:] if self.tokenizer else []:
+            async with self._tokenize_lock:
+                if self._turn != turn:
+                    return
+                count = await self._tokenize(text) if text else None
+            if count is not None:
+                self._learn_exact(text, count)
+        if reported and self._turn == turn:
+            self._learn_usage(messages, reported)
 
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        ep = self.endpoint
-        if ep.scheme == "https":
-            return http.client.HTTPSConnection(ep.host, ep.port, timeout=timeout, context=ssl.create_default_context())
-        return http.client.HTTPConnection(ep.host, ep.port, timeout=timeout)
+    # --- HTTP ---------------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, body: Any, timeout: float) -> Any:
-        """One plain JSON request. Raises _HTTPStatusError for a non-2xx answer, OSError for network faults."""
-        conn = self._connection(timeout)
-        try:
-            data = None if body is None else json.dumps(body).encode("utf-8")
-            conn.request(method, path, data, self._headers())
-            resp = conn.getresponse()
-            raw = resp.read()
-            if not 200 <= resp.status < 300:
-                raise _HTTPStatusError(resp.status, resp.reason, _error_text(raw))
+    @property
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            headers = {"User-Agent": "voicecli", "Accept-Encoding": "identity"}  # byte caps count what is read
+            if self._api_key:
+                headers["Authorization"] = f"Bearer {self._api_key}"
+            self._http = httpx.AsyncClient(
+                headers=headers,
+                verify=ssl.create_default_context(),  # the system's CA store, as curl and the browser use
+                trust_env=False,
+                limits=httpx.Limits(max_keepalive_connections=0),
+            )
+        return self._http
+
+    async def _close_client(self) -> None:
+        client, self._http = self._http, None
+        if client is not None:
+            await client.aclose()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _request(self, method: str, path: str, body: Any, timeout: float) -> Any:
+        """One plain JSON request, `timeout` s in all. Raises _HTTPStatusError for a non-2xx answer,
+        httpx.HTTPError or TimeoutError for network faults, ValueError for an answer that is not JSON."""
+        async with (
+            asyncio.timeout(timeout),
+            self._client.stream(
+                method,
+                self.endpoint.origin + path,
+                json=body,
+                timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_S),
+            ) as resp,
+        ):
+            if not resp.is_success:
+                raise await _status_error_of(resp)
+            raw, more = await _read_capped(resp, MAX_JSON_BYTES)
+            if more:
+                raise ValueError(f"the answer is longer than {MAX_JSON_BYTES} bytes")
             return json.loads(raw)
-        finally:
-            conn.close()
+
+    def _fault(self, what: str, hint: str) -> EngineError:
+        return EngineError(f"the LLM server at {self.url} {what}", hint=hint)
 
     def _redact(self, text: str) -> str:
         """A server's own words, minus the API key should it echo it back."""
         return text.replace(self._api_key, "***") if self._api_key else text
 
     def _unreachable(self, e: BaseException, doing: str) -> EngineError:
-        if isinstance(e, socket.gaierror):
+        cause = _root_cause(e)
+        if isinstance(cause, socket.gaierror):
             why = f"the host name {self.endpoint.host!r} does not resolve"
-        elif isinstance(e, ConnectionRefusedError):
+        elif isinstance(cause, ConnectionRefusedError):
             why = "connection refused (nothing listens on that port)"
-        elif isinstance(e, TimeoutError):
+        elif isinstance(e, TimeoutError | httpx.TimeoutException) or isinstance(cause, TimeoutError):
             why = f"no answer within {CONNECT_TIMEOUT_S:g} s"
-        elif isinstance(e, ssl.SSLError):
-            why = f"TLS failed ({e.reason or e})"
+        elif isinstance(cause, ssl.SSLError):
+            why = f"TLS failed ({cause.reason or cause})"
         else:
-            why = f"{type(e).__name__}: {e}"
+            why = f"{type(cause).__name__}: {cause}"
         return EngineError(f"cannot reach the LLM server at {self.url} ({doing}): {why}", hint=CHECK_SERVER)
 
     def _status_error(self, e: _HTTPStatusError, doing: str) -> EngineError:
@@ -329,23 +428,11 @@ class RemoteLLM:
         text = f": {self._redact(e.text)}" if e.text else ""
         return EngineError(f"the LLM server at {self.url} answered {e.status} {e.reason} to {doing}{text}", hint=hint)
 
-    def _start(self) -> None:
+    # --- start --------------------------------------------------------------------------------
+
+    async def _start(self) -> None:
         t0 = time.monotonic()
-        base = self.endpoint.base
-        try:
-            listing = self._request("GET", f"{base}/models", None, CONNECT_TIMEOUT_S)
-        except _HTTPStatusError as e:
-            if e.status == 404 and self.model:
-                listing = None  # a server that lists nothing: trust the name given
-            else:
-                raise self._status_error(e, "GET /models") from None
-        except (OSError, http.client.HTTPException) as e:
-            raise self._unreachable(e, "GET /models") from None
-        except ValueError:
-            raise EngineError(
-                f"{self.url} does not answer like an OpenAI-compatible server (GET /models is not JSON)",
-                hint="point --llm-url at the API root, e.g. http://HOST:8080/v1",
-            ) from None
+        listing = await self._list_models()
         if listing is not None:
             data = listing.get("data") if isinstance(listing, dict) else None
             self.models = [str(m.get("id")) for m in data or [] if isinstance(m, dict) and m.get("id")]
@@ -354,71 +441,83 @@ class RemoteLLM:
         # Warm up: the first request may load the model; it leaves the system prompt in the server's cache and
         # tells the template overhead (usage.prompt_tokens).
         warm = [ChatMessage("system", self._system), ChatMessage("user", "Hi")]
-        self._find_tokenizer([m.content for m in warm])
+        await self._find_tokenizer([m.content for m in warm])
         t0 = time.monotonic()
-        try:
-            answer = self._request(
-                "POST",
-                f"{base}/chat/completions",
-                self._body(warm, 1, stream=False),
-                max(WARMUP_TIMEOUT_S, self.timeout_s),
-            )
-        except _HTTPStatusError as e:
-            raise self._status_error(e, f"a first chat request (model {self.model!r})") from None
-        except TimeoutError:
-            raise EngineError(
-                f"the LLM server at {self.url} did not answer a one-token request within "
-                f"{max(WARMUP_TIMEOUT_S, self.timeout_s):g} s (model {self.model!r})",
-                hint="the server is overloaded or still loading the model: try again, or raise llm.timeout_s",
-            ) from None
-        except (OSError, http.client.HTTPException) as e:
-            raise self._unreachable(e, "a first chat request") from None
-        except ValueError:
-            raise EngineError(f"the LLM server at {self.url} sent a chat answer that is not JSON") from None
+        answer = await self._warm_up(warm)
         usage = answer.get("usage") if isinstance(answer, dict) else None
         if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
             self._learn_usage(warm, usage["prompt_tokens"])
         self.warmup_s = time.monotonic() - t0
 
+    async def _list_models(self) -> Any:
+        """GET /models; None from a server that lists nothing when a model name was given."""
+        try:
+            return await self._request("GET", f"{self.endpoint.base}/models", None, CONNECT_TIMEOUT_S)
+        except _HTTPStatusError as e:
+            if e.status == 404 and self.model:
+                return None  # trust the name given
+            raise self._status_error(e, "GET /models") from None
+        except (httpx.HTTPError, TimeoutError) as e:
+            raise self._unreachable(e, "GET /models") from None
+        except ValueError:
+            raise self._fault("does not answer like an OpenAI-compatible server (GET /models)", API_HINT) from None
+
+    async def _warm_up(self, warm: list[ChatMessage]) -> Any:
+        timeout = max(WARMUP_TIMEOUT_S, self.timeout_s)
+        path = f"{self.endpoint.base}/chat/completions"
+        try:
+            return await self._request("POST", path, self._body(warm, 1, stream=False), timeout)
+        except _HTTPStatusError as e:
+            raise self._status_error(e, f"a first chat request (model {self.model!r})") from None
+        except (TimeoutError, httpx.ReadTimeout, httpx.WriteTimeout):
+            what = f"did not answer a one-token request within {timeout:g} s (model {self.model!r})"
+            hint = "it is overloaded or still loading the model: try again, or raise llm.timeout_s"
+            raise self._fault(what, hint) from None
+        except httpx.HTTPError as e:
+            raise self._unreachable(e, "a first chat request") from None
+        except ValueError:
+            raise self._fault("sent a chat answer that is not JSON", API_HINT) from None
+
     def _pick_model(self) -> str:
         if not self.models:
-            raise EngineError(
-                f"the LLM server at {self.url} lists no models (GET /models)",
-                hint="load a model on the server (e.g. `ollama pull llama3.2`), or pass its name with --llm-model",
-            )
+            hint = "load a model on the server (e.g. `ollama pull llama3.2`), or pass its name with --llm-model"
+            raise self._fault("lists no models (GET /models)", hint)
         if not self.model:
             return self.models[0]
         for name in (self.model, f"{self.model}:latest"):  # Ollama's tag default
             if name in self.models:
                 return name
-        raise EngineError(
-            f"the LLM server at {self.url} has no model {self.model!r}; it has: {', '.join(self.models)}",
-            hint="pass one of those with --llm-model (or llm.model in the config), or leave it out for the first",
-        )
+        hint = "pass one of those with --llm-model (or llm.model in the config), or leave it out for the first"
+        raise self._fault(f"has no model {self.model!r}; it has: {', '.join(self.models)}", hint)
 
-    def _find_tokenizer(self, texts: Sequence[str]) -> None:
+    # --- tokenizer ----------------------------------------------------------------------------
+
+    def _tokenize_request(self, name: str, text: str) -> tuple[str, dict[str, Any]]:
+        """Path and body of the tokenize endpoint called `name` (see the module docstring)."""
+        root = self.endpoint.root
+        if name == "llama-server":
+            return f"{root}/tokenize", {"content": text, "add_special": False}
+        if name == "vllm":
+            return f"{root}/tokenize", {"model": self.model, "prompt": text, "add_special_tokens": False}
+        return f"{root}/extras/tokenize/count", {"model": self.model, "input": text}
+
+    async def _find_tokenizer(self, texts: Sequence[str]) -> None:
         """Which tokenize endpoint the server has, tried on `texts[0]`; the counts of all `texts` are kept."""
-        root, text = self.endpoint.root, texts[0]
-        candidates: list[tuple[str, str, dict[str, Any]]] = [
-            ("llama-server", f"{root}/tokenize", {"content": text, "add_special": False}),
-            ("vllm", f"{root}/tokenize", {"model": self.model, "prompt": text, "add_special_tokens": False}),
-            ("llama_cpp.server", f"{root}/extras/tokenize/count", {"model": self.model, "input": text}),
-        ]
-        for name, path, body in candidates:
-            count = self._tokenize_with(path, body)
+        for name in ("llama-server", "vllm", "llama_cpp.server"):
+            count = await self._tokenize_with(*self._tokenize_request(name, texts[0]))
             if count is not None:
                 self.tokenizer = name
-                self._learn_exact(text, count)
+                self._learn_exact(texts[0], count)
                 for other in texts[1:]:
-                    n = self._tokenize(other)
+                    n = await self._tokenize(other)
                     if n is not None:
                         self._learn_exact(other, n)
                 return
 
-    def _tokenize_with(self, path: str, body: dict[str, Any]) -> int | None:
+    async def _tokenize_with(self, path: str, body: dict[str, Any]) -> int | None:
         try:
-            doc = self._request("POST", path, body, TOKENIZE_TIMEOUT_S)
-        except (_HTTPStatusError, OSError, http.client.HTTPException, ValueError):
+            doc = await self._request("POST", path, body, TOKENIZE_TIMEOUT_S)
+        except (_HTTPStatusError, httpx.HTTPError, TimeoutError, ValueError):
             return None
         if not isinstance(doc, dict):
             return None
@@ -428,16 +527,12 @@ class RemoteLLM:
             return len(doc["tokens"])
         return None
 
-    def _tokenize(self, text: str) -> int | None:
-        root = self.endpoint.root
-        if self.tokenizer == "llama-server":
-            return self._tokenize_with(f"{root}/tokenize", {"content": text, "add_special": False})
-        if self.tokenizer == "vllm":
-            body = {"model": self.model, "prompt": text, "add_special_tokens": False}
-            return self._tokenize_with(f"{root}/tokenize", body)
-        if self.tokenizer == "llama_cpp.server":
-            return self._tokenize_with(f"{root}/extras/tokenize/count", {"model": self.model, "input": text})
-        return None
+    async def _tokenize(self, text: str) -> int | None:
+        if not self.tokenizer:
+            return None
+        return await self._tokenize_with(*self._tokenize_request(self.tokenizer, text))
+
+    # --- streaming ----------------------------------------------------------------------------
 
     def _body(self, messages: Sequence[ChatMessage], max_tokens: int, *, stream: bool) -> dict[str, Any]:
         sp = self._sampling
@@ -456,261 +551,195 @@ class RemoteLLM:
             body["stream_options"] = {"include_usage": True}
         return body
 
-    def _generate(self, stream: RemoteStream, messages: list[ChatMessage], max_tokens: int, turn: int) -> None:
-        try:
-            reply = self._reply(stream, messages, max_tokens)
-            if reply is not None:
-                self._count_exactly(messages, reply, stream.reported_prompt_tokens, turn)
-        finally:
-            self._workers.discard(threading.current_thread())
-
-    def _count_exactly(self, messages: list[ChatMessage], reply: str, reported: int, turn: int) -> None:
-        """After a reply, off the critical path: exact counts for the texts of this prompt and for the reply (the
-        next turn's history), then the template overhead from the server's prompt size.
-
-        Never while a chat request is under way: llama_cpp.server (with its default --interrupt_requests) ends
-        the reply it is streaming as soon as another request arrives. A newer chat() stops this, and its worker
-        waits for a tokenize request in flight (`_tokenize_lock`) before sending its own."""
-        texts = [m.content for m in messages if m.content not in self._exact] + [reply]
-        for text in texts[-_MAX_TOKENIZE_PER_TURN:] if self.tokenizer else []:
-            with self._tokenize_lock:
-                if self._turn != turn:
-                    return
-                count = self._tokenize(text) if text else None
-            if count is not None:
-                self._learn_exact(text, count)
-        if reported and self._turn == turn:
-            self._learn_usage(messages, reported)
-
-    def _reply(self, stream: RemoteStream, messages: list[ChatMessage], max_tokens: int) -> str | None:
-        """Stream one reply into `stream`; its text when the server finished it, else None."""
-        stats = stream.stats
-        error: EngineError | None = None
-        finished = False
+    async def _pump(self, stream: RemoteStream, messages: list[ChatMessage], max_tokens: int, turn: int) -> None:
+        """Stream one reply into `stream`, then count its texts exactly in the background."""
         reply: list[str] = []
+        outcome: object = _END
         try:
-            finished = self._stream_reply(stream, messages, max_tokens, reply)
+            if await self._stream_reply(stream, messages, max_tokens, reply) and not stream.stopped:
+                self._spawn(self._count_exactly(messages, "".join(reply), stream.reported_prompt_tokens, turn))
         except EngineError as e:
-            error = e
-        except Exception as e:  # a bug must not leave the reader waiting forever
-            error = EngineError(f"the remote LLM failed mid-reply: {type(e).__name__}: {e}")
+            outcome = e
+        except Exception as e:  # a bug must neither leave the reader waiting nor print a traceback
+            outcome = EngineError(
+                f"the remote LLM failed mid-reply: {type(e).__name__}: {self._redact(str(e))}",
+                hint="a fault in voicecli's client: the next turn tries again; if it keeps failing, report it with "
+                "the server's name and version",
+            )
         finally:
-            stream.close_connection()
-            stats.cancelled = stats.cancelled or stream.stopped
-            if not stats.prompt_tokens_evaluated:
-                stats.prompt_tokens_evaluated = stats.prompt_tokens  # cache reuse unknown: all of it
-            stats.finished_at = time.monotonic()
-            if error is not None and not stream.stopped:
-                stats.error = error.message
-                stream.put(error)
-            else:
-                stream.put(_END)
-        return "".join(reply) if finished and not stream.stopped else None
+            stream.finish(outcome)
 
-    def _stream_reply(
+    async def _stream_reply(
         self, stream: RemoteStream, messages: list[ChatMessage], max_tokens: int, reply: list[str]
     ) -> bool:
         """Send the request and forward the deltas. True when the server finished the reply."""
         stats = stream.stats
-        with self._tokenize_lock:
-            pass  # a background tokenize request still in flight finishes first (see _count_exactly)
-        conn = self._connection(CONNECT_TIMEOUT_S)
-        if not stream.attach(conn):
-            return False
+        loop = asyncio.get_running_loop()
+        # The first token must come within timeout_s of the request; later ones within timeout_s of the last.
+        first_by = loop.time() + stats.started_at + self.timeout_s - time.monotonic()
         try:
-            conn.connect()
-        except (OSError, http.client.HTTPException) as e:
-            if stream.stopped:
-                return False
-            raise self._unreachable(e, "chat") from None
-        sock = conn.sock
-        if sock is None or not stream.attach_socket(sock):
-            return False
-        try:
-            sock.settimeout(max(0.05, stats.started_at + self.timeout_s - time.monotonic()))
-            conn.request(
-                "POST",
-                f"{self.endpoint.base}/chat/completions",
-                json.dumps(self._body(messages, max_tokens, stream=True)).encode("utf-8"),
-                self._headers(stream=True),
-            )
-            resp = conn.getresponse()
-            if not 200 <= resp.status < 300:
-                raise self._status_error(_HTTPStatusError(resp.status, resp.reason, _error_text(resp.read())), "chat")
-            return self._read_events(stream, resp, sock, messages, reply)
+            async with asyncio.timeout_at(first_by) as deadline:
+                async with self._tokenize_lock:
+                    pass  # a background tokenize request still in flight finishes first (see _count_exactly)
+                async with aconnect_sse(
+                    self._client,
+                    "POST",
+                    f"{self.url}/chat/completions",
+                    json=self._body(messages, max_tokens, stream=True),
+                    timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT_S),  # the deadline above bounds the rest
+                ) as source:
+                    if not source.response.is_success:
+                        raise self._status_error(await _status_error_of(source.response), "chat")
+                    return await self._read_events(stream, source, deadline, reply)
         except TimeoutError:
-            if stream.stopped:
-                return False
             what = "no first token" if stats.first_token_at is None else "nothing more mid-reply"
-            raise EngineError(
-                f"the LLM server at {self.url} sent {what} within {self.timeout_s:g} s (llm.timeout_s)",
-                hint="the server is overloaded, stuck or loading a model: the turn is abandoned and the next one "
-                "tries again; raise llm.timeout_s for a slow server",
-            ) from None
-        except (OSError, http.client.HTTPException) as e:
-            if stream.stopped:
-                return False
-            raise EngineError(
-                f"the connection to the LLM server at {self.url} broke mid-reply "
-                f"({len(reply)} deltas in): {type(e).__name__}: {e}",
-                hint="is the server still running? its log says why; the next turn tries again",
-            ) from None
+            raise self._fault(f"sent {what} within {self.timeout_s:g} s (llm.timeout_s)", STALL_HINT) from None
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise self._unreachable(e, "chat") from None
+        except httpx.HTTPError as e:
+            what = f"broke the connection mid-reply ({len(reply)} deltas in): {type(e).__name__}: {e}"
+            raise self._fault(what, RETRY_HINT) from None
 
-    def _read_events(
-        self,
-        stream: RemoteStream,
-        resp: http.client.HTTPResponse,
-        sock: socket.socket,
-        messages: list[ChatMessage],
-        reply: list[str],
+    async def _read_events(
+        self, stream: RemoteStream, source: EventSource, deadline: asyncio.Timeout, reply: list[str]
     ) -> bool:
         stats = stream.stats
-        data: list[bytes] = []
-        event = b""
+        response = source.response
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _BoundedLines(response.stream, MAX_LINE_BYTES)
         finish: str | None = None
         usage: dict[str, Any] | None = None
-        deltas = 0
-        while True:
-            if stream.stopped:
-                return False
-            # The first token must come within timeout_s of the request; later ones within timeout_s of the last.
-            start = stats.started_at if stats.first_token_at is None else time.monotonic()
-            sock.settimeout(max(0.05, start + self.timeout_s - time.monotonic()))
-            line = resp.readline()
-            if not line:
-                if stream.stopped:
-                    return False
-                if finish is not None:
-                    break  # ended without [DONE]: fine once the reply said it was complete
-                raise EngineError(
-                    f"the LLM server at {self.url} closed the connection mid-reply ({deltas} deltas in)",
-                    hint="is the server still running? its log says why; the next turn tries again",
-                )
-            line = line.rstrip(b"\r\n")
-            if line:
-                field, _, value = line.partition(b":")
-                value = value.removeprefix(b" ")
-                if field == b"data":
-                    data.append(value)
-                elif field == b"event":
-                    event = value
-                continue  # comments (": ping") and other fields are ignored
-            if not data:
-                continue
-            payload, data = b"\n".join(data), []
-            if payload.strip() == b"[DONE]":
-                if finish is None:  # every OpenAI-style server says why a reply ended before [DONE]
-                    raise EngineError(
-                        f"the LLM server at {self.url} ended the reply before it was finished ({deltas} deltas in)",
-                        hint="another request may have interrupted it (python -m llama_cpp.server does that unless "
-                        "started with --interrupt_requests False); the next turn tries again",
-                    )
-                break
-            try:
-                chunk = json.loads(payload)
-            except ValueError:
-                raise EngineError(
-                    f"the LLM server at {self.url} sent an event that is not JSON: "
-                    f"{self._redact(payload[:120].decode('utf-8', errors='replace'))!r}"
-                ) from None
-            if event == b"error" or (isinstance(chunk, dict) and "error" in chunk):
-                raise EngineError(
-                    f"the LLM server at {self.url} failed mid-reply: {self._redact(_error_text(payload))}",
-                    hint="its own log says more; the next turn tries again",
-                )
-            event = b""
-            if not isinstance(chunk, dict):
-                continue
-            if isinstance(chunk.get("usage"), dict):
-                usage = chunk["usage"]
-            if isinstance(chunk.get("timings"), dict):  # llama-server: how much of the prompt it evaluated
-                prompt_n = chunk["timings"].get("prompt_n")
-                if isinstance(prompt_n, int):
-                    stats.prompt_tokens_evaluated = prompt_n
-            for choice in chunk.get("choices") or []:
-                finish = choice.get("finish_reason") or finish
-                delta = (choice.get("delta") or {}).get("content")
-                if not delta:
-                    continue
-                if stats.first_token_at is None:
-                    stats.first_token_at = time.monotonic()
-                deltas += 1
-                stats.completion_tokens = deltas
-                reply.append(delta)
-                if not stream.put(delta):
-                    return False
-        if usage is not None:
-            if isinstance(usage.get("prompt_tokens"), int):
-                stats.prompt_tokens = usage["prompt_tokens"]
-                stream.reported_prompt_tokens = stats.prompt_tokens
-                details = usage.get("prompt_tokens_details")
-                if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
-                    stats.prompt_tokens_evaluated = stats.prompt_tokens - details["cached_tokens"]
-            if isinstance(usage.get("completion_tokens"), int):
-                stats.completion_tokens = usage["completion_tokens"]
-        return True
+        try:
+            async with contextlib.aclosing(source.aiter_sse()) as events:
+                async for event in events:
+                    if not event.data:
+                        continue  # comments (": ping") never get here; an event without data says nothing
+                    if event.data.strip() == "[DONE]":
+                        if finish is None:  # every OpenAI-style server says why a reply ended before [DONE]
+                            what = f"ended the reply before it was finished ({len(reply)} deltas in)"
+                            raise self._fault(what, CUT_HINT)
+                        return stream.take_usage(usage)
+                    chunk = self._chunk(event)
+                    usage = chunk.get("usage") if isinstance(chunk.get("usage"), dict) else usage
+                    _read_timings(chunk, stats)
+                    for choice in chunk.get("choices") or []:
+                        finish = (choice.get("finish_reason") if isinstance(choice, dict) else None) or finish
+                        text = self._choice_text(choice)
+                        if not text:
+                            continue
+                        if stats.first_token_at is None:
+                            stats.first_token_at = time.monotonic()
+                        reply.append(text)
+                        stats.completion_tokens = len(reply)
+                        deadline.reschedule(None)  # waiting for the reader to make room is not the server's delay
+                        if not await stream.put(text):
+                            return False
+                        deadline.reschedule(asyncio.get_running_loop().time() + self.timeout_s)
+        except SSEError:
+            what = f"answered with {response.headers.get('content-type')!r}, not server-sent events"
+            raise self._fault(what, "it does not stream chat replies: use llama-server, Ollama or vLLM") from None
+        except _LineTooLong:
+            what = f"sent a line longer than {MAX_LINE_BYTES} bytes mid-reply ({len(reply)} deltas in)"
+            raise self._fault(what, API_HINT) from None
+        if finish is None:
+            raise self._fault(f"closed the connection mid-reply ({len(reply)} deltas in)", RETRY_HINT)
+        return stream.take_usage(usage)  # ended without [DONE]: fine once the reply said it was complete
+
+    def _chunk(self, event: ServerSentEvent) -> dict[str, Any]:
+        """One event's JSON; the server's own error as an EngineError."""
+        if event.event == "error":
+            raise self._failed_mid_reply(event.data)
+        try:
+            chunk = json.loads(event.data)
+        except ValueError:
+            raise self._fault(f"sent an event that is not JSON: {self._redact(event.data[:120])!r}", API_HINT) from None
+        if isinstance(chunk, dict) and "error" in chunk:
+            raise self._failed_mid_reply(event.data)
+        return chunk if isinstance(chunk, dict) else {}
+
+    def _choice_text(self, choice: object) -> str:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        try:
+            return delta_text(delta.get("content") if isinstance(delta, dict) else None)
+        except ValueError as e:
+            raise self._fault(f"sent a delta this client cannot read: {self._redact(str(e))}", API_HINT) from None
+
+    def _failed_mid_reply(self, data: str) -> EngineError:
+        what = f"failed mid-reply: {self._redact(_error_text(data.encode()))}"
+        return self._fault(what, "its own log says more; the next turn tries again")
+
+
+def _read_timings(chunk: dict[str, Any], stats: LLMStats) -> None:
+    """llama-server's `timings`: how much of the prompt it evaluated."""
+    timings = chunk.get("timings")
+    if isinstance(timings, dict) and isinstance(timings.get("prompt_n"), int):
+        stats.prompt_tokens_evaluated = timings["prompt_n"]
 
 
 class RemoteStream(DeltaStream):
     """One reply's text deltas (an `LLMStream`). Iterate it on the loop; cancel() from anywhere."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop)  # unbounded: the credits below bound what the worker queues ahead
-        self._credits = threading.Semaphore(QUEUE_DELTAS)  # deltas the worker may queue ahead of the reader
-        self._lock = threading.Lock()
-        self._conn: http.client.HTTPConnection | None = None
-        self._sock: socket.socket | None = None
+        super().__init__(loop)  # unbounded: the credits bound the deltas queued ahead, the final item always fits
+        self._credits = asyncio.Semaphore(QUEUE_DELTAS)
+        self._task: asyncio.Task[None] | None = None
         self.reported_prompt_tokens = 0  # usage.prompt_tokens, when the server sent it
 
     def _taken(self) -> None:
         self._credits.release()
 
+    def attach(self, task: asyncio.Task[None]) -> None:
+        self._task = task
+        task.add_done_callback(lambda _: self.finish())  # also when cancelled before it ever ran
+
     def cancel(self) -> None:
-        """Close the connection now (the server stops generating) and drop what is queued."""
-        with self._lock:
-            if self._stop:
-                return
-            self._stop = True
-            sock = self._sock
+        """Drop what is queued at once, and close the response (the server stops generating) on the loop."""
+        if self._stop:
+            return
+        self._stop = True
         if not self._ended:
             self.stats.cancelled = True
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns; the server sees the client leave
-        self._credits.release()  # a worker waiting for room wakes up and sees the flag
         with contextlib.suppress(RuntimeError):  # loop closed: nobody is listening
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, _END)
+            self._loop.call_soon_threadsafe(self._close)
 
-    # worker thread side
-    def attach(self, conn: http.client.HTTPConnection) -> bool:
-        with self._lock:
-            self._conn = conn
-            return not self._stop
+    def _close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()  # leaving the response's context closes the connection
+        self._queue.put_nowait(_END)
 
-    def attach_socket(self, sock: socket.socket | None) -> bool:
-        with self._lock:
-            self._sock = sock
-            return not self._stop
-
-    def close_connection(self) -> None:
-        with self._lock:
-            conn, self._conn, self._sock = self._conn, None, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
-
-    def put(self, item: object) -> bool:
-        """Hand `item` to the loop; a delta waits for room. False once the stream is stopped or unread."""
-        if isinstance(item, str):
-            while not self._credits.acquire(timeout=PUT_SLICE_S):
-                if self._stop or self._loop.is_closed() or not self._loop.is_running():
-                    self._stop = True
-                    return False
-            if self._stop:
-                return False
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the loop is closed
-            self._stop = True
+    async def put(self, delta: str) -> bool:
+        """Queue a delta once the reader has room for it. False once the stream is stopped."""
+        await self._credits.acquire()
+        if self._stop:
             return False
-        return not self._stop
+        self._queue.put_nowait(delta)
+        return True
+
+    def take_usage(self, usage: dict[str, Any] | None) -> bool:
+        """The reply is complete (True): take the server's own token counts, when it sent them."""
+        stats = self.stats
+        if usage is None:
+            return True
+        if isinstance(usage.get("prompt_tokens"), int):
+            stats.prompt_tokens = self.reported_prompt_tokens = usage["prompt_tokens"]
+            details = usage.get("prompt_tokens_details")
+            if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+                stats.prompt_tokens_evaluated = stats.prompt_tokens - details["cached_tokens"]
+        if isinstance(usage.get("completion_tokens"), int):
+            stats.completion_tokens = usage["completion_tokens"]
+        return True
+
+    def finish(self, outcome: object = _END) -> None:
+        """Settle the stats and hand the reader its final item (an EngineError or the end), once."""
+        stats = self.stats
+        if stats.finished_at is not None:
+            return
+        stats.cancelled = stats.cancelled or self._stop
+        if not stats.prompt_tokens_evaluated:
+            stats.prompt_tokens_evaluated = stats.prompt_tokens  # cache reuse unknown: all of it
+        stats.finished_at = time.monotonic()
+        if isinstance(outcome, EngineError) and not self._stop:
+            stats.error = outcome.message
+            self._queue.put_nowait(outcome)
+        else:
+            self._queue.put_nowait(_END)
