@@ -235,3 +235,34 @@ def test_an_error_body_without_end_is_cut_and_its_message_kept(serve: Callable[[
         asyncio.run(reply(serve(endless_error)))
     assert time.monotonic() - t0 < 3.0
     assert "its own log" in err.value.hint
+
+
+def test_cancel_from_another_thread_ends_the_stream_and_closes_the_connection(serve: Callable[[Script], str]) -> None:
+    gone = threading.Event()
+
+    def endless(h: FaultHandler) -> None:
+        h.start_events()
+        try:
+            h.until_stopped(0.01, lambda: h.event(delta(" la")))
+        except (BrokenPipeError, ConnectionResetError):
+            gone.set()
+
+    async def main() -> None:
+        llm = RemoteLLM(serve(endless))
+        await llm.start()
+        try:
+            stream = llm.chat(ASK)
+            got: list[str] = []
+            async with asyncio.timeout(5):
+                async for d in stream:
+                    got.append(d)
+                    if len(got) == 3:
+                        cancelled_at = time.monotonic()
+                        threading.Thread(target=stream.cancel).start()
+            assert len(got) < 10 and stream.stats.cancelled and stream.stats.error is None
+            assert time.monotonic() - cancelled_at < 0.2
+            assert await asyncio.to_thread(gone.wait, 2.0), "the server never saw the client leave"
+        finally:
+            await llm.close()
+
+    asyncio.run(main())

@@ -379,15 +379,8 @@ class RemoteLLM:
     async def _request(self, method: str, path: str, body: Any, timeout: float) -> Any:
         """One plain JSON request, `timeout` s in all. Raises _HTTPStatusError for a non-2xx answer,
         httpx.HTTPError or TimeoutError for network faults, ValueError for an answer that is not JSON."""
-        async with (
-            asyncio.timeout(timeout),
-            self._client.stream(
-                method,
-                self.endpoint.origin + path,
-                json=body,
-                timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_S),
-            ) as resp,
-        ):
+        url, limits = self.endpoint.origin + path, httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_S)
+        async with asyncio.timeout(timeout), self._client.stream(method, url, json=body, timeout=limits) as resp:
             if not resp.is_success:
                 raise await _status_error_of(resp)
             raw, more = await _read_capped(resp, MAX_JSON_BYTES)
