@@ -54,7 +54,7 @@ def test_barge_in_confirmer_without_the_silero_model_is_a_config_error(old_faste
 
 
 def test_talk_with_echo_auto_runs_half_duplex_with_a_warning(old_faster_whisper: Path) -> None:
-    from voicecli.pipeline.assistant import _echo_setup
+    from voicecli.pipeline.wiring import _echo_setup
 
     events: list[Event] = []
     echo, talk = _echo_setup(Config(), None, None, events.append)

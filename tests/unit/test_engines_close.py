@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from voicecli.pipeline.assistant import Engines
+from voicecli.pipeline.wiring import Engines
 
 
 class Engine:

@@ -9,19 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from voicecli.pipeline.transcript import Transcript, read
+from voicecli.pipeline.transcript import TranscriptLog, read
 
 
 def test_no_file_until_the_first_turn(tmp_path: Path) -> None:
     path = tmp_path / "sessions" / "s.jsonl"
-    t = Transcript(path)
+    t = TranscriptLog(path)
     assert t.close() is None
     assert not path.exists() and not path.parent.exists()  # before: an empty file from a failed start
 
 
 def test_records_are_on_disk_when_closed_and_in_order(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
-    t = Transcript(path)
+    t = TranscriptLog(path)
     for i in range(50):
         t.append({"turn": i, "user": "hello", "assistant": "hi ✓"})
     assert t.close() is None
@@ -32,7 +32,7 @@ def test_records_are_on_disk_when_closed_and_in_order(tmp_path: Path) -> None:
 def test_a_write_error_is_reported_not_raised_on_the_loop(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
-    t = Transcript(blocker / "s.jsonl")  # its parent is a file: every write fails
+    t = TranscriptLog(blocker / "s.jsonl")  # its parent is a file: every write fails
     t.append({"turn": 1})
     error = t.close()
     assert isinstance(error, OSError)
@@ -47,7 +47,7 @@ def test_append_never_waits_for_the_disk(tmp_path: Path, monkeypatch: pytest.Mon
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", slow_fsync)
-    t = Transcript(tmp_path / "s.jsonl")
+    t = TranscriptLog(tmp_path / "s.jsonl")
     t0 = time.monotonic()
     for i in range(3):
         t.append({"turn": i})

@@ -1,4 +1,4 @@
-"""Drive the real conversation (`pipeline.assistant.converse`, the same code as `talk`) over a corpus of
+"""Drive the real conversation (`pipeline.wiring.converse`, the same code as `talk`) over a corpus of
 spoken turns and time every stage against the ground truth of the fed audio.
 
 The true end of speech of each clip is found on the capture clock: the fed clip is located in the captured
@@ -22,9 +22,9 @@ from voicecli.bench.corpus import Clip
 from voicecli.bench.procstat import cpu_seconds
 from voicecli.config import Config
 from voicecli.events import Event
-from voicecli.pipeline.assistant import Engines
 from voicecli.pipeline.ports import FrameLike
 from voicecli.pipeline.session import Session
+from voicecli.pipeline.wiring import Engines
 
 TURN_TIMEOUT_S = 90.0
 SETTLE_S = 0.4  # quiet time before feeding the next clip
@@ -128,7 +128,7 @@ async def run_corpus(
 
     `figures` (optional) receives the run's own numbers: idle CPU while listening (measured over IDLE_S
     before the first clip), replies prepared during the hangover and replies thrown away."""
-    from voicecli.pipeline import assistant
+    from voicecli.pipeline import wiring
 
     events = _Events(event_log)
     tap = _Tap()
@@ -140,7 +140,7 @@ async def run_corpus(
         ready.set()
 
     conv = asyncio.create_task(
-        assistant.converse(
+        wiring.converse(
             cfg,
             emit=events,
             engines=engines,

@@ -11,7 +11,7 @@ from voicecli.bench.procstat import rss_mb
 from voicecli.bench.report import barge_ins
 from voicecli.bench.runner import TurnResult, run_corpus
 from voicecli.config import Config
-from voicecli.pipeline.assistant import Engines
+from voicecli.pipeline.wiring import Engines
 
 
 def _p50(values: list[float]) -> float | None:

@@ -31,7 +31,7 @@ class Compare(StrEnum):
 
 def _model_paths(which: ModelSet, cfg: config.Config, console: Console) -> dict[str, Path]:
     if which is ModelSet.default:
-        from voicecli.pipeline.assistant import resolve_models
+        from voicecli.pipeline.wiring import resolve_models
 
         return resolve_models(cfg)
     if which in (ModelSet.real, ModelSet.real_base):
@@ -227,7 +227,7 @@ async def _engines(
 ) -> Any:
     from voicecli.audio.devices import resolve_output
     from voicecli.audio.playback import Playback
-    from voicecli.pipeline.assistant import start_engines
+    from voicecli.pipeline.wiring import start_engines
 
     rate = Playback(resolve_output(cfg.audio.output)).rate
     console.print("[dim]loading models ...[/]")

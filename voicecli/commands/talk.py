@@ -147,8 +147,8 @@ def talk(
     plain: Annotated[bool, typer.Option(help="Print lines instead of the live view.")] = False,
 ) -> None:
     """Talk with the assistant: speak, it answers out loud; talk over it to interrupt."""
-    from voicecli.pipeline import assistant
-    from voicecli.pipeline.transcript import Transcript, new_session_path
+    from voicecli.pipeline import wiring
+    from voicecli.pipeline.transcript import TranscriptLog, new_session_path
 
     cfg = config.load(
         {
@@ -163,7 +163,7 @@ def talk(
     console = Console()
     view = TalkView()
     log = EventLog(events) if events else None
-    transcript = Transcript(transcript_file or new_session_path())
+    transcript = TranscriptLog(transcript_file or new_session_path())
 
     def emit(ev: Event) -> None:
         if log is not None:
@@ -179,7 +179,7 @@ def talk(
     console.print("[dim]loading models ...[/]")
     try:
         if plain or not console.is_terminal:
-            asyncio.run(assistant.converse(cfg, max_turns=max_turns, emit=emit, transcript=transcript))
+            asyncio.run(wiring.converse(cfg, max_turns=max_turns, emit=emit, transcript=transcript))
         else:
             with Live(view.render(), console=console, refresh_per_second=10, transient=False) as live:
 
@@ -191,7 +191,7 @@ def talk(
 
                     task = asyncio.create_task(refresh())
                     try:
-                        await assistant.converse(cfg, max_turns=max_turns, emit=emit, transcript=transcript)
+                        await wiring.converse(cfg, max_turns=max_turns, emit=emit, transcript=transcript)
                     finally:
                         task.cancel()
                         live.update(view.render())

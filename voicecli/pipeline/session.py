@@ -1,17 +1,29 @@
-"""The conversation: VAD turn-taking -> (speculative) STT -> the reply pipeline, with barge-in
-(STOP - DRAIN - RESET).
+"""The conversation's turn-taking: VAD events in, turns started, cut off (barge-in: STOP - DRAIN - RESET)
+and finished.
 
-The parts: `pipeline.turn` is each turn's lifecycle (proposed at the pause -> confirmed -> speaking -> done
-or cancelled), `pipeline.speculation` the work started at the pause, `pipeline.reply` the reply pipeline
-(LLM -> chunker -> guard -> TTS -> sink, one cancel). The Session wires them to the VAD's events and keeps
-the books (history, transcript, events, per-turn metrics).
+The Session decides when a turn starts and ends; the rest is owned elsewhere:
+* `pipeline.utterance`: what the user said that no turn has answered yet (monologue pieces, the input of a
+  turn cut off by a barge-in, and the one rule for a barge-in whose sound is then discarded);
+* `pipeline.speculation`: the work started at the pause, until the turn adopts it or it is wasted;
+* `pipeline.interruption`: when speech during a turn is a barge-in;
+* `pipeline.reply`: one spoken reply (LLM -> chunker -> guard -> TTS -> sink, one cancel);
+* `pipeline.ledger`: what a turn leaves behind (history, transcript log, records, metric deltas).
+
+Three "speaking" states, one per layer, and what each means:
+
+    | state                        | whose            | it means                                             |
+    |------------------------------|------------------|------------------------------------------------------|
+    | `Session.State.SPEAKING`     | the conversation | the current turn's reply has queued audio (the UI)   |
+    | `turn.Phase.SPEAKING`        | one turn         | that turn's first audio is queued; it may be cut     |
+    | `vad.State.SPEECH`           | the microphone   | the *user* is talking (an onset, not yet silence)    |
+
+`Session.State` is LISTENING (nothing said) -> HEARING (the user talks) -> THINKING (a turn is confirmed) ->
+SPEAKING -> LISTENING; a barge-in goes back to HEARING. A turn's `Phase` runs PROPOSED (the pause) ->
+CONFIRMED -> SPEAKING -> DONE / CANCELLED. The VAD's states are SILENCE / SPEECH / HANGOVER.
 
 Threading model: everything here runs on the asyncio loop and is cheap; the engines keep their blocking
-work behind their own executors. A barge-in cancels the turn's task, stops the LLM, flushes playback, and
-the history keeps only what the user actually heard.
-
-VAD -> STT: at most one utterance in flight per turn; a newer confirmed utterance supersedes the older
-(barge-in), whose late result is discarded by turn id. The reply's own queues: see pipeline.reply.
+work behind their own executors. VAD -> STT: at most one utterance in flight per turn; a newer confirmed
+utterance supersedes the older (barge-in), whose late result is discarded by turn id.
 """
 
 from __future__ import annotations
@@ -23,31 +35,27 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
-from voicecli.audio.format import rms_dbfs
+from voicecli.audio.format import Float32Array, rms_dbfs
 from voicecli.config import TalkConfig, VadConfig
-from voicecli.engines.base import ChatMessage, LanguageModel, SpeechToText, TextToSpeech, Transcript
+from voicecli.engines.base import LanguageModel, SpeechToText, TextToSpeech, Transcript
 from voicecli.errors import EngineError
 from voicecli.events import Event, EventKind
 from voicecli.pipeline import vad
-from voicecli.pipeline.endpoint import sounds_unfinished
 from voicecli.pipeline.history import History
+from voicecli.pipeline.interruption import BargeInPolicy, Confirm
+from voicecli.pipeline.ledger import TurnContext, TurnLedger
 from voicecli.pipeline.metrics import LoopLagMonitor, TurnMetrics
 from voicecli.pipeline.ports import AudioSink, FrameLike, FrameSource
 from voicecli.pipeline.reply import APOLOGY, CONFUSED, ReplyPipeline, played_text
-from voicecli.pipeline.speculation import Speculation
-from voicecli.pipeline.transcript import Transcript as TranscriptFile
+from voicecli.pipeline.speculation import PROMPT_CHANGED, TURN_CANCELLED, TURN_FAILED, Speculation, Speculator
+from voicecli.pipeline.transcript import TranscriptLog
 from voicecli.pipeline.turn import TurnLifecycle
 from voicecli.pipeline.utterance import TurnInput, UtteranceAssembler, joined
 
 __all__ = ["APOLOGY", "CONFUSED", "STT_APOLOGY", "Session", "State", "played_text"]
 
-RECORDS_KEPT = 200
 STT_APOLOGY = "Sorry, I could not make out what you said. Please say it again."
 MIC_LEVEL_EVERY = 5  # frames (100 ms) between mic level events
 
@@ -57,21 +65,6 @@ class State(enum.Enum):
     HEARING = "hearing"
     THINKING = "thinking"
     SPEAKING = "speaking"
-
-
-@dataclass
-class TurnContext:
-    turn_id: int
-    metrics: TurnMetrics
-    lifecycle: TurnLifecycle
-    reply: ReplyPipeline
-    task: asyncio.Task[None] | None = None
-    input: TurnInput = field(default_factory=TurnInput)
-    user_text: str = ""
-    user_added: bool = False
-    interrupted: bool = False
-    error: str = ""  # an engine failed this turn (the message the user was shown)
-    spec: Speculation | None = None  # the speculation this turn's transcript came from
 
 
 class Session:
@@ -88,18 +81,19 @@ class Session:
         talk_cfg: TalkConfig,
         max_tokens: int = 200,
         emit: Callable[[Event], None] | None = None,
-        transcript: TranscriptFile | None = None,
+        transcript: TranscriptLog | None = None,
         clock: Callable[[], float] = time.monotonic,
         detector: vad.TurnDetector | None = None,
         capture_overruns: Callable[[], int] | None = None,
         playback_underruns: Callable[[], int] | None = None,
         streaming: bool = True,
         tap: Callable[[FrameLike], None] | None = None,
-        barge_confirm: Callable[[float, float], Any] | None = None,
+        barge_confirm: Confirm | None = None,
         echo_stats: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         """`streaming=False` is the naive baseline for the benchmark: no speculative STT, the whole reply
-        is generated, then synthesised in one piece, then played."""
+        is generated, then synthesised in one piece, then played. `barge_confirm` (echo mode): a second
+        opinion on each barge-in (pipeline.bargein)."""
         self.source = source
         self.sink = sink
         self.stt = stt
@@ -109,40 +103,60 @@ class Session:
         self.talk_cfg = talk_cfg
         self.max_tokens = max_tokens
         self._emit_cb = emit
-        self.transcript = transcript
         self.clock = clock
         self.detector = detector or vad.TurnDetector(vad_cfg)
-        self._capture_overruns = capture_overruns
-        self._playback_underruns = playback_underruns  # running total; only counts inside replies
-        self._underruns_seen = 0
         self.streaming = streaming
         self._tap = tap  # sees every mic frame (the benchmark locates the fed audio with it)
-        # Echo mode: (onset, now) -> a verdict with `.confirmed`; a barge-in waits for it (pipeline.bargein).
-        self._barge_confirm = barge_confirm
-        self._barge_doubted = False
-        self._verdict: Any = None  # the confirming verdict of the barge-in being decided (echo mode)
-        self._echo_stats = echo_stats  # per-turn echo figures merged into the turn's timings
         self.state = State.LISTENING
-        self.turns_answered = 0
         self.turns_started = 0
-        self.replies_prepared = 0  # replies started during the hangover and used
-        self.replies_wasted = 0  # ... and thrown away (the user went on talking)
-        # The latest transcript records (the file keeps them all): bounded, so a long session's memory is too.
-        self.records: deque[dict[str, Any]] = deque(maxlen=RECORDS_KEPT)
         self._turn: TurnContext | None = None
         self._last_task: asyncio.Task[None] | None = None
-        self._spec: Speculation | None = None
-        self._barge_onset: float | None = None
         self._next_turn_id = 1
         self._max_turns: int | None = None
         self._done = asyncio.Event()
         self._lag = LoopLagMonitor(clock=clock)
         self._frame_count = 0
-        self._overruns_seen = 0
-        # Monologue pieces and the input of turns cut off by a barge-in, until a turn answers them.
-        self._input = UtteranceAssembler(self._transcribe)
         self._hangover_s = vad_cfg.hangover_ms / 1000.0
-        self._unfinished_extra_ms = vad_cfg.unfinished_extra_ms
+        self._barge = BargeInPolicy(talk_cfg.barge_in_min_ms, self._emit, barge_confirm)
+        self._input = UtteranceAssembler(self._transcribe)
+        self.ledger = TurnLedger(
+            history, self._emit, transcript=transcript, lag=self._lag, capture_overruns=capture_overruns,
+            playback_underruns=playback_underruns, echo_stats=echo_stats,
+        )  # fmt: skip
+
+        def hold(text: str) -> None:
+            self.detector.wait_longer(vad_cfg.unfinished_extra_ms)
+            self._emit("turn_held", text=text, extra_ms=vad_cfg.unfinished_extra_ms)
+
+        self.speculator = Speculator(
+            transcribe=self._transcribe, llm=llm, history=history, max_tokens=max_tokens,
+            new_reply=lambda lifecycle: self._new_reply(0, TurnMetrics(0), lifecycle), emit=self._emit,
+            clock=clock, idle=lambda: self._turn is None, input_pending=lambda: self._input.pending, hold=hold,
+            prepare=talk_cfg.prepare_reply,
+        )  # fmt: skip
+
+    # ---- what the benchmark and the app read ---------------------------------------------------------------
+    @property
+    def records(self) -> deque[dict[str, Any]]:
+        return self.ledger.records
+
+    @property
+    def transcript(self) -> TranscriptLog | None:
+        return self.ledger.transcript
+
+    @property
+    def turns_answered(self) -> int:
+        return self.ledger.turns_answered
+
+    @property
+    def replies_prepared(self) -> int:
+        """Replies started during the hangover and used ..."""
+        return self.speculator.adopted
+
+    @property
+    def replies_wasted(self) -> int:
+        """... and thrown away (the reasons: `speculator.wasted`)."""
+        return sum(self.speculator.wasted.values())
 
     # ---- events -------------------------------------------------------------------------------------------
     def _emit(self, kind: EventKind, t: float | None = None, turn_id: int = 0, **data: Any) -> None:
@@ -162,8 +176,7 @@ class Session:
         self._emit("state", state=self.state.value)
         lag_task = asyncio.create_task(self._lag.run())
         try:
-            frames = self.source.frames()
-            async for frame in frames:
+            async for frame in self.source.frames():
                 self.on_frame(frame)
                 if self._done.is_set():
                     break
@@ -183,8 +196,7 @@ class Session:
     async def _shutdown(self) -> None:
         if self._turn is not None:
             self._cancel_turn(self._turn, reason="shutdown")
-        if self._spec is not None:
-            self._spec.cancel("shutdown", self.clock())
+        self.speculator.drop("shutdown")
         self._input.clear()
         if self._last_task is not None:
             await asyncio.wait([self._last_task], timeout=1.0)
@@ -211,159 +223,59 @@ class Session:
             # The monologue was cut exactly where the user stopped: answer what was transcribed.
             cut_at = self._input.cut_at
             self._start_turn(self._input.take(None), speech_start=cut_at, speech_end=cut_at)
-        if self._barge_onset is not None and self._turn is not None and self._barge_ready(frame.t + 0.02):
+        if self._turn is not None and self._barge.ready(self.detector.speech_s, frame.t + 0.02):
             self._barge_in(decided=frame.t + 0.02)
-
-    def _barge_ready(self, now: float) -> bool:
-        """Whether the speech heard during a turn is a barge-in yet.
-
-        Without a second opinion: once it lasts barge_in_min_ms. With one (`--echo aec`), the verdict on the
-        cleaned audio decides and half of barge_in_min_ms is enough: the neural VAD already rejects clicks
-        and coughs, and the canceller trims the tail of a short word ("Stop,") below the full minimum. Until
-        the verdict agrees the reply keeps playing (nothing is flushed); it is asked again every frame."""
-        assert self._barge_onset is not None
-        long_ms = self.detector.speech_s * 1000.0
-        if self._barge_confirm is None:
-            return long_ms >= self.talk_cfg.barge_in_min_ms
-        if long_ms < self.talk_cfg.barge_in_min_ms / 2:
-            return False
-        verdict = self._barge_confirm(self._barge_onset, now)
-        if not verdict.confirmed and long_ms >= self.talk_cfg.barge_in_min_ms and not self._barge_doubted:
-            self._barge_doubted = True  # the VAD alone would have cut the reply here
-            self._emit("discarded", t=now, reason="not the user", **_verdict_fields(verdict))
-        if verdict.confirmed:
-            self._verdict = verdict
-        return bool(verdict.confirmed)
 
     def _on_vad(self, ev: vad.Event) -> None:
         if isinstance(ev, vad.SpeechStarted):
             self._emit("speech_start", t=ev.t_onset)
             if self._turn is not None:
-                self._barge_onset = ev.t_onset  # confirmed once it lasts barge_in_min_ms
-                self._barge_doubted = False
+                self._barge.speech_started(ev.t_onset)  # a barge-in once it lasts long enough
             else:
                 self._set_state(State.HEARING)
         elif isinstance(ev, vad.Paused):
             self._emit("pause", t=ev.t)
             if self._turn is None and self.streaming:
-                self._start_speculation(ev.audio)
+                self.speculator.start(ev.audio)
         elif isinstance(ev, vad.Resumed):
             self._emit("resume", t=ev.t)
-            self._drop_speculation()
+            self.speculator.drop()
         elif isinstance(ev, vad.Discarded):
             self._emit("discarded", t=ev.t, duration_s=ev.duration_s)
-            self._barge_onset = None
-            self._drop_speculation()
-            if self._turn is None:
-                self._sound_discarded(ev.t)
+            self._discard(ev.t)
         elif isinstance(ev, vad.Utterance):
             self._on_utterance(ev)
 
-    # ---- speculation --------------------------------------------------------------------------------------
-    def _start_speculation(self, audio: npt.NDArray[np.float32]) -> None:
-        self._drop_speculation()
-        spec = Speculation(
-            len(audio), asyncio.create_task(self._transcribe(audio)), TurnLifecycle.proposed(self.clock())
-        )
-        spec.task.add_done_callback(lambda _: self._on_spec_transcript(spec))
-        self._spec = spec
-
-    def _on_spec_transcript(self, spec: Speculation) -> None:
-        """The speculative transcript is in and the user is still silent: an unfinished sentence holds the turn
-        open longer; otherwise the reply is started now (pipeline.endpoint, talk.prepare_reply)."""
-        if self._spec is not spec or self._turn is not None or spec.task.cancelled() or spec.task.exception():
-            return
-        tr = spec.task.result()
-        if not tr.is_speech:
-            return
-        if sounds_unfinished(tr.text):
-            self.detector.wait_longer(self._unfinished_extra_ms)
-            self._emit("turn_held", text=tr.text, extra_ms=self._unfinished_extra_ms)
-            return
-        if self.talk_cfg.prepare_reply:
-            self._prepare_reply(spec, tr.text)
-
-    def _prepare_reply(self, spec: Speculation, text: str) -> None:
-        if self._input.pending:  # the turn will ask with earlier words too: this reply could never be used
-            return
-        prompt = self.history.preview_user(text)
-        if prompt is None:  # the history will be trimmed first: the turn asks itself
-            return
-        try:
-            spec.reply = self.llm.chat(prompt, max_tokens=self.max_tokens)
-        except EngineError:
-            return  # the turn's own request will report it
-        spec.prompt = prompt
-        spec.pipeline = self._new_reply(0, TurnMetrics(0), spec.lifecycle)
-        spec.running = asyncio.create_task(spec.pipeline.run(spec.reply))
-        self._emit("reply_prepared", text=text)
-
-    def _drop_speculation(self, spec: Speculation | None = None) -> None:
-        spec = spec or self._spec
-        if spec is not None:
-            if spec.cancel("the user went on talking", self.clock()):
-                self.replies_wasted += 1
-                self._emit("reply_wasted", reason="the user went on talking")
-            if spec is self._spec:
-                self._spec = None
-
-    def _take_prepared(self, ctx: TurnContext, messages: list[ChatMessage]) -> asyncio.Task[bool] | None:
-        """The reply prepared during the hangover, if it was asked exactly what this turn asks: it becomes
-        the turn's reply (its first clause may be synthesised already) and may play from now on."""
-        spec, ctx.spec = ctx.spec, None
-        if spec is None or spec.reply is None or spec.pipeline is None or spec.running is None:
-            return None
-        if spec.prompt == messages and not spec.reply.stats.cancelled and not spec.running.done():
-            self.replies_prepared += 1
-            ctx.metrics.reply_prepared = True
-            ctx.reply = spec.pipeline
-            ctx.reply.adopt(ctx.turn_id, ctx.metrics)
-            return spec.running
-        spec.drop_reply()
-        self.replies_wasted += 1
-        self._emit("reply_wasted", turn_id=ctx.turn_id, reason="the prompt changed")
-        return None
-
-    async def _transcribe(self, audio: npt.NDArray[np.float32]) -> Transcript:
+    async def _transcribe(self, audio: Float32Array) -> Transcript:
         return await self.stt.transcribe(audio)
 
     # ---- turns --------------------------------------------------------------------------------------------
     def _on_utterance(self, ev: vad.Utterance) -> None:
         if ev.forced and self._turn is None:
-            # Max length reached while the user is still talking: transcribe this chunk now, answer later.
+            # Max length reached while the user is still talking: transcribe this piece now, answer later.
             self._emit("eou", t=ev.t_confirmed, forced=True, audio_s=len(ev.audio) / 16000.0)
-            self._drop_speculation()
+            self.speculator.drop()
             self._input.add_piece(ev.audio, ev.t_speech_end)
             return
-        now = self.clock()
-        if self._turn is not None:
-            if self._barge_onset is None or (
-                self._barge_confirm is not None and not self._barge_confirm(self._barge_onset, ev.t_confirmed).confirmed
-            ):
-                # Speech during the reply too short to count as a barge-in (a cough), or not the user
-                # (the echo of the reply): keep talking.
-                self._emit("discarded", t=ev.t_confirmed, duration_s=ev.t_speech_end - ev.t_start)
-                self._barge_onset = None
-                self._drop_speculation()
-                return
-            self._barge_in(decided=now)
-        elif (
-            self._barge_onset is not None
-            and self._barge_confirm is not None
-            and not self._barge_confirm(self._barge_onset, ev.t_confirmed).confirmed
-        ):
-            # Began during a reply that has ended since and never looked like the user: the tail of the
-            # reply's own echo must not become a turn.
-            self._emit("discarded", t=ev.t_confirmed, reason="not the user", duration_s=ev.t_speech_end - ev.t_start)
-            self._barge_onset = None
-            self._drop_speculation()
-            self._sound_discarded(ev.t_confirmed)
+        if self._turn is not None and self._barge.is_user(ev.t_confirmed):
+            self._barge_in(decided=self.clock())
+        elif self._turn is not None or (self._barge.onset is not None and not self._barge.is_user(ev.t_confirmed)):
+            # Speech during the reply too short to count as a barge-in (a cough), or not the user: the echo of
+            # the reply, maybe of its last words after it ended, which must not become a turn.
+            echo = self._barge.onset is not None
+            reason: dict[str, Any] = {"reason": "not the user"} if echo and self._turn is None else {}
+            self._emit("discarded", t=ev.t_confirmed, duration_s=ev.t_speech_end - ev.t_start, **reason)
+            self._discard(ev.t_confirmed)
             return
-        self._barge_onset = None
+        self._barge.clear()
         self._start_turn(self._input.take(ev.audio), ev.t_start, ev.t_speech_end, forced=ev.forced)
 
-    def _sound_discarded(self, t: float) -> None:
-        """A sound that was no turn ended: the question a barge-in on it cut off is asked again now."""
+    def _discard(self, t: float) -> None:
+        """A sound that is no turn ended. If a barge-in on it cut a question off, that question is asked again."""
+        self._barge.clear()
+        self.speculator.drop()
+        if self._turn is not None:
+            return
         cut = self._input.sound_discarded()
         if cut is None:
             self._set_state(State.LISTENING)
@@ -378,35 +290,31 @@ class Session:
         m = TurnMetrics(turn_id, speech_start=speech_start, speech_end=speech_end, eou=now)
         self._emit("speech_end", t=speech_end, turn_id=turn_id)
         self._emit("eou", t=now, turn_id=turn_id, forced=forced, audio_s=inp.audio_s)
-        spec = self._spec
-        self._spec = None
-        stt_task: Awaitable[Transcript] | None = None
+        spec = self.speculator.take()
+        stt: Awaitable[Transcript] | None = None
         used: Speculation | None = None
+        lifecycle = TurnLifecycle.confirmed(now)
         if inp.text is not None:
-            stt_task = _known(inp)  # asked again: its transcript is in already
-            lifecycle = TurnLifecycle.confirmed(now)
-        elif spec is not None and not inp.joined_carry and not spec.task.cancelled() and len(inp.audio):
-            stt_task = spec.task  # the audio after the pause was silence: the speculative result stands
+            stt = _known(inp)  # asked again: its transcript is in already
+        elif spec is not None and spec.usable and not inp.joined_carry and len(inp.audio):
+            stt = spec.transcript  # the audio after the pause was silence: the speculative result stands
             m.stt_speculative = True
-            used = spec
-            lifecycle = spec.lifecycle
+            used, lifecycle = spec, spec.lifecycle
             lifecycle.confirm(now)
-        else:
-            lifecycle = TurnLifecycle.confirmed(now)
-            if len(inp.audio):
-                stt_task = asyncio.create_task(self._transcribe(inp.audio))
+        elif len(inp.audio):
+            stt = asyncio.create_task(self._transcribe(inp.audio))
         if spec is not None and used is None:
-            self._drop_speculation(spec)
+            spec.transcript.cancel()  # earlier words lead the question: transcribed again with them
+            self.speculator.release(spec, PROMPT_CHANGED, turn_id)
         if inp.pieces and inp.text is None:
-            stt_task = joined(inp.pieces, stt_task)
-        if stt_task is None:
+            stt = joined(inp.pieces, stt)
+        if stt is None:
             self._set_state(State.LISTENING)
             return
         ctx = TurnContext(turn_id, m, lifecycle, self._new_reply(turn_id, m, lifecycle), input=inp, spec=used)
         self._turn = ctx
         self.turns_started += 1
-        prev = self._last_task
-        ctx.task = asyncio.create_task(self._run_turn(ctx, stt_task, prev))
+        ctx.task = asyncio.create_task(self._run_turn(ctx, stt, self._last_task))
         self._last_task = ctx.task
         self._set_state(State.THINKING, turn_id)
 
@@ -414,19 +322,12 @@ class Session:
         ctx = self._turn
         if ctx is None:
             return
-        ctx.metrics.barge_in_onset = self._barge_onset
+        ctx.metrics.barge_in_onset = self._barge.onset
         ctx.metrics.barge_in_decided = decided
         self._cancel_turn(ctx, reason="barge_in")
-        self._barge_onset = None
-        self._emit(
-            "barge_in",
-            t=decided,
-            turn_id=ctx.turn_id,
-            onset=ctx.metrics.barge_in_onset,
-            during="speaking" if ctx.reply.spoken_any else "thinking",
-            **({} if self._verdict is None else _verdict_fields(self._verdict)),
-        )
-        self._verdict = None
+        during = "speaking" if ctx.reply.spoken_any else "thinking"
+        self._emit("barge_in", t=decided, turn_id=ctx.turn_id, onset=ctx.metrics.barge_in_onset, during=during,
+                   **self._barge.decided())  # fmt: skip
         self._set_state(State.HEARING)
 
     def _cancel_turn(self, ctx: TurnContext, reason: str) -> None:
@@ -435,8 +336,7 @@ class Session:
         ctx.interrupted = True
         ctx.lifecycle.cancel(reason, self.clock())
         ctx.reply.cancel()
-        if ctx.spec is not None:  # a prepared reply not yet taken
-            ctx.spec.drop_reply()
+        self.speculator.release(ctx.spec, TURN_CANCELLED, ctx.turn_id)  # a prepared reply not yet taken
         if ctx.task is not None:
             ctx.task.cancel()
         if reason == "barge_in":
@@ -445,47 +345,22 @@ class Session:
         if self._turn is ctx:
             self._turn = None
 
-    async def _run_turn(
-        self,
-        ctx: TurnContext,
-        stt_task: Awaitable[Transcript],
-        prev: asyncio.Task[None] | None,
-    ) -> None:
+    async def _run_turn(self, ctx: TurnContext, stt: Awaitable[Transcript], prev: asyncio.Task[None] | None) -> None:
         m = ctx.metrics
         answered = False
         try:
             if prev is not None and not prev.done():
                 await asyncio.wait([prev])  # the previous turn's RESET lands in the history first
-            if ctx.input.resumes:
-                self.history.retract_turn()  # the cut answer gives way to the whole one
-            tr = await stt_task
+            tr = await stt
             m.stt_done = self.clock()
             m.stt_compute_s = tr.compute_s
-            self._emit(
-                "stt_done",
-                turn_id=ctx.turn_id,
-                text=tr.text,
-                is_speech=tr.is_speech,
-                compute_s=tr.compute_s,
-                queue_wait_s=tr.queue_wait_s,  # waiting for the STT worker (behind another utterance)
-                window_s=tr.window_s,
-                speculative=m.stt_speculative,
-            )
+            self._emit("stt_done", turn_id=ctx.turn_id, text=tr.text, is_speech=tr.is_speech, compute_s=tr.compute_s,
+                       queue_wait_s=tr.queue_wait_s,  # waiting for the STT worker (behind another utterance)
+                       window_s=tr.window_s, speculative=m.stt_speculative)  # fmt: skip
             if not tr.is_speech:
                 self._emit("stt_rejected", turn_id=ctx.turn_id, text=tr.text)
                 return
-            ctx.user_text = tr.text
-            dropped_before = self.history.truncated_turns
-            self.history.add_user(ctx.user_text)
-            ctx.user_added = True
-            if self.history.last_user_truncated:
-                self._emit("warning", turn_id=ctx.turn_id,
-                           message="what you said is longer than the model's context: only its end was kept "
-                           "(raise llm.history_tokens / llm.n_ctx for longer input)")  # fmt: skip
-            if self.history.truncated_turns > dropped_before:
-                self._emit("warning", turn_id=ctx.turn_id,
-                           message=f"the conversation outgrew llm.history_tokens: the oldest "
-                           f"{self.history.truncated_turns} turns are no longer sent to the model")  # fmt: skip
+            self.ledger.question(ctx, tr.text)
             answered = await self._reply(ctx)
         except asyncio.CancelledError:
             ctx.interrupted = True
@@ -524,81 +399,32 @@ class Session:
                 self._set_state(State.SPEAKING, turn_id)
 
         return ReplyPipeline(
-            turn_id=turn_id,
-            metrics=metrics,
-            lifecycle=lifecycle,
-            sink=self.sink,
-            tts=self.tts,
-            emit=self._emit,
-            clock=self.clock,
-            max_reply_words=self.talk_cfg.max_reply_words,
-            first_soft_words=self.talk_cfg.first_clause_soft_words,
-            streaming=self.streaming,
-            on_speaking=speaking,
-        )
+            turn_id=turn_id, metrics=metrics, lifecycle=lifecycle, sink=self.sink, tts=self.tts, emit=self._emit,
+            clock=self.clock, max_reply_words=self.talk_cfg.max_reply_words,
+            first_soft_words=self.talk_cfg.first_clause_soft_words, streaming=self.streaming, on_speaking=speaking,
+        )  # fmt: skip
 
     async def _reply(self, ctx: TurnContext) -> bool:
         messages = self.history.messages()
-        prepared = self._take_prepared(ctx, messages)
+        spec, ctx.spec = ctx.spec, None
+        prepared = self.speculator.adopt(spec, ctx.turn_id, ctx.metrics, messages)
         if prepared is not None:
-            return await prepared
+            ctx.reply, task = prepared
+            return await task
         return await ctx.reply.run(self.llm.chat(messages, max_tokens=self.max_tokens))
 
     def _finish_turn(self, ctx: TurnContext, answered: bool) -> None:
         """RESET and bookkeeping; synchronous so it also runs fully inside a cancelled task."""
-        m, reply = ctx.metrics, ctx.reply
-        if reply.stream is not None and not answered:
-            reply.stream.cancel()
-        if ctx.spec is not None and ctx.spec.drop_reply():  # prepared, never taken (e.g. STT failed)
-            self.replies_wasted += 1
+        if ctx.reply.stream is not None and not answered:
+            ctx.reply.stream.cancel()
+        self.speculator.release(ctx.spec, TURN_FAILED, ctx.turn_id)  # prepared, never asked for (STT failed)
         if ctx.interrupted:
             ctx.lifecycle.cancel("cancelled", self.clock())  # a no-op when the barge-in already did
         else:
             ctx.lifecycle.finish(self.clock())
-        m.play_start = reply.play_start()
-        if m.play_start is not None:
-            self._emit("play_start", t=m.play_start, turn_id=ctx.turn_id)
-        cut_off = reply.device_lost()
-        heard = reply.heard(cut_short=ctx.interrupted or cut_off)
-        if ctx.user_added:
-            if reply.spoken_any or not ctx.interrupted:
-                kept = reply.history_text(cut_short=ctx.interrupted or cut_off)
-                self.history.add_assistant(kept, interrupted=ctx.interrupted)
-            else:
-                # Cut off before a word was played: the user's words are re-sent with their next ones.
-                self.history.retract_user()
-        m.interrupted = ctx.interrupted
-        m.loop_lag_max_s = self._lag.take()
-        if self._playback_underruns is not None:
-            total = self._playback_underruns()
-            m.underruns, self._underruns_seen = total - self._underruns_seen, total
-        if self._capture_overruns is not None:
-            total = self._capture_overruns()
-            m.overruns, self._overruns_seen = total - self._overruns_seen, total
-        summary = m.summary()
-        if self._echo_stats is not None:
-            summary.update(self._echo_stats())
-        record: dict[str, Any] = {
-            "turn": ctx.turn_id,
-            "time": time.time(),
-            "user": ctx.user_text,
-            "assistant": heard,
-            "interrupted": ctx.interrupted,
-            "speaker_lost": cut_off,
-            "answered": answered,
-            "timings": summary,
-        }
-        if ctx.error:
-            record["error"] = ctx.error
-        if (ctx.user_added and (reply.spoken_any or not ctx.interrupted)) or ctx.error:
-            self.records.append(record)
-            if self.transcript is not None:
-                self.transcript.append(record)
-        self._emit("turn_end", None, ctx.turn_id, **record)
-        if answered or reply.spoken_any:  # a reply cut off by the user was still an answer
-            self.turns_answered += 1
-            if self._max_turns is not None and self.turns_answered >= self._max_turns:
-                self._done.set()
+        answered_now = self.ledger.finish(ctx, answered)
+        if answered_now and self._max_turns is not None and self.turns_answered >= self._max_turns:
+            self._done.set()
         if self._turn is ctx:
             self._turn = None
             self._set_state(State.LISTENING)
@@ -606,15 +432,3 @@ class Session:
 
 async def _known(inp: TurnInput) -> Transcript:
     return Transcript(text=inp.text or "", is_speech=True, audio_s=inp.audio_s)
-
-
-def _verdict_fields(verdict: Any) -> dict[str, Any]:
-    """A barge-in verdict's evidence for the event log (see pipeline.bargein.Verdict)."""
-    r = lambda v: None if v is None else round(v, 2)  # noqa: E731
-    return {
-        "speech_ratio": r(verdict.speech_ratio),
-        "level_dbfs": r(verdict.level_dbfs),
-        "background_dbfs": r(verdict.background_dbfs),
-        "retained_db": r(verdict.retained_db),
-        "excess_db": r(verdict.excess_db),
-    }

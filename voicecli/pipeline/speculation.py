@@ -1,61 +1,171 @@
 """Work started at the user's early pause, before the end of their turn is confirmed.
 
 At the pause the audio so far is transcribed; once that transcript is in (and the user is still silent) the
-reply is started on it too: the LLM streams into the reply pipeline, whose first clause is synthesised and
+reply is started on it too: the LLM streams into a reply pipeline, whose first clause is synthesised and
 then waits, with the LLM, on its bounded queues. Nothing is played before the turn is confirmed and asks
-exactly what the reply was prepared with (pipeline.turn, ReplyPipeline.adopt). If the user resumes, both
-are cancelled and the thrown-away reply is counted.
+exactly what the reply was prepared with (pipeline.turn, ReplyPipeline.adopt).
+
+The `Speculator` owns that work from the pause until it is adopted by the turn or wasted, and counts both:
+one object created early, then authorised or discarded (the shape of livekit's preemptive generation).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from voicecli.engines.base import ChatMessage, LLMStream, Transcript
-from voicecli.pipeline.reply import ReplyPipeline
+from voicecli.audio.format import Float32Array
+from voicecli.engines.base import ChatMessage, LanguageModel, LLMStream, Transcript
+from voicecli.errors import EngineError
+from voicecli.pipeline.endpoint import sounds_unfinished
+from voicecli.pipeline.history import History
+from voicecli.pipeline.metrics import TurnMetrics
+from voicecli.pipeline.reply import Emit, ReplyPipeline
 from voicecli.pipeline.turn import TurnLifecycle
+
+# Why a prepared reply was thrown away (the `reply_wasted` event's reason, the keys of `Speculator.wasted`).
+USER_WENT_ON = "the user went on talking"
+PROMPT_CHANGED = "the prompt changed"
+TURN_CANCELLED = "the turn was cancelled"
+TURN_FAILED = "the turn ended before asking for it"
 
 
 @dataclass
 class Speculation:
-    audio_len: int
-    task: asyncio.Task[Transcript]
+    """The work of one pause: its transcript, and the reply prepared on it (if any)."""
+
+    transcript: asyncio.Task[Transcript]
     lifecycle: TurnLifecycle
     prompt: list[ChatMessage] | None = None  # what the prepared reply was asked with
-    reply: LLMStream | None = None
+    llm_stream: LLMStream | None = None
     # The prepared reply running through chunker and TTS; its first clause's audio waits for the turn.
-    pipeline: ReplyPipeline | None = None
-    running: asyncio.Task[bool] | None = None
+    reply: ReplyPipeline | None = None
+    reply_task: asyncio.Task[bool] | None = None
 
-    def cancel(self, reason: str, t: float) -> bool:
-        """The user went on talking: cancel the transcription and any prepared reply; True if a prepared
-        reply was thrown away."""
-        self.task.cancel()
-        self.lifecycle.cancel(reason, t)
-        return self.drop_reply()
+    @property
+    def usable(self) -> bool:
+        return not self.transcript.cancelled()
 
-    def drop_reply(self) -> bool:
-        """Throw the prepared reply away (the turn asks something else); True if there was one."""
-        if self.reply is None:
+    def cancel_reply(self) -> bool:
+        """Stop the prepared reply; True if there was one."""
+        if self.llm_stream is None:
             return False
-        if self.running is not None:
-            self.running.cancel()
-        if self.pipeline is not None:
-            self.pipeline.cancel()
-        self.reply.cancel()
-        self.reply, self.pipeline, self.running = None, None, None
+        if self.reply_task is not None:
+            self.reply_task.cancel()
+        if self.reply is not None:
+            self.reply.cancel()
+        self.llm_stream.cancel()
+        self.llm_stream, self.reply, self.reply_task = None, None, None
         return True
 
 
-async def joined(tasks: list[Any]) -> Transcript:
-    """One transcript for a monologue transcribed in chunks."""
-    results: list[Transcript] = list(await asyncio.gather(*tasks))
-    heard = [r for r in results if r.is_speech]
-    return Transcript(
-        text=" ".join(r.text for r in heard),
-        is_speech=bool(heard),
-        audio_s=sum(r.audio_s for r in results),
-        compute_s=results[-1].compute_s,  # the earlier chunks ran while the user was talking
-    )
+class Speculator:
+    """Starts the work at a pause, holds it until the turn is confirmed, then hands it over or wastes it.
+
+    `idle()`: no turn is in flight (a transcript that comes in later is of no use); `input_pending()`: the turn
+    will ask with earlier words too, so a reply prepared on this transcript alone could never be adopted;
+    `hold()`: keep the pause open longer (the transcript sounds unfinished)."""
+
+    def __init__(
+        self,
+        *,
+        transcribe: Callable[[Float32Array], Coroutine[Any, Any, Transcript]],
+        llm: LanguageModel,
+        history: History,
+        max_tokens: int,
+        new_reply: Callable[[TurnLifecycle], ReplyPipeline],
+        emit: Emit,
+        clock: Callable[[], float],
+        idle: Callable[[], bool],
+        input_pending: Callable[[], bool],
+        hold: Callable[[str], None],
+        prepare: bool = True,
+    ) -> None:
+        self._transcribe = transcribe
+        self._llm = llm
+        self._history = history
+        self._max_tokens = max_tokens
+        self._new_reply = new_reply
+        self._emit = emit
+        self._clock = clock
+        self._idle = idle
+        self._input_pending = input_pending
+        self._hold = hold
+        self._prepare = prepare
+        self.current: Speculation | None = None
+        self.adopted = 0  # prepared replies a turn took as its own
+        self.wasted: Counter[str] = Counter()  # prepared replies thrown away, by reason
+
+    # ---- the pause ----------------------------------------------------------------------------------------
+    def start(self, audio: Float32Array) -> None:
+        self.drop()
+        spec = Speculation(asyncio.create_task(self._transcribe(audio)), TurnLifecycle.proposed(self._clock()))
+        spec.transcript.add_done_callback(lambda _: self._transcribed(spec))
+        self.current = spec
+
+    def _transcribed(self, spec: Speculation) -> None:
+        """The speculative transcript is in and the user is still silent: an unfinished sentence holds the turn
+        open longer; otherwise the reply is started now (pipeline.endpoint, talk.prepare_reply)."""
+        task = spec.transcript
+        if self.current is not spec or not self._idle() or task.cancelled() or task.exception():
+            return
+        text = task.result().text
+        if not task.result().is_speech:
+            return
+        if sounds_unfinished(text):
+            self._hold(text)
+        elif self._prepare and not self._input_pending():
+            self._start_reply(spec, text)
+
+    def _start_reply(self, spec: Speculation, text: str) -> None:
+        prompt = self._history.preview_user(text)
+        if prompt is None:  # the history will be trimmed first: the turn asks itself
+            return
+        try:
+            spec.llm_stream = self._llm.chat(prompt, max_tokens=self._max_tokens)
+        except EngineError:
+            return  # the turn's own request will report it
+        spec.prompt = prompt
+        spec.reply = self._new_reply(spec.lifecycle)
+        spec.reply_task = asyncio.create_task(spec.reply.run(spec.llm_stream))
+        self._emit("reply_prepared", text=text)
+
+    # ---- the end of the turn ------------------------------------------------------------------------------
+    def drop(self, reason: str = USER_WENT_ON) -> None:
+        """The user went on talking (or the session ends): the current work is thrown away."""
+        spec, self.current = self.current, None
+        if spec is not None:
+            spec.transcript.cancel()
+            spec.lifecycle.cancel(reason, self._clock())
+            self.release(spec, reason)
+
+    def take(self) -> Speculation | None:
+        """The turn is confirmed: it takes the current work (None if there is none)."""
+        spec, self.current = self.current, None
+        return spec
+
+    def adopt(
+        self, spec: Speculation | None, turn_id: int, metrics: TurnMetrics, messages: list[ChatMessage]
+    ) -> tuple[ReplyPipeline, asyncio.Task[bool]] | None:
+        """The prepared reply, if it was asked exactly what the turn asks: adopted as the turn's reply (its first
+        clause may be synthesised already), which may play from now on. Returns (reply, its task) or None."""
+        if spec is None or spec.llm_stream is None or spec.reply is None or spec.reply_task is None:
+            return None
+        if spec.prompt == messages and not spec.llm_stream.stats.cancelled and not spec.reply_task.done():
+            self.adopted += 1
+            metrics.reply_prepared = True
+            spec.reply.adopt(turn_id, metrics)
+            reply, task = spec.reply, spec.reply_task
+            spec.llm_stream, spec.reply, spec.reply_task = None, None, None  # the turn's own from now on
+            return reply, task
+        self.release(spec, PROMPT_CHANGED, turn_id)
+        return None
+
+    def release(self, spec: Speculation | None, reason: str, turn_id: int = 0) -> None:
+        """A prepared reply that will not be adopted: stopped, counted once, with why."""
+        if spec is not None and spec.cancel_reply():
+            self.wasted[reason] += 1
+            self._emit("reply_wasted", turn_id=turn_id, reason=reason)

@@ -26,7 +26,9 @@ def new_session_path() -> Path:
     return paths.sessions_dir() / time.strftime("%Y%m%d-%H%M%S.jsonl")
 
 
-class Transcript:
+class TranscriptLog:
+    """The session's log of finished turns (not an STT `engines.base.Transcript`)."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._queue: queue.Queue[str | None] = queue.Queue(QUEUE_RECORDS)

@@ -19,7 +19,7 @@ from voicecli.events import Event
 from voicecli.pipeline.history import History
 from voicecli.pipeline.ports import FrameLike
 from voicecli.pipeline.session import Session
-from voicecli.pipeline.transcript import Transcript
+from voicecli.pipeline.transcript import TranscriptLog
 
 if TYPE_CHECKING:
     from voicecli.pipeline.bargein import EchoPath
@@ -114,7 +114,7 @@ async def converse(
     *,
     max_turns: int | None = None,
     emit: Callable[[Event], None] | None = None,
-    transcript: Transcript | None = None,
+    transcript: TranscriptLog | None = None,
     paths: dict[str, Path] | None = None,
     on_ready: Callable[[Session], None] | None = None,
     install_signal_handlers: bool = True,
