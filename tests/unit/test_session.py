@@ -203,7 +203,9 @@ def test_half_duplex_ignores_the_mic_while_speaking() -> None:
 
 
 class FailingLLM(FakeLLM):
-    """Raises after a few deltas, like a model that crashes mid-reply."""
+    """Raises `error` after a few deltas, like a model that crashes mid-reply."""
+
+    error: Exception = EngineError("the model crashed", hint="")
 
     def chat(self, messages, max_tokens=256):  # type: ignore[no-untyped-def]
         stream = super().chat(messages, max_tokens)
@@ -214,7 +216,7 @@ class FailingLLM(FakeLLM):
                 n = 0
                 async for d in inner():
                     if n == 7:
-                        raise EngineError("the model crashed", hint="")
+                        raise self.error
                     n += 1
                     yield d
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from tests.fakes import REPLY, FakeLLM, FakeTTS
-from tests.unit.test_session import VAD, after_play, run_timeline
+from tests.unit.test_session import VAD, FailingLLM, after_play, run_timeline
 from voicecli.pipeline.session import APOLOGY
 
 COUGH_S = 0.22  # over barge_in_min_ms (200), under min_utterance_ms (250): a barge-in, never an utterance
@@ -86,24 +86,10 @@ def test_the_history_keeps_no_url_or_code_that_was_not_spoken() -> None:
 
 
 # ---- defect: an unexpected exception, a dead speaker ------------------------------------------------------------
-class CrashingLLM(FakeLLM):
+class CrashingLLM(FailingLLM):
     """The first reply dies with a bug (not an EngineError) after a few deltas."""
 
-    def chat(self, messages, max_tokens=256):  # type: ignore[no-untyped-def]
-        stream = super().chat(messages, max_tokens)
-        if len(self.streams) == 1:
-            inner = stream._gen
-
-            async def broken():  # type: ignore[no-untyped-def]
-                n = 0
-                async for d in inner():
-                    if n == 7:
-                        raise RuntimeError("a bug in the adapter")
-                    n += 1
-                    yield d
-
-            stream._gen = broken  # type: ignore[method-assign]
-        return stream
+    error = RuntimeError("a bug in the adapter")
 
 
 def test_an_unexpected_exception_gets_the_apology_and_an_error_event() -> None:

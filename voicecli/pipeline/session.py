@@ -32,15 +32,13 @@ import asyncio
 import contextlib
 import enum
 import time
-import traceback
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from voicecli.audio.format import Float32Array, rms_dbfs
 from voicecli.config import TalkConfig, VadConfig
 from voicecli.engines.base import LanguageModel, SpeechToText, TextToSpeech, Transcript
-from voicecli.errors import EngineError
 from voicecli.events import Event, EventKind
 from voicecli.pipeline import vad
 from voicecli.pipeline.history import History
@@ -49,14 +47,14 @@ from voicecli.pipeline.ledger import TurnContext, TurnLedger
 from voicecli.pipeline.metrics import LoopLagMonitor, TurnMetrics
 from voicecli.pipeline.ports import AudioSink, FrameLike, FrameSource
 from voicecli.pipeline.reply import APOLOGY, CONFUSED, ReplyPipeline, played_text
-from voicecli.pipeline.speculation import PROMPT_CHANGED, TURN_CANCELLED, TURN_FAILED, Speculation, Speculator
+from voicecli.pipeline.speculation import PROMPT_CHANGED, TURN_CANCELLED, Speculator
 from voicecli.pipeline.transcript import TranscriptLog
 from voicecli.pipeline.turn import TurnLifecycle
-from voicecli.pipeline.utterance import TurnInput, UtteranceAssembler, joined
+from voicecli.pipeline.turn_runner import STT_APOLOGY, TurnRunner
+from voicecli.pipeline.utterance import TurnInput, UtteranceAssembler
 
 __all__ = ["APOLOGY", "CONFUSED", "STT_APOLOGY", "Session", "State", "played_text"]
 
-STT_APOLOGY = "Sorry, I could not make out what you said. Please say it again."
 MIC_LEVEL_EVERY = 5  # frames (100 ms) between mic level events
 
 
@@ -97,11 +95,8 @@ class Session:
         self.source = source
         self.sink = sink
         self.stt = stt
-        self.llm = llm
         self.tts = tts
-        self.history = history
         self.talk_cfg = talk_cfg
-        self.max_tokens = max_tokens
         self._emit_cb = emit
         self.clock = clock
         self.detector = detector or vad.TurnDetector(vad_cfg)
@@ -134,15 +129,15 @@ class Session:
             clock=clock, idle=lambda: self._turn is None, input_pending=lambda: self._input.pending, hold=hold,
             prepare=talk_cfg.prepare_reply,
         )  # fmt: skip
+        self._runner = TurnRunner(
+            llm=llm, max_tokens=max_tokens, ledger=self.ledger, speculator=self.speculator, emit=self._emit,
+            clock=clock, turn_over=self._turn_over,
+        )  # fmt: skip
 
     # ---- what the benchmark and the app read ---------------------------------------------------------------
     @property
     def records(self) -> deque[dict[str, Any]]:
         return self.ledger.records
-
-    @property
-    def transcript(self) -> TranscriptLog | None:
-        return self.ledger.transcript
 
     @property
     def turns_answered(self) -> int:
@@ -291,30 +286,23 @@ class Session:
         self._emit("speech_end", t=speech_end, turn_id=turn_id)
         self._emit("eou", t=now, turn_id=turn_id, forced=forced, audio_s=inp.audio_s)
         spec = self.speculator.take()
-        stt: Awaitable[Transcript] | None = None
-        used: Speculation | None = None
-        lifecycle = TurnLifecycle.confirmed(now)
-        if inp.text is not None:
-            stt = _known(inp)  # asked again: its transcript is in already
-        elif spec is not None and spec.usable and not inp.joined_carry and len(inp.audio):
-            stt = spec.transcript  # the audio after the pause was silence: the speculative result stands
-            m.stt_speculative = True
-            used, lifecycle = spec, spec.lifecycle
-            lifecycle.confirm(now)
-        elif len(inp.audio):
-            stt = asyncio.create_task(self._transcribe(inp.audio))
+        used = spec if spec is not None and spec.usable and inp.speculation_fits else None
         if spec is not None and used is None:
             spec.transcript.cancel()  # earlier words lead the question: transcribed again with them
             self.speculator.release(spec, PROMPT_CHANGED, turn_id)
-        if inp.pieces and inp.text is None:
-            stt = joined(inp.pieces, stt)
+        # With a speculative transcript, the audio after the pause was silence: its result stands.
+        stt = inp.transcript(self._transcribe, None if used is None else used.transcript)
         if stt is None:
             self._set_state(State.LISTENING)
             return
+        lifecycle = TurnLifecycle.confirmed(now) if used is None else used.lifecycle
+        if used is not None:
+            lifecycle.confirm(now)
+            m.stt_speculative = True
         ctx = TurnContext(turn_id, m, lifecycle, self._new_reply(turn_id, m, lifecycle), input=inp, spec=used)
         self._turn = ctx
         self.turns_started += 1
-        ctx.task = asyncio.create_task(self._run_turn(ctx, stt, self._last_task))
+        ctx.task = asyncio.create_task(self._runner.run(ctx, stt, self._last_task))
         self._last_task = ctx.task
         self._set_state(State.THINKING, turn_id)
 
@@ -345,54 +333,6 @@ class Session:
         if self._turn is ctx:
             self._turn = None
 
-    async def _run_turn(self, ctx: TurnContext, stt: Awaitable[Transcript], prev: asyncio.Task[None] | None) -> None:
-        m = ctx.metrics
-        answered = False
-        try:
-            if prev is not None and not prev.done():
-                await asyncio.wait([prev])  # the previous turn's RESET lands in the history first
-            tr = await stt
-            m.stt_done = self.clock()
-            m.stt_compute_s = tr.compute_s
-            self._emit("stt_done", turn_id=ctx.turn_id, text=tr.text, is_speech=tr.is_speech, compute_s=tr.compute_s,
-                       queue_wait_s=tr.queue_wait_s,  # waiting for the STT worker (behind another utterance)
-                       window_s=tr.window_s, speculative=m.stt_speculative)  # fmt: skip
-            if not tr.is_speech:
-                self._emit("stt_rejected", turn_id=ctx.turn_id, text=tr.text)
-                return
-            self.ledger.question(ctx, tr.text)
-            answered = await self._reply(ctx)
-        except asyncio.CancelledError:
-            ctx.interrupted = True
-        except Exception as exc:
-            # STT failed (timeout, a worker that died twice), the LLM refused to start, or a bug: say so out
-            # loud, record it, and keep listening; never end the turn silently.
-            answered = await self._apologise(ctx, exc)
-        finally:
-            try:
-                self._finish_turn(ctx, answered)
-            except Exception as exc:  # e.g. the transcript's disk is full: the session must go on
-                self._emit("error", turn_id=ctx.turn_id, message=f"could not record the turn: {exc}")
-                if self._turn is ctx:
-                    self._turn = None
-                    self._set_state(State.LISTENING)
-
-    async def _apologise(self, ctx: TurnContext, exc: Exception) -> bool:
-        if isinstance(exc, EngineError):
-            ctx.error, hint, trace = exc.message, exc.hint, ""
-        else:
-            ctx.error, hint = f"unexpected {type(exc).__name__}: {exc}", "this is a bug: please report it"
-            trace = "".join(traceback.format_exception(exc))
-        extra: dict[str, Any] = {"traceback": trace} if trace else {}
-        self._emit("error", turn_id=ctx.turn_id, message=ctx.error, hint=hint, **extra)
-        try:
-            return await ctx.reply.say(APOLOGY if ctx.user_added else STT_APOLOGY)
-        except asyncio.CancelledError:
-            ctx.interrupted = True
-        except Exception as again:  # the speaker itself is broken: the turn still ends, and says why
-            self._emit("error", turn_id=ctx.turn_id, message=f"could not apologise: {again!r}")
-        return False
-
     def _new_reply(self, turn_id: int, metrics: TurnMetrics, lifecycle: TurnLifecycle) -> ReplyPipeline:
         def speaking(turn_id: int) -> None:
             if self._turn is not None and self._turn.turn_id == turn_id:
@@ -404,31 +344,9 @@ class Session:
             first_soft_words=self.talk_cfg.first_clause_soft_words, streaming=self.streaming, on_speaking=speaking,
         )  # fmt: skip
 
-    async def _reply(self, ctx: TurnContext) -> bool:
-        messages = self.history.messages()
-        spec, ctx.spec = ctx.spec, None
-        prepared = self.speculator.adopt(spec, ctx.turn_id, ctx.metrics, messages)
-        if prepared is not None:
-            ctx.reply, task = prepared
-            return await task
-        return await ctx.reply.run(self.llm.chat(messages, max_tokens=self.max_tokens))
-
-    def _finish_turn(self, ctx: TurnContext, answered: bool) -> None:
-        """RESET and bookkeeping; synchronous so it also runs fully inside a cancelled task."""
-        if ctx.reply.stream is not None and not answered:
-            ctx.reply.stream.cancel()
-        self.speculator.release(ctx.spec, TURN_FAILED, ctx.turn_id)  # prepared, never asked for (STT failed)
-        if ctx.interrupted:
-            ctx.lifecycle.cancel("cancelled", self.clock())  # a no-op when the barge-in already did
-        else:
-            ctx.lifecycle.finish(self.clock())
-        answered_now = self.ledger.finish(ctx, answered)
-        if answered_now and self._max_turns is not None and self.turns_answered >= self._max_turns:
+    def _turn_over(self, ctx: TurnContext, answered: bool) -> None:
+        if answered and self._max_turns is not None and self.turns_answered >= self._max_turns:
             self._done.set()
         if self._turn is ctx:
             self._turn = None
             self._set_state(State.LISTENING)
-
-
-async def _known(inp: TurnInput) -> Transcript:
-    return Transcript(text=inp.text or "", is_speech=True, audio_s=inp.audio_s)

@@ -46,6 +46,24 @@ class TurnInput:
     def audio_s(self) -> float:
         return len(self.audio) / SAMPLE_RATE
 
+    @property
+    def speculation_fits(self) -> bool:
+        """The pause's speculative transcript (of the utterance's audio alone) is this input's own."""
+        return self.text is None and not self.joined_carry and len(self.audio) > 0
+
+    def transcript(
+        self, transcribe: Transcribe, speculative: Awaitable[Transcript] | None = None
+    ) -> Awaitable[Transcript] | None:
+        """What STT makes of this input: the transcript a cut-off turn already had, else the pause's
+        `speculative` one, else a fresh transcription of `audio`; monologue pieces are joined in front. None
+        when there is nothing to transcribe."""
+        if self.text is not None:
+            return _known(Transcript(text=self.text, is_speech=True, audio_s=self.audio_s))
+        stt = speculative
+        if stt is None and len(self.audio):
+            stt = asyncio.ensure_future(transcribe(self.audio))
+        return joined(self.pieces, stt) if self.pieces else stt
+
 
 class UtteranceAssembler:
     def __init__(self, transcribe: Transcribe) -> None:
@@ -108,6 +126,10 @@ class UtteranceAssembler:
         for task in self._pieces:
             task.cancel()
         self._pieces, self._carried, self._resume = [], None, None
+
+
+async def _known(transcript: Transcript) -> Transcript:
+    return transcript
 
 
 async def joined(pieces: list[asyncio.Task[Transcript]], rest: Awaitable[Transcript] | None) -> Transcript:
