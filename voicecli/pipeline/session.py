@@ -6,6 +6,7 @@ The Session decides when a turn starts and ends; the rest is owned elsewhere:
   turn cut off by a barge-in, and the one rule for a barge-in whose sound is then discarded);
 * `pipeline.speculation`: the work started at the pause, until the turn adopts it or it is wasted;
 * `pipeline.interruption`: when speech during a turn is a barge-in;
+* `pipeline.turn_runner`: one confirmed turn as a task (transcript -> history -> reply; an apology on failure);
 * `pipeline.reply`: one spoken reply (LLM -> chunker -> guard -> TTS -> sink, one cancel);
 * `pipeline.ledger`: what a turn leaves behind (history, transcript log, records, metric deltas).
 
