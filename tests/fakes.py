@@ -222,7 +222,7 @@ class FakeLLM:
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return sum(len(m.content.split()) + 4 for m in messages)
 
-    def chat(self, messages: Sequence[ChatMessage], max_tokens: int = 256) -> FakeStream:
+    def chat(self, messages: Sequence[ChatMessage], max_tokens: int = 256, sampling: object = None) -> FakeStream:
         self.prompts.append(list(messages))
         words = self.reply.split(" ")
         deltas = [w if i == 0 else " " + w for i, w in enumerate(words)]

@@ -33,6 +33,7 @@ EventKind = Literal[
     "clause",  # data: text, index
     "clause_dropped",  # data: text, reason (the reply guard: text the voice cannot say)
     "reply_cut",  # data: reason (repetition | unspeakable | length cap), words, degenerate
+    "reply_regenerated",  # the reply opened by copying an earlier one: asked afresh; data: copied, attempt
     "tts_first_audio",
     "tts_clause",  # data: index, audio_s, compute_s
     "play_start",  # t = DAC time of the reply's first sample

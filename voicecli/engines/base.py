@@ -148,8 +148,10 @@ class LanguageModel(Protocol):
     async def start(self) -> None:
         """Load and warm up (prefill the system prompt)."""
 
-    def chat(self, messages: Sequence[ChatMessage], max_tokens: int = 256) -> LLMStream:
-        """Start streaming a reply to `messages`."""
+    def chat(
+        self, messages: Sequence[ChatMessage], max_tokens: int = 256, sampling: Sampling | None = None
+    ) -> LLMStream:
+        """Start streaming a reply to `messages`; `sampling` overrides the model's own for this reply."""
 
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         """Prompt tokens for these messages, with the model's own tokenizer and chat template."""

@@ -120,14 +120,16 @@ class LlamaLLM:
         if self._llm is None:
             await self._submit(self._load)
 
-    def chat(self, messages: Sequence[ChatMessage], max_tokens: int = 256) -> LlamaStream:
+    def chat(
+        self, messages: Sequence[ChatMessage], max_tokens: int = 256, sampling: Sampling | None = None
+    ) -> LlamaStream:
         """Start streaming a reply. A previous stream still running is cancelled first."""
         if self._llm is None:
             raise EngineError("the language model is not loaded", hint="await LlamaLLM.start() first")
         if self._current is not None:
             self._current.cancel()
         stream = LlamaStream(asyncio.get_running_loop())
-        stream.job = self._submit(self._generate, stream, _dicts(messages), max_tokens)
+        stream.job = self._submit(self._generate, stream, _dicts(messages), max_tokens, sampling or self._sampling)
         self._current = stream
         return stream
 
@@ -255,7 +257,9 @@ class LlamaLLM:
         perf = llama_cpp.llama_perf_context(self._llm.ctx)
         return int(perf.n_p_eval) + int(perf.n_eval)
 
-    def _generate(self, stream: LlamaStream, messages: list[ChatCompletionRequestMessage], max_tokens: int) -> None:
+    def _generate(
+        self, stream: LlamaStream, messages: list[ChatCompletionRequestMessage], max_tokens: int, sp: Sampling
+    ) -> None:
         import llama_cpp
         from llama_cpp import LogitsProcessorList
 
@@ -307,7 +311,6 @@ class LlamaLLM:
             # The prompt and the first clause on the free cores (the speaker waits for them), the rest on
             # plan.decode once Piper is synthesising next to it (see on_logits).
             llama_cpp.llama_set_n_threads(llm.ctx, plan.batch, plan.batch)
-            sp = self._sampling
             chunks = llm.create_chat_completion(
                 messages=messages,
                 max_tokens=max_tokens,

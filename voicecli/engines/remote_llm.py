@@ -260,7 +260,9 @@ class RemoteLLM:
             raise
         self._started = True
 
-    def chat(self, messages: Sequence[ChatMessage], max_tokens: int = 256) -> RemoteStream:
+    def chat(
+        self, messages: Sequence[ChatMessage], max_tokens: int = 256, sampling: Sampling | None = None
+    ) -> RemoteStream:
         """Start streaming a reply; a previous stream still running is cancelled first. Network faults come
         out of the stream's iteration, never from here."""
         if not self._started:
@@ -271,7 +273,7 @@ class RemoteLLM:
         self._turn += 1  # background token counting of the previous turn gives way (see _count_exactly)
         stream = RemoteStream(asyncio.get_running_loop())
         stream.stats.prompt_tokens = self.count_tokens(msgs)
-        stream.attach(self._spawn(self._pump(stream, msgs, max_tokens, self._turn)))
+        stream.attach(self._spawn(self._pump(stream, msgs, max_tokens, self._turn, sampling or self._sampling)))
         self._current = stream
         return stream
 
@@ -527,8 +529,10 @@ class RemoteLLM:
 
     # --- streaming ----------------------------------------------------------------------------
 
-    def _body(self, messages: Sequence[ChatMessage], max_tokens: int, *, stream: bool) -> dict[str, Any]:
-        sp = self._sampling
+    def _body(
+        self, messages: Sequence[ChatMessage], max_tokens: int, *, stream: bool, sampling: Sampling | None = None
+    ) -> dict[str, Any]:
+        sp = sampling or self._sampling
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": m.role, "content": m.content} for m in messages],
@@ -544,12 +548,14 @@ class RemoteLLM:
             body["stream_options"] = {"include_usage": True}
         return body
 
-    async def _pump(self, stream: RemoteStream, messages: list[ChatMessage], max_tokens: int, turn: int) -> None:
+    async def _pump(
+        self, stream: RemoteStream, messages: list[ChatMessage], max_tokens: int, turn: int, sampling: Sampling
+    ) -> None:
         """Stream one reply into `stream`, then count its texts exactly in the background."""
         reply: list[str] = []
         outcome: object = _END
         try:
-            if await self._stream_reply(stream, messages, max_tokens, reply) and not stream.stopped:
+            if await self._stream_reply(stream, messages, max_tokens, reply, sampling) and not stream.stopped:
                 self._spawn(self._count_exactly(messages, "".join(reply), stream.reported_prompt_tokens, turn))
         except EngineError as e:
             outcome = e
@@ -563,7 +569,12 @@ class RemoteLLM:
             stream.finish(outcome)
 
     async def _stream_reply(
-        self, stream: RemoteStream, messages: list[ChatMessage], max_tokens: int, reply: list[str]
+        self,
+        stream: RemoteStream,
+        messages: list[ChatMessage],
+        max_tokens: int,
+        reply: list[str],
+        sampling: Sampling | None = None,
     ) -> bool:
         """Send the request and forward the deltas. True when the server finished the reply."""
         stats = stream.stats
@@ -578,7 +589,7 @@ class RemoteLLM:
                     self._client,
                     "POST",
                     f"{self.url}/chat/completions",
-                    json=self._body(messages, max_tokens, stream=True),
+                    json=self._body(messages, max_tokens, stream=True, sampling=sampling),
                     timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT_S),  # the deadline above bounds the rest
                 ) as source:
                     if not source.response.is_success:

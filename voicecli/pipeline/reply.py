@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from voicecli.engines.base import LLMStream, TextToSpeech
+from voicecli.engines.base import ChatMessage, LanguageModel, LLMStream, Sampling, TextToSpeech
 from voicecli.errors import EngineError
+from voicecli.pipeline import reply_copy
 from voicecli.pipeline.chunker import ClauseChunker, normalise
 from voicecli.pipeline.history import INTERRUPTED_SUFFIX
 from voicecli.pipeline.metrics import TurnMetrics
@@ -56,6 +58,25 @@ def played_text(clauses: list[tuple[int, int, str]], played: int) -> str:
         else:
             break
     return " ".join(words)
+
+
+# One fresh answer when a reply opens by copying an earlier one (issue 18: measured with real SmolLM2-135M over
+# 5 conversations of 22 turns, copies per conversation 2.6 -> 1.0): livelier sampling on a history it cannot copy.
+REGEN_SAMPLING = Sampling(temperature=0.8, top_p=0.9, min_p=0.1, repeat_penalty=1.2)
+REGEN_KEEP_EXCHANGES = 2
+
+
+@dataclass(frozen=True)
+class Regeneration:
+    """What a reply needs to answer afresh: the prompt it was asked with, and how to ask the LLM again."""
+
+    prompt: Sequence[ChatMessage]
+    ask: Callable[[list[ChatMessage], Sampling], LLMStream]
+
+
+def regeneration(llm: LanguageModel, prompt: Sequence[ChatMessage], max_tokens: int) -> Regeneration:
+    """How a reply to `prompt` is asked again of `llm` when its first answer copies an earlier one."""
+    return Regeneration(prompt, lambda p, sampling: llm.chat(p, max_tokens=max_tokens, sampling=sampling))
 
 
 class ReplyPipeline:
@@ -96,6 +117,7 @@ class ReplyPipeline:
         self.started = False  # the sink was told a reply begins (so a cancel flushes it)
         self.spoken_any = False  # audio of this reply was queued for the speaker
         self._generated: list[str] = []  # the LLM's text as it came
+        self.regenerated = False  # the first answer copied an earlier reply and was asked again
         self._speaker: asyncio.Task[None] | None = None  # synthesises and queues the clauses of `run`
         # The clauses say exactly what the LLM wrote (nothing dropped, cut, stripped or added): the history
         # may then keep its own words, token for token, and the next prompt reuses them from the KV cache.
@@ -178,8 +200,10 @@ class ReplyPipeline:
         await self.sink.wait_reply_done(self.turn_id)
         return True
 
-    async def run(self, stream: LLMStream) -> bool:
-        """Speak the LLM's reply as it streams; True once it has been played to the end."""
+    async def run(self, stream: LLMStream, regen: Regeneration | None = None) -> bool:
+        """Speak the LLM's reply as it streams; True once it has been played to the end. With `regen`, a reply
+        whose opening copies an earlier reply to another question is thrown away before a word of it is
+        spoken and asked once more (`_fresh_deltas`)."""
         self.stream = stream
         self.metrics.llm_request = self.clock()
         clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=CLAUSE_QUEUE)
@@ -190,7 +214,7 @@ class ReplyPipeline:
         whole: list[str] = []  # sequential mode: the reply is spoken only once it is complete
         try:
             try:
-                async for delta in stream:
+                async for delta in self._fresh_deltas(stream, regen):
                     if self.metrics.llm_first_token is None:
                         self.metrics.llm_first_token = self.clock()
                         self._emit("llm_first_token")
@@ -203,7 +227,7 @@ class ReplyPipeline:
                         if not await self._queue_guarded(clauses, guard, clause):
                             break
                     if guard.stop_reason is not None:
-                        stream.cancel()  # a runaway reply: stop generating too
+                        self.stream.cancel()  # a runaway reply: stop generating too
                         break
                 if whole:
                     await self._queue_guarded(clauses, guard, normalise("".join(whole)))
@@ -224,7 +248,7 @@ class ReplyPipeline:
                 self._emit("error", message=exc.message)
                 for clause in [*chunker.finish(), APOLOGY]:
                     await self._queue_clause(clauses, clause)
-            self._record_llm_stats(stream)
+            self._record_llm_stats(self.stream)
             await self._put(clauses, None)
             await speaker
             await self._begin()  # a reply with nothing to say still begins and ends at the sink
@@ -243,6 +267,52 @@ class ReplyPipeline:
                 speaker.exception()  # raised above or superseded by the reply's own end: seen, not lost
 
     # ---- stages -------------------------------------------------------------------------------------------
+    async def _fresh_deltas(self, stream: LLMStream, regen: Regeneration | None) -> AsyncIterator[str]:
+        """The reply's deltas; with `regen`, held back until its opening is judged (pipeline.reply_copy: at the
+        latest when its first clause is complete, so a copy is never heard), and replaced once by a fresh
+        answer when it copies an earlier reply. The copy never reaches the chunker, nor the history."""
+        if regen is None or not self.streaming or not regen.prompt or regen.prompt[-1].role != "user":
+            async for delta in stream:
+                yield delta
+            return
+        question, earlier = regen.prompt[-1].content, reply_copy.exchanges(regen.prompt[:-1])
+        judge = ClauseChunker(first_min_words=1)
+        held: list[str] = []
+        check = reply_copy.CopyCheck(reply_copy.Verdict.UNDECIDED)
+        async for delta in stream:
+            if check.verdict is not reply_copy.Verdict.UNDECIDED:
+                yield delta
+                continue
+            held.append(delta)
+            text = "".join(held)
+            check = reply_copy.check_opening(text, question, earlier)
+            first = judge.push(delta)
+            if check.verdict is reply_copy.Verdict.UNDECIDED and first:
+                check = reply_copy.check_opening(first[0], question, earlier, clause_end=True)
+            if check.copy:
+                break
+            if check.verdict is reply_copy.Verdict.FRESH:
+                for d in held:
+                    yield d
+                held = []
+        else:
+            if check.verdict is reply_copy.Verdict.UNDECIDED:  # the whole reply was shorter than its opening
+                check = reply_copy.check_opening("".join(held), question, earlier, final=True)
+            if not check.copy:
+                for d in held:
+                    yield d
+                return
+        attempt = "".join(held)
+        stream.cancel()
+        self._generated = []
+        self.regenerated = True
+        self._emit("reply_regenerated", copied=earlier[check.copied].reply if check.copied is not None else "",
+                   attempt=attempt)  # fmt: skip
+        prompt = reply_copy.uncopyable(regen.prompt, attempt, keep_exchanges=REGEN_KEEP_EXCHANGES)
+        self.stream = fresh = regen.ask(prompt, REGEN_SAMPLING)
+        async for delta in fresh:
+            yield delta
+
     async def _begin(self) -> None:
         """Before the first audio reaches the sink: a prepared reply waits here until it is adopted."""
         if self.started:

@@ -23,7 +23,7 @@ from voicecli.errors import EngineError
 from voicecli.pipeline.endpoint import sounds_unfinished
 from voicecli.pipeline.history import History
 from voicecli.pipeline.metrics import TurnMetrics
-from voicecli.pipeline.reply import Emit, ReplyPipeline
+from voicecli.pipeline.reply import Emit, ReplyPipeline, regeneration
 from voicecli.pipeline.turn import TurnLifecycle
 
 # Why a prepared reply was thrown away (the `reply_wasted` event's reason, the keys of `Speculator.wasted`).
@@ -130,7 +130,8 @@ class Speculator:
             return  # the turn's own request will report it
         spec.prompt = prompt
         spec.reply = self._new_reply(spec.lifecycle)
-        spec.reply_task = asyncio.create_task(spec.reply.run(spec.llm_stream))
+        regen = regeneration(self._llm, prompt, self._max_tokens)
+        spec.reply_task = asyncio.create_task(spec.reply.run(spec.llm_stream, regen))
         self._emit("reply_prepared", text=text)
 
     # ---- the end of the turn ------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 from voicecli.engines.base import LanguageModel, Transcript
 from voicecli.errors import EngineError
 from voicecli.pipeline.ledger import TurnContext, TurnLedger
-from voicecli.pipeline.reply import APOLOGY, Emit
+from voicecli.pipeline.reply import APOLOGY, Emit, regeneration
 from voicecli.pipeline.speculation import TURN_FAILED, Speculator
 
 STT_APOLOGY = "Sorry, I could not make out what you said. Please say it again."
@@ -78,7 +78,8 @@ class TurnRunner:
         if prepared is not None:
             ctx.reply, task = prepared
             return await task
-        return await ctx.reply.run(self._llm.chat(messages, max_tokens=self._max_tokens))
+        stream = self._llm.chat(messages, max_tokens=self._max_tokens)
+        return await ctx.reply.run(stream, regeneration(self._llm, messages, self._max_tokens))
 
     async def _apologise(self, ctx: TurnContext, exc: Exception) -> bool:
         if isinstance(exc, EngineError):
