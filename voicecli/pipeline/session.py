@@ -162,6 +162,7 @@ class Session:
     def _set_state(self, state: State, turn_id: int = 0) -> None:
         if state is not self.state:
             self.state = state
+            self._lag.active(state is not State.LISTENING)  # no 20 ms timer while nothing happens (idle CPU)
             self._emit("state", turn_id=turn_id, state=state.value)
 
     # ---- main loop ----------------------------------------------------------------------------------------

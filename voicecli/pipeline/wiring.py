@@ -101,7 +101,7 @@ async def start_engines(cfg: Config, output_rate: int, paths: dict[str, Path] | 
     try:
         if not cfg.llm.url:
             # A llama.cpp that crashes on this CPU must say so, not kill the session with a bare segfault.
-            await asyncio.to_thread(llm_probe.check, paths["llm"], cfg.llm.batch_threads)
+            await llm_probe.check_async(paths["llm"], cfg.llm.batch_threads)
         await asyncio.gather(stt.start(), llm.start(), tts.start())
     except BaseException:
         await engines.close()
@@ -162,7 +162,19 @@ async def converse(
     try:
         await playback.start()
         if engines is None:
-            engines = await start_engines(cfg, playback.rate, paths)
+            # Ctrl-C while the models load (the first-run llama.cpp check may take a while) ends it at once.
+            starting = asyncio.ensure_future(start_engines(cfg, playback.rate, paths))
+            stopping = asyncio.ensure_future(stop_requested.wait())
+            try:
+                await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+            if not starting.done():
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+                raise asyncio.CancelledError
+            engines = starting.result()
         if stop_requested.is_set():
             raise asyncio.CancelledError
         history = History(cfg.llm.system_prompt, cfg.llm.history_tokens, engines.llm.count_tokens)
