@@ -41,6 +41,9 @@ from voicecli.errors import ConfigError
 REPLY_SETTLE_S = 0.4  # audio this early in a reply is no evidence of a barge-in (see EchoPath.confirm)
 SILERO_SAMPLES = 512  # Silero's fixed window at 16 kHz (32 ms)
 HISTORY_FRAMES = 500  # 10 s of per-frame records
+CEILING_MIN_WINDOWS = 50  # windows of echo (1 s) needed before the echo's own loudest level is a cue
+CEILING_PERCENTILE = 50.0  # the echo's typical level: a user talking over it now and then does not move it
+AUDIBLE_ECHO_DBFS = -75.0  # a predicted echo above this: the speaker was audibly playing into the mic
 WINDOW_FRAMES = 10  # the cues are judged over sliding windows of this many frames (200 ms)
 QUIET_BELOW_FLOOR_DB = 15.0  # a mic frame this far below the speech floor holds no voice worth scoring
 BACKGROUND_S = 1.5  # the background is the median level over this long before the onset
@@ -97,6 +100,7 @@ class Verdict:
     frames: int
     retained_db: float = 0.0
     excess_db: float | None = None
+    over_echo_ceiling_db: float | None = None  # mic power over the loudest the echo alone recently reached
 
 
 class BargeInConfirmer:
@@ -113,6 +117,7 @@ class BargeInConfirmer:
         min_retained_db: float = -6.0,
         min_excess_db: float = 5.0,
         sustain_frames: int = 7,
+        min_over_ceiling_db: float = 6.0,
     ) -> None:
         """floor_dbfs: nothing quieter is speech (the VAD's floor). margin_db: how far above the background
         the stretch must be. min_speech_frames / threshold: 20 ms frames Silero must score at least
@@ -123,7 +128,12 @@ class BargeInConfirmer:
         echo level is predicted; on the rig the user kept -1..-10 dB, echo leaks lost 8-40 dB.
         min_excess_db: how far the raw mic must stand above the predicted echo (energy over a window); on
         the rig echo alone stays within +-3 dB, a user at a normal level over a -10 dB echo reached 5-13.
-        sustain_frames: without Silero's voice, the stretch must have lasted this many frames."""
+        sustain_frames: without Silero's voice, the stretch must have lasted this many frames.
+        min_over_ceiling_db: with the echo predicted, the raw mic must also stand this far above the echo's
+        typical level (the median 200 ms window over the last seconds of playing): the echo path may move
+        or stretch beyond what the prediction models (a phantom barge-in 14 s into a real-voice reply stood
+        6 dB over the prediction), but the echo alone stays within a few dB of its own typical level (loudest
+        window +5.5 dB on the simulated path), while a user talking over it adds their voice (+12 dB)."""
         self._classify = classifier if classifier is not None else SileroVad()
         self.floor_dbfs = floor_dbfs
         self.margin_db = margin_db
@@ -132,6 +142,7 @@ class BargeInConfirmer:
         self.min_retained_db = min_retained_db
         self.min_excess_db = min_excess_db
         self.sustain_frames = sustain_frames
+        self.min_over_ceiling_db = min_over_ceiling_db
         self._pending = np.zeros(0, dtype=np.float32)
         self._prob = 0.0
         self._resting = False  # Silero is idle (a quiet room, nothing playing)
@@ -213,11 +224,15 @@ class BargeInConfirmer:
         n_known = sums(known.astype(np.float64))
         raw_sum = _db(sums(np.where(known, raw, 0.0)))
         excess = raw_sum - _db(sums(echo))
+        ceiling = _echo_ceiling(records, onset)
+        over_ceiling = _db(sums(raw) / width) - (ceiling if ceiling is not None else SILENCE_DBFS)
         lagged = _lag_powers([lags[i] for i in inside], known)
+        echo_level = _db(sums(echo) / width)  # the loudest echo predicted in the window, at any lag
         if lagged is not None:
+            lag_sums = np.apply_along_axis(sums, 0, lagged)
+            echo_level = np.maximum(echo_level, _db(lag_sums.max(axis=1) / width))
             # The echo at any lag near the delay may be what the mic hears: the smallest excess counts.
-            per_lag = raw_sum[:, None] - _db(np.apply_along_axis(sums, 0, lagged))
-            excess = np.minimum(excess, per_lag.min(axis=1))
+            excess = np.minimum(excess, raw_sum - _db(lag_sums.max(axis=1)))
         by_echo = n_known * 2 >= width  # enough of the window has an echo level predicted
         loud = level >= max(self.floor_dbfs, background + self.margin_db)
         speech = sums(voiced) >= self.min_speech_frames
@@ -228,6 +243,8 @@ class BargeInConfirmer:
         # first seconds of playing): most of the mic's power kept through the canceller, and a voice.
         sustained = np.arange(1, n + 1) >= self.sustain_frames
         ok_echo = by_echo & (excess >= self.min_excess_db) & (speech | sustained)
+        # Where an audible echo is predicted, the mic must also stand out of what the echo alone usually gives.
+        ok_echo &= (over_ceiling >= self.min_over_ceiling_db) | (echo_level <= AUDIBLE_ECHO_DBFS)
         ok_kept = ~by_echo & (retained >= self.min_retained_db) & speech
         ok = loud & (ok_echo | ok_kept)
         i = int(np.argmax(ok)) if ok.any() else n - 1  # the first window that passed, else the last
@@ -239,7 +256,18 @@ class BargeInConfirmer:
             int(width[i]),
             float(retained[i]),
             float(excess[i]) if by_echo[i] else None,
+            float(over_ceiling[i]) if ceiling is not None else None,
         )
+
+
+def _echo_ceiling(records: list[tuple[float, float, float, float, float]], onset: float) -> float | None:
+    """The typical level the echo alone gave the raw mic (a percentile of 200 ms windows, dBFS) over the recorded
+    frames before `onset` in which an audible echo was predicted; None with less than a second of them."""
+    raw = np.array([r[3] for r in records if r[0] < onset - 0.1 and r[4] > AUDIBLE_ECHO_DBFS], dtype=np.float64)
+    if raw.size < CEILING_MIN_WINDOWS + WINDOW_FRAMES:
+        return None
+    windows = np.convolve(10.0 ** (raw / 10.0), np.ones(WINDOW_FRAMES) / WINDOW_FRAMES, mode="valid")
+    return float(_db(np.array([np.percentile(windows, CEILING_PERCENTILE)]))[0])
 
 
 def _lag_powers(

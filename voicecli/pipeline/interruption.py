@@ -20,6 +20,7 @@ def verdict_fields(verdict: Any) -> dict[str, Any]:
         "background_dbfs": r(verdict.background_dbfs),
         "retained_db": r(verdict.retained_db),
         "excess_db": r(verdict.excess_db),
+        "over_echo_ceiling_db": r(getattr(verdict, "over_echo_ceiling_db", None)),
     }
 
 
