@@ -222,6 +222,26 @@ def splits(results: list[TurnResult]) -> dict[str, int]:
     }
 
 
+def sense(results: list[TurnResult]) -> dict[str, int]:
+    """Whether the replies answer (issue 18): copies of an earlier reply to another question (first 8 words,
+    Jaccard >= 0.75), replies sharing no content word with a question that has 2 or more, answers regenerated
+    because the first one copied, and clips answered at all."""
+    from voicecli.pipeline import reply_copy
+
+    earlier: list[reply_copy.Exchange] = []
+    out = {"answered": 0, "copies": 0, "no_content_word": 0, "regenerated": 0}
+    for r in results:
+        if not r.user_text:
+            continue
+        if r.reply_text:
+            out["answered"] += 1
+            out["copies"] += reply_copy.copies(r.reply_text, r.user_text, earlier) is not None
+            out["no_content_word"] += reply_copy.shares_content_word(r.user_text, r.reply_text) is False
+        out["regenerated"] += r.regenerated
+        earlier.append(reply_copy.Exchange(r.user_text, r.reply_text))
+    return out
+
+
 def print_report(
     console: Console,
     results: list[TurnResult],
@@ -252,6 +272,12 @@ def print_report(
     if figures and figures.get("idle_cpu") is not None:
         console.print(f"idle CPU while listening: {figures['idle_cpu'] * 100:.1f}% of a core (this process "
                       f"and its STT worker, {figures.get('echo', '?')} echo mode)")  # fmt: skip
+    s = sense(results)
+    console.print(f"reply sense: {s['answered']} clips answered; {s['copies']} replies copy an earlier reply to "
+                  f"another question; {s['no_content_word']} share no content word with their question; "
+                  f"{s['regenerated']} answered afresh after a copy")  # fmt: skip
+    if figures and figures.get("phantom_turns") is not None:
+        console.print(f"turns no clip asked for (its own voice): {figures['phantom_turns']}")
     b = barge_ins(results)
     if b["interrupting_clips"] or b["self_interruptions"]:
         console.print(

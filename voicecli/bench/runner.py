@@ -51,6 +51,9 @@ class TurnResult:
     turns_started: int = 0  # turns confirmed while this clip was the latest fed: more than 1 is a false split
     stt_window_s: float | None = None  # the STT window its transcript was computed over
     paused_ms: int = 0  # the clip holds a mid-sentence pause this long (the paused-speech corpus)
+    user_text: str = ""  # what the session heard (its transcript) and what the user heard back
+    reply_text: str = ""
+    regenerated: bool = False  # the first answer copied an earlier reply and was asked again
     metrics: dict[str, float | None] = field(default_factory=dict)
 
 
@@ -220,6 +223,9 @@ async def run_corpus(
                     res.stamps.setdefault(ev.kind, ev.t)
                 if ev.turn_id == res.turn_id and ev.kind == "turn_end":
                     res.timings = dict(ev.data.get("timings", {}))
+                    res.user_text, res.reply_text = ev.data.get("user", ""), ev.data.get("assistant", "")
+                if ev.turn_id == res.turn_id and ev.kind == "reply_regenerated":
+                    res.regenerated = True
                 if ev.kind == "barge_in" and res.interrupt and "barge_in" not in res.stamps:
                     res.stamps["barge_in"] = ev.t
         cut = {ev.turn_id for ev in events.items if ev.kind == "barge_in"}
@@ -227,6 +233,10 @@ async def run_corpus(
             meant = i + 1 < len(results) and results[i + 1].interrupt  # the next clip was fed to cut this reply
             res.self_interrupted = res.turn_id in cut and not meant
         if figures is not None:
+            # Turns no clip asked for: the assistant answering its own voice (or a split, counted apart).
+            confirmed = sum(1 for ev in events.items if ev.kind == "eou" and not ev.data.get("forced"))
+            expected = sum(max(1, r.turns_started) for r in results if r.turn_id is not None)
+            figures["phantom_turns"] = max(0, confirmed - expected)
             figures["replies_prepared"] = session.replies_prepared
             figures["replies_wasted"] = session.replies_wasted
     finally:

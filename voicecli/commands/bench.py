@@ -120,8 +120,12 @@ def bench(
     if loaded_summary is not None:
         console.print(report.load_table(summary, loaded_summary, background_load))
         b = report.barge_ins(loaded)
+        lf = figures.get("loaded", {})
+        s = report.sense(loaded)
         console.print(f"next to the load: {report.answered(loaded)} of {len(loaded)} clips answered, "
-                      f"self-interruptions {b['self_interruptions']}")  # fmt: skip
+                      f"self-interruptions {b['self_interruptions']}, turns no clip asked for "
+                      f"{lf.get('phantom_turns')}, copies {s['copies']}, idle CPU "
+                      f"{(lf.get('idle_cpu') or 0) * 100:.1f}% of a core")  # fmt: skip
     ratio = None
     if seq_summary and seq_summary["ttfa"]["p50"] and summary["ttfa"]["p50"]:
         ratio = seq_summary["ttfa"]["p50"] / summary["ttfa"]["p50"]
@@ -153,7 +157,8 @@ def bench(
             "barge_ins": report.barge_ins(streaming),
             "splits": report.splits(streaming),
             "idle_cpu": figures.get("idle_cpu"),
-            "replies": {k: figures.get(k) for k in ("replies_prepared", "replies_wasted")},
+            "replies": {k: figures.get(k) for k in ("replies_prepared", "replies_wasted", "phantom_turns")},
+            "sense": report.sense(streaming),
         }
         json_out.write_text(json.dumps(doc, indent=1, default=str))
         console.print(f"[dim]raw numbers: {json_out}[/]")
@@ -272,8 +277,13 @@ async def _run(
             from voicecli.bench.load import background_load as busy
 
             console.print(f"streaming pipeline next to {background_load} busy process(es):")
+            loaded_figures: dict[str, Any] = {}
             with busy(background_load):
-                loaded = await run_corpus(cfg, engines, clips, streaming=True, progress=show, event_log=log)
+                loaded = await run_corpus(
+                    cfg, engines, clips, streaming=True, progress=show, event_log=log, figures=loaded_figures
+                )
+            if figures is not None:
+                figures["loaded"] = loaded_figures
         sequential = []
         if compare is Compare.sequential:
             console.print("sequential pipeline:")
