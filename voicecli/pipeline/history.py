@@ -103,6 +103,19 @@ class History:
         self._turns[-1].assistant = text
         self._trim()
 
+    def adopt_past(self, prompt: Sequence[ChatMessage]) -> None:
+        """Make the past turns those of `prompt` (system, user/assistant pairs, then the latest user message,
+        which must be this history's): after a reply was asked again on a history it could not copy, that
+        history is what the model has cached and what it answered; the dropped turns were what it copied."""
+        if not self._turns or self._turns[-1].assistant is not None or prompt[-1].content != self._turns[-1].user:
+            raise ValueError("adopt_past() needs a prompt that ends with the latest user message")
+        pairs = [m for m in prompt[:-1] if m.role != "system"]
+        kept = [_Turn(u.content, a.content) for u, a in zip(pairs[::2], pairs[1::2], strict=True)]
+        self._forgotten += max(0, len(self._turns) - 1 - len(kept))
+        self._turns = [*kept, self._turns[-1]]
+        self._start = 0
+        self._view_count = None
+
     def retract_user(self) -> None:
         """Forget the latest user message when its reply was cut off before a word was played: the user
         was still talking, and those words are sent again together with what they said next."""

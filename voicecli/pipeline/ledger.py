@@ -107,6 +107,8 @@ class TurnLedger:
         heard = reply.heard(cut_short=ctx.interrupted or cut_off)
         said = reply.spoken_any or not ctx.interrupted
         if ctx.user_added:
+            if said and reply.regen_prompt is not None:
+                self.history.adopt_past(reply.regen_prompt)  # what the model now has cached, copies dropped
             if said:
                 self.history.add_assistant(reply.history_text(ctx.interrupted or cut_off), ctx.interrupted)
             else:

@@ -118,6 +118,7 @@ class ReplyPipeline:
         self.spoken_any = False  # audio of this reply was queued for the speaker
         self._generated: list[str] = []  # the LLM's text as it came
         self.regenerated = False  # the first answer copied an earlier reply and was asked again
+        self.regen_prompt: list[ChatMessage] | None = None  # ... on this prompt (the history adopts it)
         self._speaker: asyncio.Task[None] | None = None  # synthesises and queues the clauses of `run`
         # The clauses say exactly what the LLM wrote (nothing dropped, cut, stripped or added): the history
         # may then keep its own words, token for token, and the next prompt reuses them from the KV cache.
@@ -308,7 +309,10 @@ class ReplyPipeline:
         self.regenerated = True
         self._emit("reply_regenerated", copied=earlier[check.copied].reply if check.copied is not None else "",
                    attempt=attempt)  # fmt: skip
-        prompt = reply_copy.uncopyable(regen.prompt, attempt, keep_exchanges=REGEN_KEEP_EXCHANGES)
+        prompt = reply_copy.uncopyable(
+            regen.prompt, attempt, keep_exchanges=REGEN_KEEP_EXCHANGES, interrupted_as=INTERRUPTED_SUFFIX
+        )
+        self.regen_prompt = prompt
         self.stream = fresh = regen.ask(prompt, REGEN_SAMPLING)
         async for delta in fresh:
             yield delta
