@@ -20,6 +20,7 @@ class PlayedReply:
     def __init__(self, heard: str, spoken: bool) -> None:
         self._heard = heard
         self.spoken_any = spoken
+        self.regen_prompt = None  # not asked again
 
     def play_start(self) -> float | None:
         return 1.0 if self.spoken_any else None
