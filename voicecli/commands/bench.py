@@ -122,7 +122,8 @@ def bench(
         b = report.barge_ins(loaded)
         lf = figures.get("loaded", {})
         s = report.sense(loaded)
-        console.print(f"next to the load: {report.answered(loaded)} of {len(loaded)} clips answered, "
+        asked = sum(1 for r in loaded if not r.interrupt)
+        console.print(f"next to the load: {report.answered(loaded)} of {asked} questions answered, "
                       f"self-interruptions {b['self_interruptions']}, turns no clip asked for "
                       f"{lf.get('phantom_turns')}, copies {s['copies']}, idle CPU "
                       f"{(lf.get('idle_cpu') or 0) * 100:.1f}% of a core")  # fmt: skip
