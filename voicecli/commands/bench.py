@@ -125,8 +125,7 @@ def bench(
         asked = sum(1 for r in loaded if not r.interrupt)
         console.print(f"next to the load: {report.answered(loaded)} of {asked} questions answered, "
                       f"self-interruptions {b['self_interruptions']}, turns no clip asked for "
-                      f"{lf.get('phantom_turns')}, copies {s['copies']}, idle CPU "
-                      f"{(lf.get('idle_cpu') or 0) * 100:.1f}% of a core")  # fmt: skip
+                      f"{lf.get('phantom_turns')}, copies {s['copies']}")  # fmt: skip
     ratio = None
     if seq_summary and seq_summary["ttfa"]["p50"] and summary["ttfa"]["p50"]:
         ratio = seq_summary["ttfa"]["p50"] / summary["ttfa"]["p50"]
