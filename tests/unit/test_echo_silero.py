@@ -46,7 +46,7 @@ def test_aec_without_the_silero_model_says_what_to_install(old_faster_whisper: P
 
 
 def test_barge_in_confirmer_without_the_silero_model_is_a_config_error(old_faster_whisper: Path) -> None:
-    from voicecli.pipeline.bargein import SileroVad
+    from voicecli.audio.silero import SileroVad
 
     with pytest.raises(ConfigError, match=r"silero_vad_v6\.onnx") as err:
         SileroVad()

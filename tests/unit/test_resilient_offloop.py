@@ -8,8 +8,8 @@ import time
 import pytest
 
 from voicecli.audio import devices
+from voicecli.audio.resilient import ResilientSource
 from voicecli.errors import DeviceError
-from voicecli.pipeline.resilient import ResilientSource
 
 
 def slow_missing_device(spec: object, kind: str) -> bool:

@@ -537,7 +537,7 @@ class ReferenceSink:
         return int(self.sink.played_samples(reply_id))
 
     def reply_cut(self, reply_id: int) -> bool:
-        """Whether the device under it lost this reply (pipeline.resilient); False for a plain sink."""
+        """Whether the device under it lost this reply (audio.resilient); False for a plain sink."""
         cut = getattr(self.sink, "reply_cut", None)
         return bool(cut is not None and cut(reply_id))
 

@@ -34,12 +34,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from voicecli.audio.echo import EchoCancelledSource, EchoCanceller, ReferenceSink, silero_model_path
+from voicecli.audio.echo import EchoCancelledSource, EchoCanceller, ReferenceSink
 from voicecli.audio.format import SILENCE_DBFS, rms_dbfs
-from voicecli.errors import ConfigError
+from voicecli.audio.silero import SILERO_SAMPLES, SileroVad
 
 REPLY_SETTLE_S = 0.4  # audio this early in a reply is no evidence of a barge-in (see EchoPath.confirm)
-SILERO_SAMPLES = 512  # Silero's fixed window at 16 kHz (32 ms)
 HISTORY_FRAMES = 500  # 10 s of per-frame records
 CEILING_MIN_WINDOWS = 50  # windows of echo (1 s) needed before the echo's own loudest level is a cue
 CEILING_PERCENTILE = 50.0  # the echo's typical level: a user talking over it now and then does not move it
@@ -49,40 +48,6 @@ QUIET_BELOW_FLOOR_DB = 15.0  # a mic frame this far below the speech floor holds
 BACKGROUND_S = 1.5  # the background is the median level over this long before the onset
 
 Classifier = Callable[[npt.NDArray[np.float32]], float]  # 512 float32 samples -> speech probability
-
-
-class SileroVad:
-    """Silero VAD v6, streaming: the ONNX model faster-whisper ships, run with onnxruntime (both already
-    needed by the engines; no torch). ~70 us per 32 ms window on one thread."""
-
-    CONTEXT = 64  # samples of the previous window the model sees with each new one
-
-    def __init__(self) -> None:
-        path = str(silero_model_path())  # ConfigError naming what to install when missing
-        try:
-            import onnxruntime
-        except ImportError as exc:
-            raise ConfigError(
-                f"barge-in confirmation needs onnxruntime ({exc})",
-                hint="reinstall voicecli (`pip install -e .`), or run with `--echo half-duplex`",
-            ) from None
-        opts = onnxruntime.SessionOptions()
-        opts.inter_op_num_threads = 1
-        opts.intra_op_num_threads = 1
-        opts.log_severity_level = 4
-        self._session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"], sess_options=opts)
-        self.reset()
-
-    def reset(self) -> None:
-        self._h = np.zeros((1, 1, 128), dtype=np.float32)
-        self._c = np.zeros((1, 1, 128), dtype=np.float32)
-        self._context = np.zeros(self.CONTEXT, dtype=np.float32)
-
-    def __call__(self, x: npt.NDArray[np.float32]) -> float:
-        window = np.concatenate([self._context, x]).astype(np.float32)[None, :]
-        prob, self._h, self._c = self._session.run(None, {"input": window, "h": self._h, "c": self._c})
-        self._context = x[-self.CONTEXT :].astype(np.float32)
-        return float(np.asarray(prob).reshape(-1)[0])
 
 
 @dataclass(frozen=True)

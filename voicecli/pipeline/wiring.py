@@ -127,7 +127,7 @@ async def converse(
     SIGINT / SIGTERM stop the session; shutdown is bounded so Ctrl-C exits within about a second.
     """
     from voicecli.audio.devices import resolve_input, resolve_output
-    from voicecli.pipeline.resilient import Rescanner, ResilientSink, ResilientSource
+    from voicecli.audio.resilient import Rescanner, ResilientSink, ResilientSource
 
     own_engines = engines is None
     if engines is None:
