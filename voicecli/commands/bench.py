@@ -136,7 +136,7 @@ def bench(
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "models": info,
             "llm_server": remote or None,
-            "threads": {"stt": cfg.stt.threads, "llm": cfg.llm.threads, "llm_batch": cfg.llm.batch_threads, "tts": 1},
+            "threads": _threads(cfg),
             "config": {"vad": cfg.vad.__dict__, "talk": cfg.talk.__dict__, "stt_beam": cfg.stt.beam_size},
             "machine": report.machine(),
             "audio": "virtual sound card (PulseAudio null sinks through PortAudio)",
@@ -162,6 +162,22 @@ def bench(
         }
         json_out.write_text(json.dumps(doc, indent=1, default=str))
         console.print(f"[dim]raw numbers: {json_out}[/]")
+
+
+def _threads(cfg: config.Config) -> dict[str, Any]:
+    """Threads per engine: the LLM's as the policy plans them on this machine now (engines.threads; each
+    reply's own plan is in its llm_done event), with the configured ceilings (0 = none)."""
+    from voicecli.engines.threads import current_plan
+
+    plan = current_plan(cfg.llm.batch_threads, cfg.llm.threads)
+    return {
+        "stt": cfg.stt.threads,
+        "llm": plan.decode,
+        "llm_batch": plan.batch,
+        "llm_ceilings": {"threads": cfg.llm.threads, "batch_threads": cfg.llm.batch_threads},
+        "cores": plan.cores,
+        "tts": 1,
+    }
 
 
 def _rig_echo(spec: str | None) -> tuple[int, float] | None:
