@@ -65,9 +65,13 @@ def test_the_probe_child_runs_in_its_own_session(model: Path, tmp_path: Path, mo
 
 
 PARENT = """
-import asyncio, sys
+import asyncio, signal, sys
 from pathlib import Path
 from voicecli.engines import llm_probe
+
+# A terminal delivers Ctrl-C; a test run started in the background by a non-interactive shell (CI) inherits
+# SIGINT ignored, and Python then never raises KeyboardInterrupt: restore what a terminal gives.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 model, pidfile, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 child = f"import os, time; open({pidfile!r}, 'w').write(str(os.getpid())); time.sleep(60)"
