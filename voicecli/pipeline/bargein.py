@@ -82,7 +82,8 @@ class BargeInConfirmer:
         min_retained_db: float = -6.0,
         min_excess_db: float = 5.0,
         sustain_frames: int = 7,
-        min_over_ceiling_db: float = 6.0,
+        min_over_ceiling_db: float = -math.inf,
+        lag_tolerant: bool = False,
     ) -> None:
         """floor_dbfs: nothing quieter is speech (the VAD's floor). margin_db: how far above the background
         the stretch must be. min_speech_frames / threshold: 20 ms frames Silero must score at least
@@ -108,6 +109,7 @@ class BargeInConfirmer:
         self.min_excess_db = min_excess_db
         self.sustain_frames = sustain_frames
         self.min_over_ceiling_db = min_over_ceiling_db
+        self.lag_tolerant = lag_tolerant
         self._pending = np.zeros(0, dtype=np.float32)
         self._prob = 0.0
         self._resting = False  # Silero is idle (a quiet room, nothing playing)
@@ -197,7 +199,8 @@ class BargeInConfirmer:
             lag_sums = np.apply_along_axis(sums, 0, lagged)
             echo_level = np.maximum(echo_level, _db(lag_sums.max(axis=1) / width))
             # The echo at any lag near the delay may be what the mic hears: the smallest excess counts.
-            excess = np.minimum(excess, raw_sum - _db(lag_sums.max(axis=1)))
+            if self.lag_tolerant:  # off: it cost true barge-ins their 5 dB in CI (see README, issue 19 note)
+                excess = np.minimum(excess, raw_sum - _db(lag_sums.max(axis=1)))
         by_echo = n_known * 2 >= width  # enough of the window has an echo level predicted
         loud = level >= max(self.floor_dbfs, background + self.margin_db)
         speech = sums(voiced) >= self.min_speech_frames
