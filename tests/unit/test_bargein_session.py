@@ -4,10 +4,14 @@ a proposal the confirmer rejects leaves the reply playing; one it accepts stops 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
 
 from tests.fakes import RATE, REPLY, FakeLLM, FakeSpeaker, FakeSTT, FakeTTS, ScriptedMic, SimClock, marker_classifier
 from voicecli.config import TalkConfig, VadConfig
+from voicecli.engines.base import Transcript
 from voicecli.events import Event
 from voicecli.pipeline.bargein import Verdict
 from voicecli.pipeline.history import History
@@ -21,10 +25,14 @@ REPLY_S = 0.25 * len(REPLY.split())  # FakeTTS: a quarter second per word
 
 
 def run(
-    confirm: Callable[[float, float], Verdict], over: tuple[float, float] = (0.5, 1.5), seconds: float = 10.0
+    confirm: Callable[[float, float], Verdict],
+    over: tuple[float, float] = (0.5, 1.5),
+    seconds: float = 10.0,
+    said: Sequence[str] = (),
 ) -> tuple[Session, FakeSpeaker, list[Event]]:
     """The question, then "speech" over (start, end) seconds after the reply's first sample; the mic runs
-    for `seconds` (every reply must be over by then)."""
+    for `seconds` (every reply must be over by then). `said`: what whisper hears in each utterance (default:
+    a description of its length)."""
 
     async def main() -> tuple[Session, FakeSpeaker, list[Event]]:
         clock = SimClock()
@@ -39,7 +47,7 @@ def run(
         session = Session(
             source=ScriptedMic(clock, speaker, voiced, seconds),
             sink=speaker,
-            stt=FakeSTT(clock, 0.1),
+            stt=ScriptedSTT(clock, said) if said else FakeSTT(clock, 0.1),
             llm=llm,
             tts=FakeTTS(clock),
             history=History("You are a test.", 2000, llm.count_tokens),
@@ -55,6 +63,19 @@ def run(
         return session, speaker, events
 
     return asyncio.run(main())
+
+
+class ScriptedSTT(FakeSTT):
+    """Hears the given texts, one per utterance, in order."""
+
+    def __init__(self, clock: SimClock, said: Sequence[str]) -> None:
+        super().__init__(clock, 0.1)
+        self.said = list(said)
+
+    async def transcribe(self, audio: npt.NDArray[np.float32]) -> Transcript:
+        await self.clock.sleep(self.latency)
+        text = self.said.pop(0) if self.said else "nothing more"
+        return Transcript(text=text, is_speech=True, audio_s=len(audio) / RATE, compute_s=self.latency)
 
 
 def verdict(ok: bool) -> Verdict:
@@ -111,3 +132,20 @@ def test_the_user_who_starts_as_the_reply_ends_is_answered() -> None:
     )
     assert [r["turn"] for r in session.records] == [1, 2]
     assert session.records[0]["interrupted"] is False and session.records[1]["user"]
+
+
+def test_a_barge_in_that_is_the_reply_s_own_words_is_never_answered() -> None:
+    """The echo passes the acoustic rules (the confirmer accepts it) and cuts the reply; whisper then hears the
+    reply's own words, as on the -10 dB rig ("It's all being spilled."): the turn is dropped, not answered."""
+    session, _, events = run(lambda onset, now: verdict(True), said=("What is the weather?", "Sure, here is a short"))
+    assert [e.kind for e in events].count("barge_in") == 1
+    [dropped] = [e for e in events if e.kind == "stt_rejected"]
+    assert dropped.data["reason"] == "own voice" and dropped.data["matched_words"] == 5
+    assert [r["user"] for r in session.records if r.get("user")] == ["What is the weather?"]
+    assert [e.kind for e in events].count("llm_first_token") == 1  # one reply: nothing answered its own voice
+
+
+def test_a_user_who_talks_over_the_reply_with_their_own_words_is_answered() -> None:
+    session, _, events = run(lambda onset, now: verdict(True), said=("What is the weather?", "Stop, is it sunny?"))
+    assert not [e for e in events if e.kind == "stt_rejected"]
+    assert [r["user"] for r in session.records if r.get("user")] == ["What is the weather?", "Stop, is it sunny?"]

@@ -277,7 +277,8 @@ def print_report(
                   f"another question; {s['no_content_word']} share no content word with their question; "
                   f"{s['regenerated']} answered afresh after a copy")  # fmt: skip
     if figures and figures.get("phantom_turns") is not None:
-        console.print(f"turns no clip asked for (its own voice): {figures['phantom_turns']}")
+        console.print(f"turns no clip asked for (its own voice): {figures['phantom_turns']}, of which dropped "
+                      f"unanswered as the reply's own words: {figures.get('own_voice_dropped', 0)}")  # fmt: skip
     b = barge_ins(results)
     if b["interrupting_clips"] or b["self_interruptions"]:
         console.print(

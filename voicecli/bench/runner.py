@@ -237,6 +237,10 @@ async def run_corpus(
             confirmed = sum(1 for ev in events.items if ev.kind == "eou" and not ev.data.get("forced"))
             expected = sum(max(1, r.turns_started) for r in results if r.turn_id is not None)
             figures["phantom_turns"] = max(0, confirmed - expected)
+            # ... of which whisper heard the reply's own words, and the turn was dropped unanswered (own_voice)
+            figures["own_voice_dropped"] = sum(
+                1 for ev in events.items if ev.kind == "stt_rejected" and ev.data.get("reason") == "own voice"
+            )
             figures["replies_prepared"] = session.replies_prepared
             figures["replies_wasted"] = session.replies_wasted
     finally:

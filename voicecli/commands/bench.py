@@ -157,7 +157,9 @@ def bench(
             "barge_ins": report.barge_ins(streaming),
             "splits": report.splits(streaming),
             "idle_cpu": figures.get("idle_cpu"),
-            "replies": {k: figures.get(k) for k in ("replies_prepared", "replies_wasted", "phantom_turns")},
+            "replies": {
+                k: figures.get(k) for k in ("replies_prepared", "replies_wasted", "phantom_turns", "own_voice_dropped")
+            },
             "sense": report.sense(streaming),
         }
         json_out.write_text(json.dumps(doc, indent=1, default=str))

@@ -17,6 +17,7 @@ from typing import Any
 
 from voicecli.pipeline.history import History
 from voicecli.pipeline.metrics import LoopLagMonitor, TurnMetrics
+from voicecli.pipeline.own_voice import EchoReference
 from voicecli.pipeline.reply import Emit, ReplyPipeline
 from voicecli.pipeline.speculation import Speculation
 from voicecli.pipeline.transcript import TranscriptLog
@@ -39,6 +40,7 @@ class TurnContext:
     interrupted: bool = False
     error: str = ""  # the turn failed (the message the user was shown)
     spec: Speculation | None = None  # the work of the pause this turn's transcript came from
+    echo_ref: EchoReference | None = None  # began while a reply played or just after: words it may echo
 
 
 class _Delta:

@@ -46,6 +46,7 @@ from voicecli.pipeline.history import History
 from voicecli.pipeline.interruption import BargeInPolicy, Confirm
 from voicecli.pipeline.ledger import TurnContext, TurnLedger
 from voicecli.pipeline.metrics import LoopLagMonitor, TurnMetrics
+from voicecli.pipeline.own_voice import TAIL_SECONDS, EchoReference
 from voicecli.pipeline.ports import AudioSink, FrameLike, FrameSource
 from voicecli.pipeline.reply import APOLOGY, CONFUSED, ReplyPipeline, played_text
 from voicecli.pipeline.speculation import PROMPT_CHANGED, TURN_CANCELLED, Speculator
@@ -115,6 +116,8 @@ class Session:
         self._hangover_s = vad_cfg.hangover_ms / 1000.0
         self._barge = BargeInPolicy(talk_cfg.barge_in_min_ms, self._emit, barge_confirm)
         self._input = UtteranceAssembler(self._transcribe)
+        # The words of the reply last heard on the speaker, while its echo may still start a turn (own_voice).
+        self._echo_ref: EchoReference | None = None
         self.ledger = TurnLedger(
             history, self._emit, transcript=transcript, lag=self._lag, capture_overruns=capture_overruns,
             playback_underruns=playback_underruns, echo_stats=echo_stats,
@@ -302,6 +305,9 @@ class Session:
             lifecycle.confirm(now)
             m.stt_speculative = True
         ctx = TurnContext(turn_id, m, lifecycle, self._new_reply(turn_id, m, lifecycle), input=inp, spec=used)
+        ref, self._echo_ref = self._echo_ref, None
+        if ref is not None and ref.covers(speech_start):
+            ctx.echo_ref = ref
         self._turn = ctx
         self.turns_started += 1
         ctx.task = asyncio.create_task(self._runner.run(ctx, stt, self._last_task))
@@ -314,6 +320,8 @@ class Session:
             return
         ctx.metrics.barge_in_onset = self._barge.onset
         ctx.metrics.barge_in_decided = decided
+        if ctx.reply.spoken_any:  # the speech that cut it may yet be its own echo: its words will tell
+            self._echo_ref = EchoReference.around(ctx.reply.heard(False), ctx.reply.heard(True), until=decided)
         self._cancel_turn(ctx, reason="barge_in")
         during = "speaking" if ctx.reply.spoken_any else "thinking"
         self._emit("barge_in", t=decided, turn_id=ctx.turn_id, onset=ctx.metrics.barge_in_onset, during=during,
@@ -347,6 +355,10 @@ class Session:
         )  # fmt: skip
 
     def _turn_over(self, ctx: TurnContext, answered: bool) -> None:
+        if ctx.reply.spoken_any and not ctx.interrupted:  # its echo tail may still start a turn
+            full = ctx.reply.heard(False)
+            end = ctx.metrics.play_end if ctx.metrics.play_end is not None else self.clock()
+            self._echo_ref = EchoReference.around(full, full, until=end + TAIL_SECONDS)
         if answered and self._max_turns is not None and self.turns_answered >= self._max_turns:
             self._done.set()
         if self._turn is ctx:

@@ -12,6 +12,7 @@ from typing import Any
 from voicecli.engines.base import LanguageModel, Transcript
 from voicecli.errors import EngineError
 from voicecli.pipeline.ledger import TurnContext, TurnLedger
+from voicecli.pipeline.own_voice import is_own_voice, matched_words
 from voicecli.pipeline.reply import APOLOGY, Emit, regeneration
 from voicecli.pipeline.speculation import TURN_FAILED, Speculator
 
@@ -54,6 +55,11 @@ class TurnRunner:
                        window_s=tr.window_s, speculative=m.stt_speculative)  # fmt: skip
             if not tr.is_speech:
                 self._emit("stt_rejected", turn_id=ctx.turn_id, text=tr.text)
+                return
+            if ctx.echo_ref is not None and is_own_voice(tr.text, ctx.echo_ref):
+                found, total = matched_words(tr.text, ctx.echo_ref)  # the reply heard back: never answered
+                self._emit("stt_rejected", turn_id=ctx.turn_id, text=tr.text, reason="own voice",
+                           matched_words=found, words=total)  # fmt: skip
                 return
             self._ledger.question(ctx, tr.text)
             answered = await self._reply(ctx)

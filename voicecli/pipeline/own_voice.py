@@ -1,0 +1,66 @@
+"""Whether a transcript is the assistant's own voice heard back through the room: the last line of defence
+against a phantom turn, checked on the words once whisper has them.
+
+The acoustic rules (pipeline.bargein: the echo canceller's prediction, the neural VAD) decide within ~100 ms
+and must let a real barge-in through, so now and then the echo of a long reply passes them (an 81-word
+SmolLM2 reply on the -10 dB rig: "It's all being spilled." became a turn, and was answered). Whisper
+transcribes that echo almost word for word. A turn whose speech began while the reply was playing (a barge-in)
+or within a moment of its end (the echo tail), and whose words are mostly a run of the reply's words around
+that point, is the reply itself: it is dropped, never answered.
+
+A user who talks over the reply says their own words; quoting three or more of the assistant's words in
+order as most of what they say is rare, and costs them one repetition at worst. Pure, no audio.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+# Words of the reply before the cut (or its end) the echo may be of: the heard tail, generously (the
+# device's latency and the echo path put the mic behind the speaker by a few hundred ms, and a barge-in is
+# confirmed up to ~1 s after its onset).
+TAIL_WORDS = 30
+# ... and after it: words queued at the speaker when it was cut, not yet counted as played.
+AHEAD_WORDS = 8
+MIN_MATCHED = 3  # fewer matched words than this never decide: "the moon" is said by users too
+MIN_SHARE = 0.6  # share of the transcript's words found, in order, in the reply's window
+TAIL_SECONDS = 1.5  # after a reply ends, its echo tail may still start a turn this long
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower().replace("’", "'"))
+
+
+@dataclass(frozen=True)
+class EchoReference:
+    """The reply's words an utterance starting by `until` (monotonic seconds) may be an echo of."""
+
+    words: tuple[str, ...]
+    until: float
+
+    @classmethod
+    def around(cls, full: str, heard: str, until: float) -> EchoReference:
+        """The window of `full` (every clause queued) around the end of `heard` (what had played)."""
+        all_words, cut = words(full), len(words(heard))
+        return cls(tuple(all_words[max(0, cut - TAIL_WORDS) : cut + AHEAD_WORDS]), until)
+
+    def covers(self, speech_start: float) -> bool:
+        return bool(self.words) and speech_start <= self.until
+
+
+def matched_words(transcript: str, reference: EchoReference) -> tuple[int, int]:
+    """(words of the transcript found in order in the reference, words of the transcript)."""
+    said = words(transcript)
+    if not said:
+        return 0, 0
+    blocks = difflib.SequenceMatcher(None, said, list(reference.words), autojunk=False).get_matching_blocks()
+    return sum(b.size for b in blocks), len(said)
+
+
+def is_own_voice(transcript: str, reference: EchoReference) -> bool:
+    """Whether `transcript` is mostly a run of the reply's own words (see the module docstring)."""
+    found, total = matched_words(transcript, reference)
+    return found >= MIN_MATCHED and found >= MIN_SHARE * total
