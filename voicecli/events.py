@@ -22,7 +22,7 @@ EventKind = Literal[
     "speech_end",  # t = end of the last voiced frame (ADC clock)
     "eou",  # end of user turn confirmed
     "stt_done",  # data: text, is_speech, compute_s, speculative
-    "stt_rejected",
+    "stt_rejected",  # no speech, or (reason "own voice") the reply's own words heard back; data: text
     "turn_held",  # the transcript so far sounds unfinished: the pause is held open longer; data: text, extra_ms
     "reply_prepared",  # the LLM was started on the speculative transcript during the hangover; data: text
     "reply_wasted",  # a prepared reply was thrown away; data: reason
@@ -31,6 +31,7 @@ EventKind = Literal[
     "llm_done",  # data: prompt_tokens, prompt_tokens_evaluated, completion_tokens, tokens_per_s
     "first_clause",  # data: text
     "clause",  # data: text, index
+    "clause_early",  # the speaker was about to run dry: the words so far were cut as a clause; data: text, words
     "clause_dropped",  # data: text, reason (the reply guard: text the voice cannot say)
     "reply_cut",  # data: reason (repetition | unspeakable | length cap), words, degenerate
     "reply_regenerated",  # the reply opened by copying an earlier one: asked afresh; data: copied, attempt

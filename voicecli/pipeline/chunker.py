@@ -391,6 +391,17 @@ class _Splitter:
             self.reset()
         return out
 
+    @property
+    def tokens(self) -> list[str]:
+        return self._tokens
+
+    def cut(self) -> list[str]:
+        """The complete words waiting for a clause end, as a clause now (the word being written stays)."""
+        out: list[str] = []
+        if any(ch.isalnum() for tok in self._tokens for ch in tok):
+            self._flush(out, force=True)
+        return out
+
     def _flush(self, out: list[str], force: bool) -> None:
         clause = " ".join(self._tokens)
         # A clause with nothing to say ("...", "—") waits to lead the next one.
@@ -443,6 +454,15 @@ class ClauseChunker:
 
     def finish(self) -> list[str]:
         return self._split.feed(self._norm.finish(), final=True)
+
+    def waiting_words(self) -> int:
+        """Complete words held for the clause being written."""
+        return len(self._split.tokens)
+
+    def cut(self) -> list[str]:
+        """The words complete so far as a clause of their own, without waiting for a clause end: the speaker
+        is about to run dry (pipeline.reply). Joining all clauses still gives `normalise(text)`."""
+        return self._split.cut()
 
     def reset(self) -> None:
         self._norm.reset()

@@ -29,6 +29,12 @@ from voicecli.pipeline.reply_guard import ReplyGuard
 from voicecli.pipeline.turn import TurnLifecycle
 
 CLAUSE_QUEUE = 3
+# The speaker must not run dry inside a reply. When the audio queued ahead would end sooner than the words
+# waiting in the chunker can be synthesised (their measured TTS time) plus this margin, they are cut as a
+# clause there and then rather than wait for a comma: a slow LLM (the real-size Qwen decodes 13-15 tokens/s
+# inside a reply) after a one-word first clause ("Sure,") otherwise leaves a hole.
+DRY_MARGIN_S = 0.15
+TTS_S_PER_WORD = 0.04  # until a clause of this reply has been synthesised (Piper medium, 2 cores: ~15-40 ms)
 APOLOGY = "Sorry, something went wrong while I was answering."
 CONFUSED = "Sorry, I got confused. Could you ask that again?"  # the model's reply was all garbage
 
@@ -120,6 +126,9 @@ class ReplyPipeline:
         self.regenerated = False  # the first answer copied an earlier reply and was asked again
         self.regen_prompt: list[ChatMessage] | None = None  # ... on this prompt (the history adopts it)
         self._speaker: asyncio.Task[None] | None = None  # synthesises and queues the clauses of `run`
+        self._audio_s = 0.0  # seconds of this reply's audio written to the sink
+        self._synthesising = False  # the speaker task holds a clause it has not written yet
+        self._tts_s_per_word = TTS_S_PER_WORD
         # The clauses say exactly what the LLM wrote (nothing dropped, cut, stripped or added): the history
         # may then keep its own words, token for token, and the next prompt reuses them from the KV cache.
         self.verbatim = True
@@ -224,7 +233,12 @@ class ReplyPipeline:
                     if not self.streaming:
                         whole.append(delta)
                         continue
-                    for clause in chunker.push(delta):
+                    ready = chunker.push(delta)
+                    if not ready and self._runs_dry(clauses, chunker):
+                        ready = chunker.cut()
+                        if ready:
+                            self._emit("clause_early", text=ready[0], words=len(ready[0].split()))
+                    for clause in ready:
                         if not await self._queue_guarded(clauses, guard, clause):
                             break
                     if guard.stop_reason is not None:
@@ -266,6 +280,20 @@ class ReplyPipeline:
                     await speaker
             elif not speaker.cancelled():
                 speaker.exception()  # raised above or superseded by the reply's own end: seen, not lost
+
+    def _runs_dry(self, clauses: asyncio.Queue[str | None], chunker: ClauseChunker) -> bool:
+        """Whether the speaker will run out of audio before the words waiting in `chunker` could be heard, if
+        they waited any longer (see DRY_MARGIN_S). Nothing is due before playback starts."""
+        if self._synthesising or not clauses.empty() or not self.started:
+            return False
+        start = self.sink.play_start(self.turn_id)
+        if start is None:
+            return False
+        waiting = chunker.waiting_words()
+        if not waiting:
+            return False
+        left = start + self._audio_s - self.clock()
+        return left <= waiting * self._tts_s_per_word + DRY_MARGIN_S
 
     # ---- stages -------------------------------------------------------------------------------------------
     async def _fresh_deltas(self, stream: LLMStream, regen: Regeneration | None) -> AsyncIterator[str]:
@@ -396,13 +424,16 @@ class ReplyPipeline:
         pos = self.clauses[-1][1] if self.clauses else 0  # an apology after a failed reply follows its audio
         index = 0
         while (clause := await q.get()) is not None:
+            self._synthesising = True
             try:
                 speech = await self.tts.synthesize(clause)
             except EngineError as exc:
                 # One bad clause is skipped; the rest of the reply is still spoken.
+                self._synthesising = False
                 self._emit("warning", message=f"TTS skipped a clause: {exc.message}")
                 continue
             now = self.clock()
+            self._tts_s_per_word = speech.compute_s / max(1, len(clause.split()))
             if self.metrics.tts_first_audio is None:
                 self.metrics.tts_first_audio = now
                 self._emit("tts_first_audio", t=now)
@@ -414,6 +445,7 @@ class ReplyPipeline:
             )
             index += 1
             if speech.pcm.size == 0:
+                self._synthesising = False
                 continue
             await self._begin()
             start = self.sink.play_start(self.turn_id)
@@ -425,6 +457,8 @@ class ReplyPipeline:
             pos += len(speech.pcm)
             self.metrics.tts_audio_s += speech.duration_s
             self.metrics.tts_compute_s += speech.compute_s
+            self._audio_s = pos / rate
+            self._synthesising = False
             await self.sink.write(speech.pcm)
             if not self.spoken_any:
                 self.spoken_any = True
