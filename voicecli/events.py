@@ -45,6 +45,7 @@ EventKind = Literal[
     "error",  # data: message
     "mic_level",  # data: dbfs (sampled, not every frame)
     "session_end",
+    "audio_status",  # the streams closed; data: output_underflows, input_overflows (device xruns, PortAudio status)
 ]
 
 

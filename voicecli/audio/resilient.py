@@ -94,6 +94,7 @@ class ResilientSource:
         self._stopped = False
         self._outage = False  # "lost" was said and "back" not yet
         self._overruns_before = 0  # from streams that are closed
+        self._xruns_before = 0
         self.name = str(device or "default")
         self._wake_every = 1
 
@@ -111,6 +112,12 @@ class ResilientSource:
     def overrun_samples(self) -> int:
         current = self._cap.stats.overrun_samples if self._cap is not None else 0
         return self._overruns_before + current
+
+    @property
+    def xruns(self) -> int:
+        """Input overflows the device reported (samples it dropped before our callback took them)."""
+        current = self._cap.stats.status_counts.get("input_overflow", 0) if self._cap is not None else 0
+        return self._xruns_before + current
 
     async def start(self) -> None:
         """Open the microphone; a device that is missing at start is an error for the caller."""
@@ -134,6 +141,7 @@ class ResilientSource:
         self._open.clear()
         if cap is not None:
             self._overruns_before += cap.stats.overrun_samples
+            self._xruns_before += cap.stats.status_counts.get("input_overflow", 0)
             await cap.stop()
 
     async def frames(self) -> AsyncIterator[Frame]:
@@ -216,6 +224,7 @@ class ResilientSink:
         self._owner: dict[int, Playback] = {}  # reply id -> the stream it was written to
         self._current: int | None = None
         self._underruns_before = 0
+        self._xruns_before = 0  # the device's own underflows (PortAudio status), from streams that are closed
         self._watch: asyncio.Task[None] | None = None
         self._stopped = False
         self.rate = 0
@@ -247,6 +256,7 @@ class ResilientSink:
             self._watch = None
         if pb is not None:
             self._underruns_before += pb.stats.underruns
+            self._xruns_before += pb.stats.status_counts.get("output_underflow", 0)
             await pb.stop()
 
     async def _watchdog(self, pb: Playback) -> None:
@@ -254,6 +264,7 @@ class ResilientSink:
         if self._pb is pb:
             self._pb = None
             self._underruns_before += pb.stats.underruns
+            self._xruns_before += pb.stats.status_counts.get("output_underflow", 0)
         self._warn(
             f"speaker lost: {self.name}; the reply in progress is dropped, the conversation is kept, "
             f"trying to reopen it every {self._retry_s:g} s"
@@ -286,6 +297,13 @@ class ResilientSink:
     @property
     def underruns(self) -> int:
         return self._underruns_before + (self._pb.stats.underruns if self._pb is not None else 0)
+
+    @property
+    def xruns(self) -> int:
+        """Output underflows the device reported: its buffer ran empty because a callback came late (a busy
+        CPU), whether or not a reply was playing; `underruns` counts our ring running dry inside a reply."""
+        current = self._pb.stats.status_counts.get("output_underflow", 0) if self._pb is not None else 0
+        return self._xruns_before + current
 
     async def suspend(self) -> None:
         await self._close_stream()

@@ -276,6 +276,10 @@ def print_report(
     console.print(f"reply sense: {s['answered']} clips answered; {s['copies']} replies copy an earlier reply to "
                   f"another question; {s['no_content_word']} share no content word with their question; "
                   f"{s['regenerated']} answered afresh after a copy")  # fmt: skip
+    if figures and figures.get("device_xruns") is not None:
+        x = figures["device_xruns"]
+        console.print(f"device xruns (PortAudio status, whole run): {x['output_underflows']} output underflows, "
+                      f"{x['input_overflows']} input overflows")  # fmt: skip
     if figures and figures.get("phantom_turns") is not None:
         console.print(f"turns no clip asked for (its own voice): {figures['phantom_turns']}, of which dropped "
                       f"unanswered as the reply's own words: {figures.get('own_voice_dropped', 0)}")  # fmt: skip

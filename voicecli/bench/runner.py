@@ -246,6 +246,10 @@ async def run_corpus(
     finally:
         session.stop()
         await asyncio.wait([conv], timeout=10)
+    if figures is not None:
+        for ev in events.items:
+            if ev.kind == "audio_status":  # device xruns over the whole run (PortAudio's status flags)
+                figures["device_xruns"] = {k: ev.data.get(k) for k in ("output_underflows", "input_overflows")}
     for clip, res in zip(clips, results, strict=False):
         res.metrics = derive(res)  # also for clips not located
         if res.clip_t0 is not None:

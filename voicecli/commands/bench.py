@@ -157,6 +157,7 @@ def bench(
             "barge_ins": report.barge_ins(streaming),
             "splits": report.splits(streaming),
             "idle_cpu": figures.get("idle_cpu"),
+            "device_xruns": figures.get("device_xruns"),
             "replies": {
                 k: figures.get(k) for k in ("replies_prepared", "replies_wasted", "phantom_turns", "own_voice_dropped")
             },

@@ -226,6 +226,9 @@ async def converse(
         if install_signal_handlers:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+        if emit is not None:  # what the devices said of the run (the benchmark reports it)
+            emit(Event("audio_status", time.monotonic(), 0,
+                       {"output_underflows": playback.xruns, "input_overflows": capture.xruns}))  # fmt: skip
         with contextlib.suppress(Exception):
             await capture.stop()
         with contextlib.suppress(Exception):
