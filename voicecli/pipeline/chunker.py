@@ -455,9 +455,10 @@ class ClauseChunker:
     def finish(self) -> list[str]:
         return self._split.feed(self._norm.finish(), final=True)
 
-    def waiting_words(self) -> int:
-        """Complete words held for the clause being written."""
-        return len(self._split.tokens)
+    def waiting_chars(self) -> int:
+        """Characters of the complete words held for the clause being written."""
+        tokens = self._split.tokens
+        return sum(len(t) for t in tokens) + max(0, len(tokens) - 1)
 
     def cut(self) -> list[str]:
         """The words complete so far as a clause of their own, without waiting for a clause end: the speaker
