@@ -19,9 +19,20 @@ def ref(heard_words: int) -> EchoReference:
 
 @pytest.mark.parametrize(
     "echo",
-    ["It's all being spilled.", "all being spilled onto the table", "it is all being spilled onto the table"],
+    [
+        "It's all being spilled.",
+        "all being spilled onto the table",
+        "it is all being spilled onto the table",
+        "I was glass tips over, it's all be-",  # real whisper: 4 of 6 whole words, a run of 4
+    ],
 )
 def test_the_reply_heard_back_is_its_own_voice(echo: str) -> None:
+    assert is_own_voice(echo, ref(heard_words=16))
+
+
+@pytest.mark.parametrize("echo", ["spilled.", "Onto the", "It's all"])
+def test_one_or_two_words_at_the_cut_are_its_own_voice(echo: str) -> None:
+    """An echo cut short: exactly the words playing when the reply stopped."""
     assert is_own_voice(echo, ref(heard_words=16))
 
 
@@ -29,7 +40,9 @@ def test_the_reply_heard_back_is_its_own_voice(echo: str) -> None:
     "user",
     [
         "Stop.",
-        "Wait, the table?",  # two of its words: a user may say them
+        "Wait, the table?",  # two of its words, but not as it said them
+        "The ocean?",  # its words, long before the cut
+        "Puddles?",  # its word, but long after the words queued at the cut
         "What about the ocean on other planets?",
         "No, tell me how the water gets onto the table instead.",
         "",

@@ -9,7 +9,9 @@ or within a moment of its end (the echo tail), and whose words are mostly a run 
 that point, is the reply itself: it is dropped, never answered.
 
 A user who talks over the reply says their own words; quoting three or more of the assistant's words in
-order as most of what they say is rare, and costs them one repetition at worst. Pure, no audio.
+order as most of what they say is rare, and costs them one repetition at worst. A transcript of one or two
+words is the reply's only when they are exactly the words it was saying at the cut (the last few heard or
+the next queued): an echo cut short after "Sure." must not be answered either. Pure, no audio.
 """
 
 from __future__ import annotations
@@ -19,19 +21,22 @@ import re
 from dataclasses import dataclass
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+_CUT_WORD = re.compile(r"\b[\w']+-(?=\s|$)")  # whisper's "w-": a word the audio cut off, no word of either
 # Words of the reply before the cut (or its end) the echo may be of: the heard tail, generously (the
 # device's latency and the echo path put the mic behind the speaker by a few hundred ms, and a barge-in is
 # confirmed up to ~1 s after its onset).
 TAIL_WORDS = 30
 # ... and after it: words queued at the speaker when it was cut, not yet counted as played.
 AHEAD_WORDS = 8
-MIN_MATCHED = 3  # fewer matched words than this never decide: "the moon" is said by users too
+MIN_MATCHED = 3  # fewer matched words than this decide only as a run at the cut (NEAR_WORDS)
+NEAR_WORDS = 6  # words either side of the cut a one- or two-word echo must be found in, contiguous
 MIN_SHARE = 0.6  # share of the transcript's words found, in order, in the reply's window
+RUN_WORDS = 4  # ... or this many of its words in a row, as the reply said them (whisper garbles the rest)
 TAIL_SECONDS = 1.5  # after a reply ends, its echo tail may still start a turn this long
 
 
 def words(text: str) -> list[str]:
-    return _WORD.findall(text.lower().replace("’", "'"))
+    return _WORD.findall(_CUT_WORD.sub(" ", text.lower().replace("’", "'")))
 
 
 @dataclass(frozen=True)
@@ -40,15 +45,25 @@ class EchoReference:
 
     words: tuple[str, ...]
     until: float
+    cut: int = -1  # index in `words` where playback stopped (-1: the end)
 
     @classmethod
     def around(cls, full: str, heard: str, until: float) -> EchoReference:
         """The window of `full` (every clause queued) around the end of `heard` (what had played)."""
         all_words, cut = words(full), len(words(heard))
-        return cls(tuple(all_words[max(0, cut - TAIL_WORDS) : cut + AHEAD_WORDS]), until)
+        start = max(0, cut - TAIL_WORDS)
+        return cls(tuple(all_words[start : cut + AHEAD_WORDS]), until, cut - start)
+
+    def near_cut(self) -> tuple[str, ...]:
+        cut = len(self.words) if self.cut < 0 else self.cut
+        return self.words[max(0, cut - NEAR_WORDS) : cut + NEAR_WORDS]
 
     def covers(self, speech_start: float) -> bool:
         return bool(self.words) and speech_start <= self.until
+
+
+def _blocks(said: list[str], reference: EchoReference) -> list[difflib.Match]:
+    return difflib.SequenceMatcher(None, said, list(reference.words), autojunk=False).get_matching_blocks()
 
 
 def matched_words(transcript: str, reference: EchoReference) -> tuple[int, int]:
@@ -56,11 +71,15 @@ def matched_words(transcript: str, reference: EchoReference) -> tuple[int, int]:
     said = words(transcript)
     if not said:
         return 0, 0
-    blocks = difflib.SequenceMatcher(None, said, list(reference.words), autojunk=False).get_matching_blocks()
-    return sum(b.size for b in blocks), len(said)
+    return sum(b.size for b in _blocks(said, reference)), len(said)
 
 
 def is_own_voice(transcript: str, reference: EchoReference) -> bool:
     """Whether `transcript` is mostly a run of the reply's own words (see the module docstring)."""
     found, total = matched_words(transcript, reference)
-    return found >= MIN_MATCHED and found >= MIN_SHARE * total
+    if total < MIN_MATCHED:
+        said, near = words(transcript), reference.near_cut()
+        return bool(said) and any(near[i : i + len(said)] == tuple(said) for i in range(len(near)))
+    if found >= MIN_MATCHED and found >= MIN_SHARE * total:
+        return True
+    return max(b.size for b in _blocks(words(transcript), reference)) >= RUN_WORDS
