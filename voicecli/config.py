@@ -108,6 +108,9 @@ class TalkConfig:
     # Start the LLM on the speculative transcript during the hangover (nothing plays before the turn is
     # confirmed; thrown away if the user goes on talking).
     prepare_reply: bool = True
+    # While the user speaks, transcribe the audio so far every second and prefill the local LLM with the stable
+    # words (pipeline.prefill): at the pause only the tail of the prompt is left to evaluate.
+    prefill_while_speaking: bool = True
     # The first clause may end before "and", "with", "because" ... once it has this many words, without waiting
     # for the LLM's first comma (pipeline.chunker.SOFT_BREAK_BEFORE); 0 = only at punctuation. Off by default:
     # no TTFA gain measurable over 24 turns with SmolLM2 (its first clauses mostly have an early comma), and

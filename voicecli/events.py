@@ -16,6 +16,7 @@ EventKind = Literal[
     "state",  # data: state = listening | hearing | thinking | speaking
     "speech_start",  # user voice onset (t = first voiced frame)
     "pause",  # early pause: speculative STT starts
+    "prefill",  # while the user spoke: the LLM prefilled their stable words so far; data: text, tokens, stt_s
     "resume",  # user spoke again after a pause: speculation discarded
     "discarded",  # a blip shorter than the minimum utterance
     "turn_resumed",  # a barge-in's sound was discarded: the question it cut off is asked again; data: text

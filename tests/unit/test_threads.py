@@ -84,6 +84,46 @@ def test_a_busy_program_in_another_session_is_seen() -> None:
         busy.wait()
 
 
+def test_the_cpu_meter_sees_a_busy_program_the_run_queue_missed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run queue is read at one instant and raced our own threads once (13 requests next to a busy program:
+    one planned 2 threads, first token after 7.4 s). The CPU time of the last second does not miss it."""
+    meter = threads.CpuMeter()
+    monkeypatch.setattr(threads, "METER", meter)
+    monkeypatch.setattr(threads, "runnable_elsewhere", lambda *a, **k: 0)
+    meter.start()
+    time.sleep(1.1)
+    quiet = meter.others_cores()
+    busy = subprocess.Popen(
+        [sys.executable, "-c", "while True: pass"], start_new_session=True, stdout=subprocess.DEVNULL
+    )
+    try:
+        time.sleep(1.2)
+        loaded = meter.others_cores()
+        assert loaded is not None and loaded >= 0.6, loaded
+        if threads.usable_cores() <= 2:
+            assert threads.current_plan().batch == 1
+        assert threads.busy_elsewhere() >= 1
+    finally:
+        busy.kill()
+        busy.wait()
+    assert quiet is not None and quiet < loaded
+
+
+def test_our_own_whisper_worker_is_not_someone_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child in our session (the STT worker) is our own work: it never costs the LLM a thread."""
+    meter = threads.CpuMeter()
+    monkeypatch.setattr(threads, "METER", meter)
+    meter.start()
+    worker = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<1.5: pass"])
+    try:
+        time.sleep(1.2)
+        cores = meter.others_cores()
+        assert cores is not None and cores < 0.5, cores
+    finally:
+        worker.kill()
+        worker.wait()
+
+
 def test_usable_cores_follows_the_affinity_mask() -> None:
     import os
 

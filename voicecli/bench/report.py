@@ -27,6 +27,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "tts_first_audio": ("TTS first audio", "s"),
     "play_start": ("play start", "s"),
     "tokens_per_s": ("LLM tokens/s", ""),
+    "prefilled": ("prompt tokens prefilled while speaking", ""),
+    "prompt_evaluated": ("prompt tokens evaluated after the pause", ""),
     "tts_rtf": ("TTS real-time factor", ""),
     "max_clause_gap": ("max gap between clauses", "s"),
     "underruns": ("underruns in replies", ""),

@@ -54,6 +54,7 @@ class TurnResult:
     user_text: str = ""  # what the session heard (its transcript) and what the user heard back
     reply_text: str = ""
     regenerated: bool = False  # the first answer copied an earlier reply and was asked again
+    prefilled: int = 0  # prompt tokens the LLM evaluated while this clip was being spoken (pipeline.prefill)
     metrics: dict[str, float | None] = field(default_factory=dict)
 
 
@@ -216,6 +217,7 @@ async def run_corpus(
             res.turns_started = sum(
                 1 for ev in events.items[mark:end] if ev.kind == "eou" and not ev.data.get("forced")
             )
+            res.prefilled = sum(int(ev.data.get("tokens", 0)) for ev in events.items[mark:end] if ev.kind == "prefill")
             for ev in events.items[mark:]:
                 if ev.turn_id == res.turn_id and ev.kind == "stt_done":
                     res.stt_window_s = ev.data.get("window_s")
@@ -295,6 +297,8 @@ def derive(res: TurnResult) -> dict[str, float | None]:
         "tts_first_audio": since("tts_first_audio"),
         "play_start": since("play_start"),
         "tokens_per_s": tm.get("tokens_per_s"),
+        "prompt_evaluated": tm.get("prompt_tokens_evaluated"),
+        "prefilled": float(res.prefilled),
         "tts_rtf": tm.get("tts_rtf"),
         "max_clause_gap": tm.get("max_clause_gap"),
         "underruns": tm.get("underruns"),

@@ -7,7 +7,12 @@ waiting for a core; niceness does not help. One thread is unaffected. So the thr
 * `usable_cores()`: the CPUs this process may run on (affinity mask, cgroup CPU quota).
 * `runnable_elsewhere()`: threads of other processes that want a CPU right now (the kernel's run queue,
   /proc/loadavg, minus this process's own runnable threads), sampled a few times: a busy program is runnable
-  in every sample, a short blip of a desktop daemon is not.
+  in every sample, a short blip of a desktop daemon is not. An instant reading races with our own threads
+  (one counted runnable in our /proc but not in the run queue's snapshot makes a busy program vanish: one
+  request of 13 next to it planned 2 threads and waited 7.4 s for its first token), so:
+* `CpuMeter`: the CPU time the rest of the machine used over the last second (/proc/stat minus this process
+  and its children, e.g. the whisper worker), sampled in the background every 100 ms. A busy program shows as
+  ~1 core whatever the instant. The plan takes the larger of the two readings.
 * `plan()`: prefill (and the first clause) on every free core up to a cap; the rest of the reply on fewer,
   leaving a core to Piper, whisper and the audio. On 2 quiet cores: 2 then 1; next to one busy process: 1 and 1;
   on 16 quiet cores: 15 then 8 (decode is memory-bound; llama-server also stops at the physical cores).
@@ -19,7 +24,9 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +35,11 @@ SAMPLES = 3  # run-queue samples per decision
 SAMPLE_GAP_S = 0.001
 STALL_FACTOR = 6.0  # a token this many times slower than the best seen on these threads is a stall
 STALL_FLOOR_S = 0.03  # ... and at least this long (small models decode in a few ms; jitter is not a stall)
+METER_EVERY_S = 0.1  # CpuMeter sampling period
+METER_WINDOW_S = 1.0  # ... and the window it reports over
+# Cores of CPU time others used over the window from which they count as a busy thread: a busy program shows as
+# 0.7-1.0 (it shares the cores with us), a desktop's daemons and our own audio threads as a few hundredths.
+BUSY_CORE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -125,8 +137,95 @@ def runnable_elsewhere(samples: int = SAMPLES, gap_s: float = SAMPLE_GAP_S) -> i
     return best or 0
 
 
+def _busy_ticks() -> int:
+    """Clock ticks the whole machine spent busy (/proc/stat's first line minus idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields[:8]) - fields[3] - fields[4]
+
+
+def _process_ticks(pid: int | str) -> tuple[int, int]:
+    """(utime + stime of a process, all its threads, in clock ticks; its session id)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12]), int(fields[3])
+
+
+def _own_ticks() -> int:
+    """This process and those of its children in its session (the whisper worker): the CPU time that is ours.
+    A child in a session of its own (the benchmark's busy processes) is someone else's load."""
+    total, session = _process_ticks("self")
+    for task in os.listdir("/proc/self/task"):
+        try:
+            children = Path(f"/proc/self/task/{task}/children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                ticks, child_session = _process_ticks(child)
+            except (OSError, ValueError, IndexError):
+                continue  # ended meanwhile
+            if child_session == session:
+                total += ticks
+    return total
+
+
+class CpuMeter:
+    """The CPU time used by every other process over the last `METER_WINDOW_S`, in cores. A daemon thread reads
+    two small /proc files every `METER_EVERY_S` (started on first use)."""
+
+    def __init__(self, every_s: float = METER_EVERY_S, window_s: float = METER_WINDOW_S) -> None:
+        self._every_s = every_s
+        self._samples: deque[tuple[float, int, int]] = deque(maxlen=max(2, round(window_s / every_s) + 1))
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def _sample(self) -> None:
+        try:
+            reading = (time.monotonic(), _busy_ticks(), _own_ticks())
+        except (OSError, ValueError, IndexError):
+            return
+        with self._lock:
+            self._samples.append(reading)
+
+    def _run(self) -> None:
+        while True:
+            self._sample()
+            time.sleep(self._every_s)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._sample()
+            self._thread = threading.Thread(target=self._run, name="cpu-meter", daemon=True)
+            self._thread.start()
+
+    def others_cores(self) -> float | None:
+        """Cores' worth of CPU time others used over the window; None before a window's worth of samples."""
+        self.start()
+        self._sample()
+        with self._lock:
+            if len(self._samples) < 2:
+                return None
+            (t0, busy0, own0), (t1, busy1, own1) = self._samples[0], self._samples[-1]
+        if t1 - t0 < 0.3:
+            return None
+        return max(0.0, ((busy1 - busy0) - (own1 - own0)) / self._hz / (t1 - t0))
+
+
+METER = CpuMeter()
+
+
+def busy_elsewhere() -> int:
+    """Busy threads of other processes: the larger of the run-queue reading and the CPU time over the last
+    second (see the module docstring)."""
+    by_queue = runnable_elsewhere()
+    cores = METER.others_cores()
+    by_time = 0 if cores is None else math.floor(cores + (1.0 - BUSY_CORE_SHARE))
+    return max(by_queue, by_time)
+
+
 def current_plan(max_batch: int = 0, max_decode: int = 0) -> ThreadPlan:
-    return plan(usable_cores(), runnable_elsewhere(), max_batch, max_decode)
+    return plan(usable_cores(), busy_elsewhere(), max_batch, max_decode)
 
 
 class StallWatch:

@@ -48,6 +48,7 @@ from voicecli.pipeline.ledger import TurnContext, TurnLedger
 from voicecli.pipeline.metrics import LoopLagMonitor, TurnMetrics
 from voicecli.pipeline.own_voice import TAIL_SECONDS, EchoReference
 from voicecli.pipeline.ports import AudioSink, FrameLike, FrameSource
+from voicecli.pipeline.prefill import Prefiller
 from voicecli.pipeline.reply import APOLOGY, CONFUSED, ReplyPipeline, played_text
 from voicecli.pipeline.speculation import PROMPT_CHANGED, TURN_CANCELLED, Speculator
 from voicecli.pipeline.transcript import TranscriptLog
@@ -127,6 +128,14 @@ class Session:
             self.detector.wait_longer(vad_cfg.unfinished_extra_ms)
             self._emit("turn_held", text=text, extra_ms=vad_cfg.unfinished_extra_ms)
 
+        def may_prefill() -> bool:  # nothing else uses the LLM (pipeline.prefill)
+            spec = self.speculator.current
+            return self._turn is None and (spec is None or spec.llm_stream is None)
+
+        self.prefiller = Prefiller(
+            transcribe=self._transcribe, llm=llm, history=history, emit=self._emit, may_prefill=may_prefill
+        )
+        self._prefill = streaming and talk_cfg.prefill_while_speaking and self.prefiller.enabled
         self.speculator = Speculator(
             transcribe=self._transcribe, llm=llm, history=history, max_tokens=max_tokens,
             new_reply=lambda lifecycle: self._new_reply(0, TurnMetrics(0), lifecycle), emit=self._emit,
@@ -197,6 +206,7 @@ class Session:
         if self._turn is not None:
             self._cancel_turn(self._turn, reason="shutdown")
         self.speculator.drop("shutdown")
+        self.prefiller.stop()
         self._input.clear()
         if self._last_task is not None:
             await asyncio.wait([self._last_task], timeout=1.0)
@@ -214,6 +224,8 @@ class Session:
             return
         for ev in self.detector.process(frame.pcm, frame.t):
             self._on_vad(ev)
+        if self._prefill and self._turn is None and self.detector.state is vad.State.SPEECH:
+            self.prefiller.hearing(self.detector.speech_s, self.detector.last_voiced, self.detector.audio_so_far)
         if (
             self._input.monologue
             and self._turn is None
@@ -234,16 +246,18 @@ class Session:
             else:
                 self._set_state(State.HEARING)
         elif isinstance(ev, vad.Paused):
-            self._emit("pause", t=ev.t)
+            self._emit("pause", t=ev.t)  # no new partial transcript (pipeline.prefill); one in flight finishes
             if self._turn is None and self.streaming:
                 self.speculator.start(ev.audio)
         elif isinstance(ev, vad.Resumed):
             self._emit("resume", t=ev.t)
             self.speculator.drop()
         elif isinstance(ev, vad.Discarded):
+            self.prefiller.stop()
             self._emit("discarded", t=ev.t, duration_s=ev.duration_s)
             self._discard(ev.t)
         elif isinstance(ev, vad.Utterance):
+            self.prefiller.stop()
             self._on_utterance(ev)
 
     async def _transcribe(self, audio: Float32Array) -> Transcript:

@@ -219,6 +219,15 @@ class TurnDetector:
             return 0.0
         return max(0.0, self._t_voiced_end - self._t_onset)
 
+    @property
+    def last_voiced(self) -> bool:
+        """Whether the latest frame was voiced."""
+        return bool(self._recent) and self._recent[-1][2]
+
+    def audio_so_far(self) -> Float32Array:
+        """The current utterance's audio up to now (pre-roll included), as the Utterance will carry it."""
+        return int16_to_float32(self._buf[: self._n])
+
     def reset(self) -> None:
         """Forget any partial utterance and the recent audio (e.g. while the mic is ignored)."""
         self._state = State.SILENCE

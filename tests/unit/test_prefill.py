@@ -1,0 +1,80 @@
+"""Think while the user speaks (pipeline.prefill): partial transcripts every second of speech prefill the LLM
+with the user's stable words, never after the pause, never during a reply, never without a local LLM."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.fakes import FakeLLM, FakeSpeaker, FakeSTT, FakeTTS, ScriptedMic, SimClock, marker_classifier
+from voicecli.config import TalkConfig, VadConfig
+from voicecli.engines.base import ChatMessage
+from voicecli.events import Event
+from voicecli.pipeline.history import History
+from voicecli.pipeline.prefill import stable_words
+from voicecli.pipeline.session import Session
+from voicecli.pipeline.vad import TurnDetector
+
+VAD = VadConfig()
+
+
+class PrefillLLM(FakeLLM):
+    def __init__(self, clock: SimClock) -> None:
+        super().__init__(clock)
+        self.prefills: list[tuple[float, list[ChatMessage]]] = []
+
+    def prefill(self, messages: list[ChatMessage]) -> asyncio.Future[int]:
+        self.prefills.append((self.clock.now, list(messages)))
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        done.set_result(len(messages[-1].content.split()))
+        return done
+
+
+def run(speech: tuple[float, float], llm_cls: type[FakeLLM] = PrefillLLM, **talk: bool) -> tuple[FakeLLM, list[Event]]:
+    async def main() -> tuple[FakeLLM, list[Event]]:
+        clock = SimClock()
+        speaker = FakeSpeaker(clock)
+        llm = llm_cls(clock)
+        events: list[Event] = []
+        session = Session(
+            source=ScriptedMic(clock, speaker, lambda t: speech[0] <= t < speech[1], speech[1] + 6.0),
+            sink=speaker, stt=FakeSTT(clock, 0.1), llm=llm, tts=FakeTTS(clock),
+            history=History("You are a test.", 2000, llm.count_tokens), vad_cfg=VAD, talk_cfg=TalkConfig(**talk),
+            emit=events.append, clock=clock, detector=TurnDetector(VAD, classifier=marker_classifier),
+        )  # fmt: skip
+        await asyncio.wait_for(session.run(), timeout=20)
+        return llm, events
+
+    return asyncio.run(main())
+
+
+def test_stable_words_drop_the_last_word() -> None:
+    assert stable_words("What is the weath") == "What is the"
+    assert stable_words("Hello") == ""
+
+
+def test_a_long_question_is_prefilled_while_it_is_spoken() -> None:
+    llm, events = run((0.2, 3.4))
+    assert isinstance(llm, PrefillLLM)
+    pause = next(e.t for e in events if e.kind == "pause")
+    times = [t for t, _ in llm.prefills]
+    assert len(times) >= 2 and all(t < pause for t in times)  # every second of speech, all before the pause
+    first = llm.prefills[0][1]
+    assert first[0].role == "system" and first[-1].role == "user"
+    assert first[-1].content.startswith("question of")  # FakeSTT's words, its last word held back
+    assert len(first[-1].content.split()) == 3
+    assert [e.kind for e in events].count("llm_done") == 1  # the reply is still asked once, whole
+    prefilled = [e for e in events if e.kind == "prefill"]
+    assert len(prefilled) == len(times) and all(e.data["tokens"] == 3 for e in prefilled)
+
+
+def test_a_short_question_has_nothing_to_prefill() -> None:
+    llm, _ = run((0.2, 0.9))
+    assert isinstance(llm, PrefillLLM) and llm.prefills == []
+
+
+def test_it_can_be_turned_off_and_needs_an_llm_that_prefills() -> None:
+    llm, events = run((0.2, 3.4), prefill_while_speaking=False)
+    assert isinstance(llm, PrefillLLM) and llm.prefills == []
+    _, events = run((0.2, 3.4), llm_cls=FakeLLM)
+    assert not [e for e in events if e.kind == "prefill"]
+    assert [e.kind for e in events].count("llm_done") == 1  # the turn itself is answered as ever
