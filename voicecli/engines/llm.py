@@ -45,6 +45,7 @@ BURST_TOKENS = 16  # tokens decoded on batch_threads before dropping to threads 
 # Prefill while the user speaks (`prefill`): evaluated a few tokens at a time, so a reply requested meanwhile
 # waits for one chunk at most (4 tokens of a 0.5B model on one thread: ~40 ms).
 PREFILL_CHUNK = 4
+PREFILL_MAX_DROP = 256  # cached tokens a prefill may replace (the tail of the last reply, an older partial)
 PUT_SLICE_S = 0.25  # how often a worker blocked on a full delta queue checks that a reader is still there
 _END = object()  # end-of-stream marker (always fits: the queue holds QUEUE_DELTAS + 2 items)
 _WARMUP_SYSTEM = "You are a helpful assistant."
@@ -275,9 +276,7 @@ class LlamaLLM:
         at = prompt.rfind(text)
         if gen != self._prefill_gen or at < 0:
             return 0
-        bos = not added_special
-        tokens = llm.tokenize(prompt[: at + len(text)].encode("utf-8"), add_bos=bos, special=True)
-        opening = len(llm.tokenize(prompt[:at].encode("utf-8"), add_bos=bos, special=True))
+        tokens = llm.tokenize(prompt[: at + len(text)].encode("utf-8"), add_bos=not added_special, special=True)
         n_cached = int(llm.n_tokens)
         cached = llm.input_ids[:n_cached]
         p = 0
@@ -286,8 +285,11 @@ class LlamaLLM:
             p += 1
         # The user's last word may still change ("weath" -> "weather"): its tokens are left to the request.
         end = len(tokens) - 1
-        if p < opening - 2 or end - p < 1:
-            return 0  # it would evict the cached history (a trim: the request shifts it), or nothing to do
+        # What the cache holds past `p` (the end of the last reply, an older partial) the request would drop too:
+        # its prompt shares these tokens up to the user's words. Far more means the history changed (a trim the
+        # request shifts the cache for): left alone.
+        if n_cached - p > PREFILL_MAX_DROP or end - p < 1:
+            return 0
         plan = current_plan(self._max_batch, self._max_decode)
         llama_cpp.llama_set_n_threads(llm.ctx, plan.decode, plan.decode)  # leave a core to the audio and STT
         llm.n_tokens = p

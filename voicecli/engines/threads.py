@@ -11,7 +11,7 @@ waiting for a core; niceness does not help. One thread is unaffected. So the thr
   (one counted runnable in our /proc but not in the run queue's snapshot makes a busy program vanish: one
   request of 13 next to it planned 2 threads and waited 7.4 s for its first token), so:
 * `CpuMeter`: the CPU time the rest of the machine used over the last second (/proc/stat minus this process
-  and its children, e.g. the whisper worker), sampled in the background every 100 ms. A busy program shows as
+  and its children, e.g. the whisper worker), sampled in the background every 200 ms. A busy program shows as
   ~1 core whatever the instant. The plan takes the larger of the two readings.
 * `plan()`: prefill (and the first clause) on every free core up to a cap; the rest of the reply on fewer,
   leaving a core to Piper, whisper and the audio. On 2 quiet cores: 2 then 1; next to one busy process: 1 and 1;
@@ -35,7 +35,7 @@ SAMPLES = 3  # run-queue samples per decision
 SAMPLE_GAP_S = 0.001
 STALL_FACTOR = 6.0  # a token this many times slower than the best seen on these threads is a stall
 STALL_FLOOR_S = 0.03  # ... and at least this long (small models decode in a few ms; jitter is not a stall)
-METER_EVERY_S = 0.1  # CpuMeter sampling period
+METER_EVERY_S = 0.2  # CpuMeter sampling period (a sample costs ~0.5 ms of CPU with 30 threads: 0.25% of a core)
 METER_WINDOW_S = 1.0  # ... and the window it reports over
 # Cores of CPU time others used over the window from which they count as a busy thread: a busy program shows as
 # 0.7-1.0 (it shares the cores with us), a desktop's daemons and our own audio threads as a few hundredths.
