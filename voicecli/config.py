@@ -109,8 +109,11 @@ class TalkConfig:
     # confirmed; thrown away if the user goes on talking).
     prepare_reply: bool = True
     # While the user speaks, transcribe the audio so far every second and prefill the local LLM with the stable
-    # words (pipeline.prefill): at the pause only the tail of the prompt is left to evaluate.
-    prefill_while_speaking: bool = True
+    # words (pipeline.prefill): at the pause only the tail of the prompt is left to evaluate. Off by default: on
+    # 2 cores with whisper base and the 0.5B model it measured worse (TTFA p50 1073 against 1036 ms, LLM first
+    # token 457 against 385 ms): the pause's transcription waits behind a partial one on the single STT worker,
+    # and ~14 prefilled tokens save less than that costs. Worth measuring on more cores or a bigger LLM.
+    prefill_while_speaking: bool = False
     # The first clause may end before "and", "with", "because" ... once it has this many words, without waiting
     # for the LLM's first comma (pipeline.chunker.SOFT_BREAK_BEFORE); 0 = only at punctuation. Off by default:
     # no TTFA gain measurable over 24 turns with SmolLM2 (its first clauses mostly have an early comma), and

@@ -321,3 +321,45 @@ def test_a_llama_cpp_that_crashes_on_this_cpu_is_an_error_naming_the_way_out(
     llm_probe.check(tiny_gguf)
     monkeypatch.setattr(llm_probe.subprocess, "run", lambda *a, **k: pytest.fail("checked twice"))
     llm_probe.check(tiny_gguf)
+
+
+def test_prefill_while_speaking_leaves_only_the_tail_to_evaluate(tiny_gguf: Path) -> None:
+    """The user's words so far are prefilled after a first exchange (pipeline.prefill): the question's request then
+    evaluates only its last word and the template's closing tokens, and the reply is the one it would have been."""
+    question = "What should I wear for a long walk by the river this evening?"
+    partial = "What should I wear for a long walk by the"  # whisper's stable words while the user still speaks
+
+    async def run(prefill: bool) -> tuple[LLMStats, str, int]:
+        model = LlamaLLM(tiny_gguf, n_ctx=2048, threads=1, system_prompt=SYSTEM)
+        await model.start()
+        try:
+            first = ask("What is the weather like today?")
+            reply = await model.chat(first, max_tokens=128).text()
+            history = [*first, ChatMessage("assistant", reply)]
+            done = 0
+            if prefill:
+                job = model.prefill([*history, ChatMessage("user", partial)])
+                assert job is not None
+                done = await job
+            s = model.chat([*history, ChatMessage("user", question)], max_tokens=128)
+            return s.stats, await s.text(), done
+        finally:
+            await model.close()
+
+    cold, cold_reply, _ = asyncio.run(asyncio.wait_for(run(prefill=False), 60))
+    warm, warm_reply, prefilled = asyncio.run(asyncio.wait_for(run(prefill=True), 60))
+    assert warm_reply == cold_reply  # the cache holds exactly what the request would have evaluated
+    assert prefilled >= 8  # the partial question (its last word left to the request) and its opening
+    assert warm.prompt_tokens == cold.prompt_tokens
+    assert warm.prompt_tokens_evaluated <= cold.prompt_tokens_evaluated - prefilled + 1
+    assert warm.prompt_tokens_evaluated < cold.prompt_tokens_evaluated / 2, (warm, cold)
+
+
+def test_prefill_gives_way_to_a_reply_and_never_runs_during_one(llm: LlamaLLM) -> None:
+    async def run() -> tuple[object, str]:
+        stream = llm.chat(ask("How is the weather?"), max_tokens=128)
+        during = llm.prefill(ask("What about tomor"))  # a reply is being generated: nothing
+        return during, await stream.text()
+
+    during, reply = asyncio.run(asyncio.wait_for(run(), 30))
+    assert during is None and reply == gen.DEFAULT_REPLY

@@ -299,6 +299,9 @@ class LlamaLLM:
             llm.eval(chunk)
             p += len(chunk)
             done += len(chunk)
+        # llama.cpp counts evaluated tokens when the context synchronises (reading logits): without this the
+        # request that follows would count these as its own (`prompt_tokens_evaluated`).
+        llama_cpp.llama_synchronize(llm.ctx)
         self.prefilled_tokens += done
         return done
 
