@@ -124,6 +124,19 @@ def test_our_own_whisper_worker_is_not_someone_else(monkeypatch: pytest.MonkeyPa
         worker.wait()
 
 
+def test_a_child_of_ours_that_ends_is_not_someone_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short-lived child in our session (the benchmark's pacat feeding a clip) that ends inside the window: its
+    CPU time must not be taken for another program's (it once made a quiet machine look 2 cores busy)."""
+    meter = threads.CpuMeter()
+    monkeypatch.setattr(threads, "METER", meter)
+    meter.start()
+    for _ in range(3):
+        subprocess.run([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<0.3: pass"], check=True)
+    cores = meter.others_cores()
+    assert cores is not None and cores < 0.5, cores
+    assert threads.busy_elsewhere() == 0 or threads.runnable_elsewhere() > 0
+
+
 def test_usable_cores_follows_the_affinity_mask() -> None:
     import os
 

@@ -22,6 +22,7 @@ waiting for a core; niceness does not help. One thread is unaffected. So the thr
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import threading
@@ -150,10 +151,11 @@ def _process_ticks(pid: int | str) -> tuple[int, int]:
     return int(fields[11]) + int(fields[12]), int(fields[3])
 
 
-def _own_ticks() -> int:
-    """This process and those of its children in its session (the whisper worker): the CPU time that is ours.
-    A child in a session of its own (the benchmark's busy processes) is someone else's load."""
-    total, session = _process_ticks("self")
+def _own_ticks() -> dict[str, int]:
+    """CPU ticks of this process and of those of its children in its session (the whisper worker), by pid: the
+    CPU time that is ours. A child in a session of its own (the benchmark's busy processes) is someone else's."""
+    ticks, session = _process_ticks("self")
+    out = {"self": ticks}
     for task in os.listdir("/proc/self/task"):
         try:
             children = Path(f"/proc/self/task/{task}/children").read_text().split()
@@ -161,12 +163,19 @@ def _own_ticks() -> int:
             continue
         for child in children:
             try:
-                ticks, child_session = _process_ticks(child)
+                child_ticks, child_session = _process_ticks(child)
             except (OSError, ValueError, IndexError):
                 continue  # ended meanwhile
             if child_session == session:
-                total += ticks
-    return total
+                out[child] = child_ticks
+    return out
+
+
+def _own_delta(before: dict[str, int], after: dict[str, int]) -> int:
+    """Our ticks between two readings. A child that ended meanwhile is left out (its lifetime total must not
+    come off the window's: a `pacat` that fed one clip made a quiet machine look 2 cores busy, so the meter
+    sums readings 200 ms apart); one that started counts whole."""
+    return sum(t - before.get(pid, 0) for pid, t in after.items())
 
 
 class CpuMeter:
@@ -175,7 +184,7 @@ class CpuMeter:
 
     def __init__(self, every_s: float = METER_EVERY_S, window_s: float = METER_WINDOW_S) -> None:
         self._every_s = every_s
-        self._samples: deque[tuple[float, int, int]] = deque(maxlen=max(2, round(window_s / every_s) + 1))
+        self._samples: deque[tuple[float, int, dict[str, int]]] = deque(maxlen=max(2, round(window_s / every_s) + 1))
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -204,12 +213,12 @@ class CpuMeter:
         self.start()
         self._sample()
         with self._lock:
-            if len(self._samples) < 2:
-                return None
-            (t0, busy0, own0), (t1, busy1, own1) = self._samples[0], self._samples[-1]
-        if t1 - t0 < 0.3:
+            samples = list(self._samples)
+        if len(samples) < 2 or samples[-1][0] - samples[0][0] < 0.3:
             return None
-        return max(0.0, ((busy1 - busy0) - (own1 - own0)) / self._hz / (t1 - t0))
+        # Summed sample by sample, so that a child ending between two samples costs at most one gap's worth.
+        others = sum((b1 - b0) - _own_delta(o0, o1) for (_, b0, o0), (_, b1, o1) in itertools.pairwise(samples))
+        return max(0.0, others / self._hz / (samples[-1][0] - samples[0][0]))
 
 
 METER = CpuMeter()
