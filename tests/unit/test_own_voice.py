@@ -45,6 +45,7 @@ def test_one_or_two_words_at_the_cut_are_its_own_voice(echo: str) -> None:
         "Puddles?",  # its word, but long after the words queued at the cut
         "What about the ocean on other planets?",
         "No, tell me how the water gets onto the table instead.",
+        "When does a glass of water spill all over?",  # 5 of its words in order, scattered
         "",
     ],
 )
@@ -65,3 +66,10 @@ def test_a_reference_covers_speech_that_began_by_its_deadline() -> None:
     r = ref(5)
     assert r.covers(9.9) and r.covers(10.0) and not r.covers(10.1)
     assert not EchoReference((), 10.0).covers(0.0)
+
+
+def test_a_follow_up_sharing_scattered_words_is_the_user() -> None:
+    """The scripted e2e case: the question again right after "Sure, here is a quick answer: the weather today ...":
+    "is", "the weather", "today" in order (4 of 6), but no run of more than 2."""
+    reply = "Sure, here is a quick answer: the weather today looks sunny and warm. Expect light wind after lunch."
+    assert not is_own_voice("What is the weather like today?", EchoReference.around(reply, reply, until=0.0))

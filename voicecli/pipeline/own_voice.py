@@ -5,8 +5,8 @@ The acoustic rules (pipeline.bargein: the echo canceller's prediction, the neura
 and must let a real barge-in through, so now and then the echo of a long reply passes them (an 81-word
 SmolLM2 reply on the -10 dB rig: "It's all being spilled." became a turn, and was answered). Whisper
 transcribes that echo almost word for word. A turn whose speech began while the reply was playing (a barge-in)
-or within a moment of its end (the echo tail), and whose words are mostly a run of the reply's words around
-that point, is the reply itself: it is dropped, never answered.
+or within half a second of its end (the echo tail), and whose words are mostly one run of the reply's words
+around that point, is the reply itself: it is dropped, never answered.
 
 A user who talks over the reply says their own words; quoting three or more of the assistant's words in
 order as most of what they say is rare, and costs them one repetition at worst. A transcript of one or two
@@ -30,13 +30,23 @@ TAIL_WORDS = 30
 AHEAD_WORDS = 8
 MIN_MATCHED = 3  # fewer matched words than this decide only as a run at the cut (NEAR_WORDS)
 NEAR_WORDS = 6  # words either side of the cut a one- or two-word echo must be found in, contiguous
-MIN_SHARE = 0.6  # share of the transcript's words found, in order, in the reply's window
+MIN_SHARE = 0.6  # share of the transcript's words that one run of the reply's words must cover
 RUN_WORDS = 4  # ... or this many of its words in a row, as the reply said them (whisper garbles the rest)
-TAIL_SECONDS = 1.5  # after a reply ends, its echo tail may still start a turn this long
+TAIL_SECONDS = 0.5  # after a reply ends, its echo tail may still start a turn this long (a user's quick
+# follow-up often starts later, and shares words with the reply)
+
+
+_ARTICLES = frozenset({"a", "an", "the"})
+STEM_CHARS = 5  # words compared on their first 5 letters: whisper hears an echo's "being" as "beings"
 
 
 def words(text: str) -> list[str]:
-    return _WORD.findall(_CUT_WORD.sub(" ", text.lower().replace("’", "'")))
+    """The words compared: lower case, cut-off words dropped, articles as one ("on the table" for "on a table"),
+    long words by their first STEM_CHARS letters."""
+    out = []
+    for w in _WORD.findall(_CUT_WORD.sub(" ", text.lower().replace("’", "'"))):
+        out.append("a" if w in _ARTICLES else w[:STEM_CHARS])
+    return out
 
 
 @dataclass(frozen=True)
@@ -76,10 +86,13 @@ def matched_words(transcript: str, reference: EchoReference) -> tuple[int, int]:
 
 def is_own_voice(transcript: str, reference: EchoReference) -> bool:
     """Whether `transcript` is mostly a run of the reply's own words (see the module docstring)."""
-    found, total = matched_words(transcript, reference)
+    said = words(transcript)
+    total = len(said)
     if total < MIN_MATCHED:
-        said, near = words(transcript), reference.near_cut()
+        near = reference.near_cut()
         return bool(said) and any(near[i : i + len(said)] == tuple(said) for i in range(len(near)))
-    if found >= MIN_MATCHED and found >= MIN_SHARE * total:
-        return True
-    return max(b.size for b in _blocks(words(transcript), reference)) >= RUN_WORDS
+    # One run of the reply's words, as it said them: an echo is a stretch of the reply (whisper garbles its edges);
+    # a user's question shares scattered words ("What is the weather like today?" after "here is a quick answer:
+    # the weather today ...": 4 of 6 in order, but no run longer than 2).
+    run = max(b.size for b in _blocks(said, reference))
+    return run >= RUN_WORDS or (run >= MIN_MATCHED and run >= MIN_SHARE * total)
