@@ -144,17 +144,21 @@ def _busy_ticks() -> int:
     return sum(fields[:8]) - fields[3] - fields[4]
 
 
-def _process_ticks(pid: int | str) -> tuple[int, int]:
-    """(utime + stime of a process, all its threads, in clock ticks; its session id)."""
+def _process_ticks(pid: int | str, reaped: bool = False) -> tuple[int, int]:
+    """(utime + stime of a process, all its threads, in clock ticks; its session id). `reaped`: with the time of
+    its children that have ended and been waited for (cutime + cstime), where an ended child's time goes."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rfind(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12]), int(fields[3])
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks, int(fields[3])
 
 
 def _own_ticks() -> dict[str, int]:
     """CPU ticks of this process and of those of its children in its session (the whisper worker), by pid: the
     CPU time that is ours. A child in a session of its own (the benchmark's busy processes) is someone else's."""
-    ticks, session = _process_ticks("self")
+    ticks, session = _process_ticks("self", reaped=True)  # a child that ended moves its time here
     out = {"self": ticks}
     for task in os.listdir("/proc/self/task"):
         try:
@@ -172,9 +176,9 @@ def _own_ticks() -> dict[str, int]:
 
 
 def _own_delta(before: dict[str, int], after: dict[str, int]) -> int:
-    """Our ticks between two readings. A child that ended meanwhile is left out (its lifetime total must not
-    come off the window's: a `pacat` that fed one clip made a quiet machine look 2 cores busy, so the meter
-    sums readings 200 ms apart); one that started counts whole."""
+    """Our ticks between two readings. A child that ended and was waited for moves its time into our own
+    (cutime); one that ended meanwhile and is gone is left out rather than have its lifetime total come off the
+    window's (a `pacat` that fed one clip made a quiet machine look 2 cores busy). One that started counts whole."""
     return sum(t - before.get(pid, 0) for pid, t in after.items())
 
 
