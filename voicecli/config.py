@@ -95,6 +95,14 @@ class VadConfig:
     pause_ms: int = 200  # early pause signal: start speculative STT
     hangover_ms: int = 500  # end of turn
     unfinished_extra_ms: int = 700  # more, when the speculative transcript sounds unfinished ("and", "um")
+    # The semantic end of turn (pipeline.turn_end): the LLM's probability that the user is done after the words
+    # heard at the pause. "off" (the default: measured so far only with a judge of its own, see README); "" = the
+    # reply LLM judges (when it is local); or the path (or manifest name) of a small chat GGUF that judges on a
+    # thread of its own (real SmolLM2-135M: ~50 ms). At or above `complete_p` the turn ends at the pause; below
+    # `incomplete_p` it is held open like an unfinished sentence.
+    turn_model: str = "off"
+    complete_p: float = 0.2
+    incomplete_p: float = 0.01
     preroll_ms: int = 300
     min_utterance_ms: int = 250
     max_utterance_s: float = 30.0
@@ -137,6 +145,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "stt.compute_type": ("int8", "int8_float32", "float32", "float16", "int16", "default"),
 }
 RANGES: dict[str, tuple[float, float]] = {
+    "vad.complete_p": (0.0, 1.0),
+    "vad.incomplete_p": (0.0, 1.0),
     "vad.aggressiveness": (0, 3),
     "vad.floor_dbfs": (-100, 0),
     "stt.beam_size": (1, 10),

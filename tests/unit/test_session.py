@@ -24,6 +24,7 @@ from voicecli.errors import EngineError
 from voicecli.events import Event
 from voicecli.pipeline.history import History
 from voicecli.pipeline.session import APOLOGY, CONFUSED, STT_APOLOGY, Session
+from voicecli.pipeline.turn_end import Judge
 from voicecli.pipeline.vad import TurnDetector
 
 VAD = VadConfig()
@@ -61,6 +62,7 @@ def run_timeline(
     transcript: object = None,
     vad: VadConfig = VAD,
     timeout: float = 120,
+    judge: Judge | None = None,
 ) -> Rig:
     async def main() -> Rig:
         clock = SimClock()
@@ -85,6 +87,7 @@ def run_timeline(
             transcript=transcript,  # type: ignore[arg-type]
             clock=clock,
             detector=TurnDetector(vad, classifier=marker_classifier),
+            judge=judge,
         )
         rig = Rig(clock, speaker, stt, llm, tts, history, session, events)
         rig_ref.append(rig)

@@ -31,7 +31,7 @@ def rig(pending: bool = False) -> tuple[Speculator, FakeLLM, History, SimClock, 
 
     spec = Speculator(
         transcribe=stt.transcribe, llm=llm, history=history, max_tokens=50, new_reply=new_reply, emit=emit,
-        clock=clock, idle=lambda: True, input_pending=lambda: pending, hold=lambda text: None,
+        clock=clock, idle=lambda: True, input_pending=lambda: pending, decided=lambda verdict, text, cost: None,
     )  # fmt: skip
     return spec, llm, history, clock, events
 

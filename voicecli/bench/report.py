@@ -224,6 +224,25 @@ def splits(results: list[TurnResult]) -> dict[str, int]:
     }
 
 
+def end_of_turn(results: list[TurnResult]) -> dict[str, Any]:
+    """The semantic end of turn's verdicts at the pauses of the fed clips (pipeline.turn_end): how many of each
+    kind, which signal decided, how many came too late to matter, and their cost from the pause (ms)."""
+    verdicts = [v for r in results for v in r.verdicts]
+    on_time = [v for v in verdicts if not v.get("late")]
+    costs = [float(v["cost_ms"]) for v in verdicts if v.get("by") == "llm"]
+    return {
+        "pauses": len(verdicts),
+        "complete": sum(1 for v in on_time if v["verdict"] == "complete"),
+        "incomplete_words": sum(1 for v in on_time if v["verdict"] == "incomplete" and v["by"] == "words"),
+        "incomplete_llm": sum(1 for v in on_time if v["verdict"] == "incomplete" and v["by"] == "llm"),
+        "fallback": sum(1 for v in on_time if v["verdict"] == "fallback"),
+        "late": len(verdicts) - len(on_time),
+        "llm_cost_p50_ms": float(np.percentile(costs, 50)) if costs else None,
+        "llm_cost_max_ms": max(costs) if costs else None,
+        "cut_ins": sum(1 for r in results if r.cut_in),
+    }
+
+
 def sense(results: list[TurnResult]) -> dict[str, int]:
     """Whether the replies answer (issue 18): copies of an earlier reply to another question (first 8 words,
     Jaccard >= 0.75), replies sharing no content word with a question that has 2 or more, answers regenerated
@@ -271,6 +290,20 @@ def print_report(
         console.print(f"false end-of-turn splits: {sp['paused_split']} of {sp['paused_clips']} clips with a "
                       f"mid-sentence pause (up to {sp['longest_pause_ms']} ms); {sp['split']} of {sp['clips']} "
                       f"clips in all")  # fmt: skip
+    e = end_of_turn(results)
+    if e["pauses"]:
+        cost = (
+            ""
+            if e["llm_cost_p50_ms"] is None
+            else (
+                f"; the LLM's verdict {e['llm_cost_p50_ms']:.0f} ms after the pause at p50 "
+                f"(max {e['llm_cost_max_ms']:.0f})"
+            )
+        )
+        console.print(f"end of turn (judge: {(figures or {}).get('judge') or 'none'}): {e['pauses']} pauses judged: "
+                      f"{e['complete']} complete (ended at the pause), {e['incomplete_words']} + "
+                      f"{e['incomplete_llm']} held open (words rule + LLM), {e['fallback']} left to the hangover, "
+                      f"{e['late']} too late{cost}; cut-ins {e['cut_ins']}")  # fmt: skip
     if figures and figures.get("idle_cpu") is not None:
         console.print(f"idle CPU while listening: {figures['idle_cpu'] * 100:.1f}% of a core (this process "
                       f"and its STT worker, {figures.get('echo', '?')} echo mode)")  # fmt: skip

@@ -55,6 +55,8 @@ class TurnResult:
     reply_text: str = ""
     regenerated: bool = False  # the first answer copied an earlier reply and was asked again
     prefilled: int = 0  # prompt tokens the LLM evaluated while this clip was being spoken (pipeline.prefill)
+    verdicts: list[dict[str, Any]] = field(default_factory=list)  # the semantic end of turn at its pauses
+    cut_in: bool = False  # a reply to part of it started playing and the rest of the clip cut it off
     metrics: dict[str, float | None] = field(default_factory=dict)
 
 
@@ -194,15 +196,25 @@ async def run_corpus(
                 continue
             res.turn_id = eou.turn_id
             results.append(res)
-            if i + 1 < len(clips) and clips[i + 1].interrupt:
+            cut_next = i + 1 < len(clips) and clips[i + 1].interrupt
+            while True:
                 # The next clip cuts into this reply: feed it once the reply has been playing a while.
-                await events.wait(
-                    lambda e, tid=eou.turn_id: e.kind == "state" and e.turn_id == tid and e.data["state"] == "speaking",
+                ev = await events.wait(
+                    lambda e, tid=res.turn_id, speaking=cut_next: (
+                        e.turn_id == tid
+                        and (e.kind == "turn_end" or (speaking and e.kind == "state" and e.data["state"] == "speaking"))
+                    ),
                     mark,
                 )
+                if not (ev.kind == "turn_end" and ev.data.get("retracted")):
+                    break
+                # The judge ended the turn early and the clip went on: its answer is the next turn's.
+                nxt = await events.wait(
+                    lambda e, tid=res.turn_id: e.kind == "eou" and not e.data.get("forced") and e.turn_id > tid, mark
+                )
+                res.turn_id = nxt.turn_id
+            if cut_next:
                 await asyncio.sleep(INTERRUPT_AFTER_S)
-            else:
-                await events.wait(lambda e, tid=eou.turn_id: e.kind == "turn_end" and e.turn_id == tid, mark)
             # Locate the clip now, while its frames are still in the (bounded) tap.
             res.clip_t0 = tap.locate(clip, res.feed_t)
             if progress is not None:
@@ -218,6 +230,8 @@ async def run_corpus(
                 1 for ev in events.items[mark:end] if ev.kind == "eou" and not ev.data.get("forced")
             )
             res.prefilled = sum(int(ev.data.get("tokens", 0)) for ev in events.items[mark:end] if ev.kind == "prefill")
+            res.verdicts = [dict(ev.data) for ev in events.items[mark:end] if ev.kind == "end_of_turn"]
+            res.cut_in = res.turns_started > 1 and any(ev.kind == "barge_in" for ev in events.items[mark:end])
             for ev in events.items[mark:]:
                 if ev.turn_id == res.turn_id and ev.kind == "stt_done":
                     res.stt_window_s = ev.data.get("window_s")
@@ -230,7 +244,7 @@ async def run_corpus(
                     res.regenerated = True
                 if ev.kind == "barge_in" and res.interrupt and "barge_in" not in res.stamps:
                     res.stamps["barge_in"] = ev.t
-        cut = {ev.turn_id for ev in events.items if ev.kind == "barge_in"}
+        cut = {ev.turn_id for ev in events.items if ev.kind == "barge_in" and ev.data.get("during") != "went_on"}
         for i, res in enumerate(results):
             meant = i + 1 < len(results) and results[i + 1].interrupt  # the next clip was fed to cut this reply
             res.self_interrupted = res.turn_id in cut and not meant
@@ -243,6 +257,7 @@ async def run_corpus(
             figures["own_voice_dropped"] = sum(
                 1 for ev in events.items if ev.kind == "stt_rejected" and ev.data.get("reason") == "own voice"
             )
+            figures["judge"] = engines.judge_note
             figures["replies_prepared"] = session.replies_prepared
             figures["replies_wasted"] = session.replies_wasted
     finally:

@@ -77,6 +77,9 @@ def bench(
     llm_path: Annotated[Path | None, typer.Option("--llm", help="Replace the set's LLM with this .gguf.")] = None,
     voice_path: Annotated[Path | None, typer.Option("--voice", help="Replace the set's Piper voice with this "
                                                     ".onnx.")] = None,
+    turn_model: Annotated[str | None, typer.Option("--turn-model", help="The semantic end of turn's judge: the "
+                                                   "path of a small chat .gguf, or off (default: the reply "
+                                                   "LLM, used if it passes the start-up check).")] = None,
     background_load: Annotated[int, typer.Option(help="After the quiet run, run the corpus again next to this "
                                                  "many busy processes (each in a session of its own) and report "
                                                  "both side by side.", min=0, max=64)] = 0,
@@ -89,7 +92,7 @@ def bench(
     audio: dict[str, Any] = {"input": vcard.MIC, "output": vcard.SPEAKER}
     if echo is not None:
         audio["echo"] = echo
-    cfg = config.load({"audio": audio, "llm": {"url": llm_url, "model": llm_model}})
+    cfg = config.load({"audio": audio, "llm": {"url": llm_url, "model": llm_model}, "vad": {"turn_model": turn_model}})
     loop = _rig_echo(rig_echo)
     clips = corpus_mod.pick(corpus_mod.from_dir(corpus) if corpus else corpus_mod.builtin(), turns)
     model_paths = _model_paths(models, cfg, console)
@@ -99,6 +102,10 @@ def bench(
             if not path.exists():
                 raise typer.BadParameter(f"{path} does not exist", param_hint=flag)
             model_paths[stage] = path
+    if turn_model not in (None, "", "off"):
+        if not Path(turn_model).exists():
+            raise typer.BadParameter(f"{turn_model} does not exist", param_hint="--turn-model")
+        model_paths["turn"] = Path(turn_model)
     mixed = [k for k, v in overrides.items() if v is not None]
     info = report.model_info(model_paths, models.value + (f" + own {', '.join(mixed)}" if mixed else ""))
     remote: dict[str, str] = {}  # the LLM server and the model it runs, with --llm-url

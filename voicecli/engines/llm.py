@@ -154,6 +154,19 @@ class LlamaLLM:
             return None  # a reply is being generated: it comes first
         return self._submit(self._prefill, _dicts(messages), self._prefill_gen)
 
+    def end_of_turn(self, messages: Sequence[ChatMessage]) -> asyncio.Future[float | None] | None:
+        """The probability that the user's turn ends after the last message's text: the model's own end-of-turn
+        token (the template's, e.g. <|im_end|>) right after those words (LiveKit's turn detector does this with
+        a distilled Qwen). The prompt is left in the KV cache up to the user's words, so a request that follows
+        with the same messages evaluates only the template's closing tokens. None while a reply is generating
+        (it comes first), or if the template has no token after the user's text."""
+        if self._llm is None or self._format is None or not messages or not messages[-1].content.strip():
+            return None
+        current = self._current
+        if current is not None and current.stats.finished_at is None and not current.stopped:
+            return None
+        return self._submit(self._end_of_turn, _dicts(messages))
+
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         """Prompt tokens exactly as `chat()` would send them (template + generation prompt)."""
         if self._llm is None or self._format is None:
@@ -304,6 +317,39 @@ class LlamaLLM:
         llama_cpp.llama_synchronize(llm.ctx)
         self.prefilled_tokens += done
         return done
+
+    def _end_of_turn(self, messages: list[ChatCompletionRequestMessage]) -> float | None:
+        import llama_cpp
+
+        llm, fmt = self._llm, self._format
+        assert fmt is not None
+        text = str(messages[-1]["content"]).rstrip()
+        messages = [*messages[:-1], {**messages[-1], "content": text}]  # type: ignore[list-item]
+        prompt, added_special = fmt(messages)
+        at = prompt.rfind(text)
+        if at < 0:
+            return None
+        cut = at + len(text)
+        closing = llm.tokenize(prompt[cut:].encode("utf-8"), add_bos=False, special=True)
+        tokens = llm.tokenize(prompt[:cut].encode("utf-8"), add_bos=not added_special, special=True)
+        if not closing or not tokens:
+            return None
+        n_cached = int(llm.n_tokens)
+        cached = llm.input_ids[:n_cached]
+        p = 0
+        limit = min(n_cached, len(tokens))
+        while p < limit and cached[p] == tokens[p]:
+            p += 1
+        p = min(p, len(tokens) - 1)  # the last token is evaluated again if cached: its logits are needed
+        plan = current_plan(self._max_batch, self._max_decode)
+        threads = plan.batch if len(tokens) - p > PREFILL_CHUNK else plan.decode
+        llama_cpp.llama_set_n_threads(llm.ctx, threads, threads)
+        llm.n_tokens = p
+        llm.eval(tokens[p:])
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+        z = logits.astype(np.float64) - float(logits.max())
+        probs = np.exp(z)
+        return float(probs[closing[0]] / probs.sum())
 
     def _free(self) -> None:
         llm, self._llm = self._llm, None

@@ -69,7 +69,9 @@ UNFINISHED_WORDS = frozenset(
         "well",
     ]
 )
-_WORD = re.compile(r"[a-z']+")
+# Words no sentence ends on, question mark or not ("What are you thinking of?" may end on "of").
+NEVER_LAST = frozenset(["the", "a", "an", "my", "your", "our", "their"])
+_WORD = re.compile(r"[a-z0-9']+")  # digits too: "in 10." ends on "10", not on "in"
 
 
 def sounds_unfinished(text: str) -> bool:
@@ -81,4 +83,6 @@ def sounds_unfinished(text: str) -> bool:
     if stripped.endswith(("...", "…", "-", "—", ",")):
         return True
     words = _WORD.findall(stripped.lower())
+    if words and words[-1] in NEVER_LAST:
+        return True  # whisper may still write "What is the?"
     return bool(words) and words[-1] in UNFINISHED_WORDS and not stripped.endswith(("?", "!"))

@@ -41,6 +41,10 @@ class TurnContext:
     error: str = ""  # the turn failed (the message the user was shown)
     spec: Speculation | None = None  # the work of the pause this turn's transcript came from
     echo_ref: EchoReference | None = None  # began while a reply played or just after: words it may echo
+    # Ended early by the semantic end of turn: speech that starts before this moment (the speech end plus the
+    # full hangover, seconds) is the user going on, not a barge-in (Session._went_on).
+    continues_until: float | None = None
+    retracted: bool = False  # the user went on talking: this turn is undone, its words asked again with theirs
 
 
 class _Delta:
@@ -107,7 +111,7 @@ class TurnLedger:
             self._emit("play_start", t=m.play_start, turn_id=ctx.turn_id)
         cut_off = reply.device_lost()
         heard = reply.heard(cut_short=ctx.interrupted or cut_off)
-        said = reply.spoken_any or not ctx.interrupted
+        said = (reply.spoken_any or not ctx.interrupted) and not ctx.retracted
         if ctx.user_added:
             if said and reply.regen_prompt is not None:
                 self.history.adopt_past(reply.regen_prompt)  # what the model now has cached, copies dropped
@@ -139,7 +143,7 @@ class TurnLedger:
             self.records.append(record)
             if self.transcript is not None:
                 self.transcript.append(record)
-        self._emit("turn_end", turn_id=ctx.turn_id, **record)
+        self._emit("turn_end", turn_id=ctx.turn_id, retracted=ctx.retracted, **record)
         if answered or reply.spoken_any:
             self.turns_answered += 1
             return True

@@ -53,6 +53,7 @@ from voicecli.pipeline.reply import APOLOGY, CONFUSED, ReplyPipeline, played_tex
 from voicecli.pipeline.speculation import PROMPT_CHANGED, TURN_CANCELLED, Speculator
 from voicecli.pipeline.transcript import TranscriptLog
 from voicecli.pipeline.turn import TurnLifecycle
+from voicecli.pipeline.turn_end import COMPLETE, INCOMPLETE, Decision, Judge
 from voicecli.pipeline.turn_runner import STT_APOLOGY, TurnRunner
 from voicecli.pipeline.utterance import TurnInput, UtteranceAssembler
 
@@ -91,10 +92,12 @@ class Session:
         tap: Callable[[FrameLike], None] | None = None,
         barge_confirm: Confirm | None = None,
         echo_stats: Callable[[], dict[str, Any]] | None = None,
+        judge: Judge | None = None,
     ) -> None:
         """`streaming=False` is the naive baseline for the benchmark: no speculative STT, the whole reply
         is generated, then synthesised in one piece, then played. `barge_confirm` (echo mode): a second
-        opinion on each barge-in (pipeline.bargein)."""
+        opinion on each barge-in (pipeline.bargein). `judge`: the LLM that tells from the words at a pause whether the
+        user is done (pipeline.turn_end); without one, the VAD's hangover and the word rules decide."""
         self.source = source
         self.sink = sink
         self.stt = stt
@@ -119,14 +122,23 @@ class Session:
         self._input = UtteranceAssembler(self._transcribe)
         # The words of the reply last heard on the speaker, while its echo may still start a turn (own_voice).
         self._echo_ref: EchoReference | None = None
+        self._ended_early = False  # the current pause was ended by the judge, before the full hangover
         self.ledger = TurnLedger(
             history, self._emit, transcript=transcript, lag=self._lag, capture_overruns=capture_overruns,
             playback_underruns=playback_underruns, echo_stats=echo_stats,
         )  # fmt: skip
 
-        def hold(text: str) -> None:
-            self.detector.wait_longer(vad_cfg.unfinished_extra_ms)
-            self._emit("turn_held", text=text, extra_ms=vad_cfg.unfinished_extra_ms)
+        def decided(verdict: Decision, text: str, cost_s: float) -> None:
+            """The semantic end of turn's verdict on the current pause (pipeline.turn_end)."""
+            if not verdict.late and verdict.kind == INCOMPLETE:
+                self.detector.wait_longer(vad_cfg.unfinished_extra_ms)
+            elif not verdict.late and verdict.kind == COMPLETE:
+                self._ended_early = True
+                self.detector.end_sooner(vad_cfg.pause_ms)
+            self._emit(
+                "end_of_turn", verdict=verdict.kind, by=verdict.by, p=verdict.p, late=verdict.late,
+                cost_ms=round(cost_s * 1000.0, 1), text=text,
+            )  # fmt: skip
 
         def may_prefill() -> bool:  # nothing else uses the LLM (pipeline.prefill)
             spec = self.speculator.current
@@ -139,7 +151,8 @@ class Session:
         self.speculator = Speculator(
             transcribe=self._transcribe, llm=llm, history=history, max_tokens=max_tokens,
             new_reply=lambda lifecycle: self._new_reply(0, TurnMetrics(0), lifecycle), emit=self._emit,
-            clock=clock, idle=lambda: self._turn is None, input_pending=lambda: self._input.pending, hold=hold,
+            clock=clock, idle=lambda: self._turn is None, input_pending=lambda: self._input.pending, decided=decided,
+            judge=judge,
             prepare=talk_cfg.prepare_reply,
         )  # fmt: skip
         self._runner = TurnRunner(
@@ -241,6 +254,9 @@ class Session:
     def _on_vad(self, ev: vad.Event) -> None:
         if isinstance(ev, vad.SpeechStarted):
             self._emit("speech_start", t=ev.t_onset)
+            self._ended_early = False
+            if self._turn is not None and self._went_on(self._turn, ev.t_onset):
+                return
             if self._turn is not None:
                 self._barge.speech_started(ev.t_onset)  # a barge-in once it lasts long enough
             else:
@@ -282,7 +298,24 @@ class Session:
             self._discard(ev.t_confirmed)
             return
         self._barge.clear()
+        early, self._ended_early = self._ended_early, False
         self._start_turn(self._input.take(ev.audio), ev.t_start, ev.t_speech_end, forced=ev.forced)
+        if early and self._turn is not None:
+            self._turn.continues_until = ev.t_speech_end + self._hangover_s
+
+    def _went_on(self, ctx: TurnContext, t_onset: float) -> bool:
+        """Speech began before the full hangover of a turn the judge ended early: the user was not done after all
+        (a sentence that could stand alone, then more). The reply is cut at once and their words are transcribed
+        again together with what they say next (UtteranceAssembler.carry), as if the turn never ended."""
+        if ctx.continues_until is None or t_onset >= ctx.continues_until:
+            return False
+        ctx.metrics.barge_in_onset = ctx.metrics.barge_in_decided = t_onset
+        ctx.retracted = True
+        self._cancel_turn(ctx, reason="went_on")
+        self._input.carry(ctx.input, ctx.user_text, spoken=False)
+        self._emit("barge_in", t=t_onset, turn_id=ctx.turn_id, onset=t_onset, during="went_on")
+        self._set_state(State.HEARING)
+        return True
 
     def _discard(self, t: float) -> None:
         """A sound that is no turn ended. If a barge-in on it cut a question off, that question is asked again."""

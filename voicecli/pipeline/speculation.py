@@ -20,11 +20,20 @@ from typing import Any
 from voicecli.audio.format import Float32Array
 from voicecli.engines.base import ChatMessage, LanguageModel, LLMStream, Transcript
 from voicecli.errors import EngineError
-from voicecli.pipeline.endpoint import sounds_unfinished
 from voicecli.pipeline.history import History
 from voicecli.pipeline.metrics import TurnMetrics
 from voicecli.pipeline.reply import Emit, ReplyPipeline, regeneration
 from voicecli.pipeline.turn import TurnLifecycle
+from voicecli.pipeline.turn_end import (
+    BY_VAD,
+    FALLBACK,
+    INCOMPLETE,
+    Decision,
+    Judge,
+    Thresholds,
+    by_probability,
+    by_words,
+)
 
 # Why a prepared reply was thrown away (the `reply_wasted` event's reason, the keys of `Speculator.wasted`).
 USER_WENT_ON = "the user went on talking"
@@ -39,6 +48,7 @@ class Speculation:
 
     transcript: asyncio.Task[Transcript]
     lifecycle: TurnLifecycle
+    t_pause: float = 0.0  # when the pause was signalled (the session's clock)
     prompt: list[ChatMessage] | None = None  # what the prepared reply was asked with
     llm_stream: LLMStream | None = None
     # The prepared reply running through chunker and TTS; its first clause's audio waits for the turn.
@@ -67,7 +77,8 @@ class Speculator:
 
     `idle()`: no turn is in flight (a transcript that comes in later is of no use); `input_pending()`: the turn
     will ask with earlier words too, so a reply prepared on this transcript alone could never be adopted;
-    `hold()`: keep the pause open longer (the transcript sounds unfinished)."""
+    `decided(decision, text, cost_s)`: the semantic end of turn's verdict on this pause (pipeline.turn_end), for the
+    session to end the pause now, hold it open, or leave it to the VAD; `judge`: the LLM that scores the words."""
 
     def __init__(
         self,
@@ -81,7 +92,8 @@ class Speculator:
         clock: Callable[[], float],
         idle: Callable[[], bool],
         input_pending: Callable[[], bool],
-        hold: Callable[[str], None],
+        decided: Callable[[Decision, str, float], None],
+        judge: Judge | None = None,
         prepare: bool = True,
     ) -> None:
         self._transcribe = transcribe
@@ -93,7 +105,8 @@ class Speculator:
         self._clock = clock
         self._idle = idle
         self._input_pending = input_pending
-        self._hold = hold
+        self._decided = decided
+        self.judge = judge
         self._prepare = prepare
         self.current: Speculation | None = None
         self.adopted = 0  # prepared replies a turn took as its own
@@ -102,28 +115,56 @@ class Speculator:
     # ---- the pause ----------------------------------------------------------------------------------------
     def start(self, audio: Float32Array) -> None:
         self.drop()
-        spec = Speculation(asyncio.create_task(self._transcribe(audio)), TurnLifecycle.proposed(self._clock()))
+        now = self._clock()
+        spec = Speculation(asyncio.create_task(self._transcribe(audio)), TurnLifecycle.proposed(now), t_pause=now)
         spec.transcript.add_done_callback(lambda _: self._transcribed(spec))
         self.current = spec
 
     def _transcribed(self, spec: Speculation) -> None:
-        """The speculative transcript is in and the user is still silent: an unfinished sentence holds the turn
-        open longer; otherwise the reply is started now (pipeline.endpoint, talk.prepare_reply)."""
+        """The speculative transcript is in and the user is still silent: the end of turn is judged on its words
+        (unfinished words hold the pause open; the judge may end it now), and the reply is started on it (the
+        judge, when it is the reply LLM, runs first on the same worker and leaves the prompt in its cache)."""
         task = spec.transcript
         if self.current is not spec or not self._idle() or task.cancelled() or task.exception():
             return
         text = task.result().text
         if not task.result().is_speech:
             return
-        if sounds_unfinished(text):
-            self._hold(text)
-        elif self._prepare and not self._input_pending():
-            self._start_reply(spec, text)
-
-    def _start_reply(self, spec: Speculation, text: str) -> None:
-        prompt = self._history.preview_user(text)
-        if prompt is None:  # the history will be trimmed first: the turn asks itself
+        verdict = by_words(text)
+        if verdict is not None:
+            self._decided(verdict, text, self._clock() - spec.t_pause)
             return
+        prompt = self._history.preview_user(text)
+        asked = self.judge.ask(text, prompt) if self.judge is not None else None
+        if asked is None:
+            self._decided(Decision(FALLBACK, BY_VAD), text, 0.0)
+            self._maybe_start_reply(spec, text, prompt)
+            return
+        if self.judge is not None and self.judge.shares_prompt:
+            # The reply LLM judges: the reply queues behind the verdict on its worker and reuses its prefill.
+            self._maybe_start_reply(spec, text, prompt)
+        asked.add_done_callback(lambda f: self._judged(spec, text, prompt, f))
+
+    def _judged(
+        self, spec: Speculation, text: str, prompt: list[ChatMessage] | None, asked: asyncio.Future[float | None]
+    ) -> None:
+        p = None if asked.cancelled() or asked.exception() is not None else asked.result()
+        judge = self.judge
+        verdict = by_probability(p, text, judge.thresholds if judge is not None else Thresholds())
+        late = self.current is not spec or not self._idle()
+        if late:  # the hangover (or the user's next words) came first
+            verdict = Decision(verdict.kind, verdict.by, verdict.p, late=True)
+        self._decided(verdict, text, self._clock() - spec.t_pause)
+        # A judge of its own ran alone (two models decoding at once on 2 cores slow both): the reply starts now,
+        # unless the user is not done.
+        if not late and verdict.kind != INCOMPLETE and judge is not None and not judge.shares_prompt:
+            self._maybe_start_reply(spec, text, prompt)
+
+    def _maybe_start_reply(self, spec: Speculation, text: str, prompt: list[ChatMessage] | None) -> None:
+        if self._prepare and not self._input_pending() and prompt is not None:
+            self._start_reply(spec, text, prompt)
+
+    def _start_reply(self, spec: Speculation, text: str, prompt: list[ChatMessage]) -> None:
         try:
             spec.llm_stream = self._llm.chat(prompt, max_tokens=self._max_tokens)
         except EngineError:

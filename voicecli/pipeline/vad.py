@@ -239,13 +239,20 @@ class TurnDetector:
         self._silent = 0
         self._paused = False
         self._continue = False  # a forced cut happened mid-speech: the next frame starts a new utterance
-        self._extra_n = 0  # hangover frames added for this pause (see wait_longer)
+        self._extra_n = 0  # hangover frames added (or, < 0, taken off) for this pause: wait_longer, end_sooner
 
     def wait_longer(self, extra_ms: float) -> None:
         """Hold the current pause open `extra_ms` longer before ending the turn (what was said so far sounds
         unfinished: "and ...", "um"). Cleared when the user speaks again or a new utterance starts."""
         if self._state is State.HANGOVER:
             self._extra_n = _frames(extra_ms)
+
+    def end_sooner(self, hangover_ms: float) -> None:
+        """End the current pause once its silence reaches `hangover_ms` (at least pause_ms), instead of the
+        configured hangover: the words say the user is done (pipeline.turn_end). A pause already longer ends on
+        the next frame. Cleared like `wait_longer`."""
+        if self._state is State.HANGOVER:
+            self._extra_n = max(self._pause_n, _frames(hangover_ms)) - self._hang_n
 
     def process(self, frame: np.ndarray, t: float) -> list[Event]:
         """Feed one 20 ms frame whose first sample is at `t` seconds; return the events it caused."""

@@ -23,6 +23,7 @@ from voicecli.pipeline.transcript import TranscriptLog
 
 if TYPE_CHECKING:
     from voicecli.pipeline.bargein import EchoPath
+    from voicecli.pipeline.turn_end import Judge
 
 
 @dataclass
@@ -31,6 +32,9 @@ class Engines:
     llm: LanguageModel
     tts: TextToSpeech
     paths: dict[str, Path]
+    judge: Judge | None = None  # the semantic end of turn, when its model passed the start-up check
+    judge_llm: LanguageModel | None = None  # the judge's own small model (vad.turn_model), if any
+    judge_note: str = ""  # which model judges the end of turn, or why none does
 
     async def close(self, timeout: float = 2.0) -> None:
         """Close all three at once, each bounded by `timeout`; never raises, so a stuck STT worker can neither
@@ -40,7 +44,8 @@ class Engines:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(engine.close(), timeout)
 
-        await asyncio.gather(one(self.stt), one(self.llm), one(self.tts))
+        extra = [] if self.judge_llm is None else [one(self.judge_llm)]
+        await asyncio.gather(one(self.stt), one(self.llm), one(self.tts), *extra)
 
 
 def resolve_models(cfg: Config) -> dict[str, Path]:
@@ -53,6 +58,8 @@ def resolve_models(cfg: Config) -> dict[str, Path]:
     if not cfg.llm.url:
         paths["llm"] = models.resolve("llm", cfg.models.llm, root)
     paths["tts"] = models.resolve("tts", cfg.models.tts, root)
+    if cfg.vad.turn_model not in ("", "off"):
+        paths["turn"] = models.resolve("llm", cfg.vad.turn_model, root)
     return paths
 
 
@@ -103,10 +110,39 @@ async def start_engines(cfg: Config, output_rate: int, paths: dict[str, Path] | 
             # A llama.cpp that crashes on this CPU must say so, not kill the session with a bare segfault.
             await llm_probe.check_async(paths["llm"], cfg.llm.batch_threads)
         await asyncio.gather(stt.start(), llm.start(), tts.start())
+        await _start_judge(cfg, engines)
     except BaseException:
         await engines.close()
         raise
     return engines
+
+
+async def _start_judge(cfg: Config, engines: Engines) -> None:
+    """The semantic end of turn's judge (pipeline.turn_end): the reply LLM, or a small model of its own on one
+    thread; used only if it tells whole questions from open phrases (a generated test model cannot)."""
+    from voicecli.engines.llm import LlamaLLM
+    from voicecli.pipeline.turn_end import Judge, Thresholds
+
+    th = Thresholds(cfg.vad.complete_p, cfg.vad.incomplete_p)
+    if cfg.vad.turn_model == "off":
+        engines.judge_note = "off (vad.turn_model)"
+        return
+    if "turn" in engines.paths:
+        own = LlamaLLM(engines.paths["turn"], n_ctx=512, threads=1, batch_threads=2,
+                       system_prompt=cfg.llm.system_prompt, pull_name=cfg.vad.turn_model)  # fmt: skip
+        engines.judge_llm = own
+        await own.start()
+        judge = Judge(own.end_of_turn, cfg.llm.system_prompt, shares_prompt=False, name=own.model_path.name, th=th)
+    elif isinstance(engines.llm, LlamaLLM):
+        llm = engines.llm
+        judge = Judge(llm.end_of_turn, cfg.llm.system_prompt, shares_prompt=True, name=llm.model_path.name, th=th)
+    else:
+        engines.judge_note = "none: the LLM is a server's (set vad.turn_model to a small local GGUF)"
+        return
+    if await judge.check():
+        engines.judge, engines.judge_note = judge, judge.name
+    else:
+        engines.judge_note = f"none: {judge.name} does not tell whole questions from open phrases"
 
 
 async def converse(
@@ -204,6 +240,7 @@ async def converse(
             tap=tap,
             barge_confirm=None if echo is None else echo.confirm,
             echo_stats=None if echo is None else echo.turn_stats,
+            judge=engines.judge,
         )
         await capture.start()
         if on_ready is not None:

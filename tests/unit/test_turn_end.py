@@ -1,0 +1,158 @@
+"""The semantic end of turn: the verdict on the words at a pause (pure), the start-up check of a judge, the VAD
+ending a pause early, and the session answering at the pause, or taking the user back when they go on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from tests.unit.test_session import run_timeline
+from voicecli.audio.format import FRAME_SAMPLES
+from voicecli.config import VadConfig
+from voicecli.engines.base import ChatMessage
+from voicecli.pipeline import vad
+from voicecli.pipeline.turn_end import (
+    BY_LLM,
+    BY_VAD,
+    BY_WORDS,
+    COMPLETE,
+    FALLBACK,
+    INCOMPLETE,
+    Judge,
+    Thresholds,
+    by_probability,
+    by_words,
+    calibrated,
+)
+
+TH = Thresholds(complete_p=0.2, incomplete_p=0.01)
+
+
+@pytest.mark.parametrize(
+    ("p", "text", "kind", "by"),
+    [
+        (0.7, "How tall is Mount Everest?", COMPLETE, BY_LLM),
+        (0.2, "Play some jazz.", COMPLETE, BY_LLM),
+        (0.05, "Set a timer.", FALLBACK, BY_LLM),
+        (0.001, "Can you tell me?", INCOMPLETE, BY_LLM),
+        # whisper leaves a continued sentence unpunctuated: a low score there is no evidence
+        (0.0, "which planet in our solar system is the largest", FALLBACK, BY_LLM),
+        (None, "How tall is Mount Everest?", FALLBACK, BY_VAD),
+    ],
+)
+def test_verdict_on_the_probability(p: float | None, text: str, kind: str, by: str) -> None:
+    verdict = by_probability(p, text, TH)
+    assert (verdict.kind, verdict.by) == (kind, by)
+
+
+def test_unfinished_words_hold_the_pause_before_any_model_is_asked() -> None:
+    verdict = by_words("What is the weather in Paris and")
+    assert verdict is not None and (verdict.kind, verdict.by) == (INCOMPLETE, BY_WORDS)
+    assert by_words("Set a timer for 10.") is None  # a number ends it, not the "for" before it
+
+
+def _scores(table: dict[str, float]):  # type: ignore[no-untyped-def]
+    def score(messages: Sequence[ChatMessage]) -> asyncio.Future[float | None]:
+        fut: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
+        fut.set_result(table.get(messages[-1].content, 0.0))
+        return fut
+
+    return score
+
+
+def test_a_model_that_tells_whole_questions_from_open_phrases_is_trusted_and_one_that_cannot_is_not() -> None:
+    async def main() -> tuple[bool, bool]:
+        real_like = {"How tall is Mount Everest?": 0.46, "What time is it in London?": 0.3}
+        generated_like: dict[str, float] = {}  # no mass on the end token anywhere
+        return await calibrated(_scores(real_like), "sys", TH), await calibrated(_scores(generated_like), "sys", TH)
+
+    assert asyncio.run(main()) == (True, False)
+
+
+def test_the_vad_ends_a_pause_early_when_told_and_only_then() -> None:
+    cfg = VadConfig()
+    voice = np.full(FRAME_SAMPLES, 3000, np.int16)
+    silence = np.zeros(FRAME_SAMPLES, np.int16)
+
+    def run(early: bool) -> float:
+        det = vad.TurnDetector(cfg, classifier=lambda f: bool(np.abs(f).max() > 0))
+        t = 0.0
+        for _ in range(40):
+            det.process(voice, t)
+            t += 0.02
+        while True:
+            for ev in det.process(silence, t):
+                if isinstance(ev, vad.Paused) and early:
+                    det.end_sooner(cfg.pause_ms)
+                if isinstance(ev, vad.Utterance):
+                    return ev.t_confirmed - ev.t_speech_end
+            t += 0.02
+
+    assert run(early=False) == pytest.approx(cfg.hangover_ms / 1000, abs=0.021)
+    assert run(early=True) == pytest.approx(cfg.pause_ms / 1000, abs=0.021)
+
+
+def _judge(p: float) -> Judge:
+    def score(messages: Sequence[ChatMessage]) -> asyncio.Future[float | None]:
+        fut: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
+        fut.set_result(p)
+        return fut
+
+    judge = Judge(score, "sys", shares_prompt=False, name="fake", th=TH)
+    judge.usable = True
+    return judge
+
+
+def _eou_delay(rig) -> float:  # type: ignore[no-untyped-def]
+    eou = next(e for e in rig.events if e.kind == "eou")
+    end = next(e for e in rig.events if e.kind == "speech_end")
+    return eou.t - end.t
+
+
+def test_a_judge_that_hears_a_whole_question_ends_the_turn_at_the_pause() -> None:
+    speech = lambda r, t: 0.2 <= t < 1.2  # noqa: E731
+    plain = run_timeline(speech, 6.0)
+    judged = run_timeline(speech, 6.0, judge=_judge(0.8))
+    # pause_ms (200) + the fake STT (100 ms), instead of the 500 ms hangover
+    assert _eou_delay(judged) < 0.36 < 0.45 < _eou_delay(plain)
+    [verdict] = [e for e in judged.events if e.kind == "end_of_turn"]
+    assert verdict.data["verdict"] == COMPLETE and not verdict.data["late"]
+    assert judged.session.records[0]["assistant"] == plain.session.records[0]["assistant"]
+
+
+def test_a_judge_that_hears_an_open_phrase_holds_the_pause_open() -> None:
+    # 1 s of speech, a 700 ms pause (longer than the hangover), then more: one turn
+    speech = lambda r, t: 0.2 <= t < 1.2 or 1.9 <= t < 2.9  # noqa: E731
+    held = run_timeline(speech, 12.0, judge=_judge(0.001), stt_cls=PunctuatedSTT)
+    assert [e.kind for e in held.events].count("eou") == 1
+
+
+def test_a_user_who_goes_on_after_an_early_end_is_answered_once_for_the_whole_question() -> None:
+    # 1 s of speech, a 450 ms pause: the judge ends the turn at ~300 ms; the user goes on at 450 ms
+    speech = lambda r, t: 0.2 <= t < 1.2 or 1.65 <= t < 2.4  # noqa: E731
+    rig = run_timeline(speech, 12.0, judge=_judge(0.8))
+    went_on = [e for e in rig.events if e.kind == "barge_in"]
+    assert [e.data["during"] for e in went_on] == ["went_on"]
+    [record] = rig.session.records  # one answer, to all of it
+    assert record["user"] == "question of " + f"{rig.stt.calls[-1]:.2f} seconds"
+    assert rig.stt.calls[-1] > 2.0  # both parts, transcribed together
+    assert len(rig.history.messages()) == 3  # system, the whole question, its answer: the cut turn is gone
+
+
+class PunctuatedSTT:
+    """FakeSTT with a question mark: a low end-of-turn score after punctuation is evidence."""
+
+    def __new__(cls, clock, latency=0.1):  # type: ignore[no-untyped-def]
+        from tests.fakes import FakeSTT
+
+        class _P(FakeSTT):
+            async def transcribe(self, audio):  # type: ignore[no-untyped-def]
+                tr = await super().transcribe(audio)
+                import dataclasses
+
+                return dataclasses.replace(tr, text=tr.text + "?")
+
+        return _P(clock, latency)

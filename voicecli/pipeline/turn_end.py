@@ -1,0 +1,114 @@
+"""The semantic end of turn: at the user's early pause, do the words say they are done?
+
+Three signals, in order (each is cheap next to the transcription it follows):
+1. **The words, by rule** (pipeline.endpoint): a transcript ending on "and", "the", "um", a comma or "..." is a
+   speaker going on: the pause is held open longer.
+2. **The words, by the LLM**: the probability of the chat template's end-of-turn token right after the user's
+   words (LlamaLLM.end_of_turn, LiveKit's method). High: the turn ends now, at the pause, instead of after
+   the full hangover. Near zero: held open like an unfinished sentence.
+3. **The VAD's timing** (the fallback): no judge, a judge that cannot judge (a generated model), a middling
+   probability, or a verdict that came after the hangover already ended the turn.
+
+Measured with real SmolLM2-135M and whisper-style punctuation (DESIGN.md): 0.000 after "Can you tell me",
+0.24-0.86 after whole questions, 0.1-0.4 after short commands. A first half that is itself a sentence
+("Tell me a joke.") scores like a whole question: the words cannot tell that pause from an end.
+
+A model is trusted as a judge only if it separates whole questions from open phrases at start-up
+(`calibrated`): a generated test model or a random-weight one puts near-zero mass on the token everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from voicecli.engines.base import ChatMessage
+from voicecli.pipeline.endpoint import sounds_unfinished
+
+COMPLETE = "complete"
+INCOMPLETE = "incomplete"
+FALLBACK = "fallback"
+
+BY_WORDS = "words"  # the transcript rules
+BY_LLM = "llm"  # the end-of-turn probability
+BY_VAD = "vad"  # the hangover, unchanged
+
+# Start-up probes: a judge must put real mass on the end token after each whole question, and none after each
+# open phrase, or it is not used.
+WHOLE = ("How tall is Mount Everest?", "What time is it in London?")
+OPEN = ("Can you tell me", "What is the")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    complete_p: float = 0.2  # at or above: the turn ends at the pause
+    incomplete_p: float = 0.01  # below: the pause is held open longer
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: str  # COMPLETE | INCOMPLETE | FALLBACK
+    by: str  # BY_WORDS | BY_LLM | BY_VAD
+    p: float | None = None  # the end-of-turn probability, when the LLM judged
+    late: bool = False  # the verdict came after the turn had already ended
+
+
+def by_words(text: str) -> Decision | None:
+    """The rule on the words alone: INCOMPLETE if they sound unfinished, else None (ask the LLM)."""
+    return Decision(INCOMPLETE, BY_WORDS) if sounds_unfinished(text) else None
+
+
+def by_probability(p: float | None, text: str, th: Thresholds) -> Decision:
+    """The LLM's verdict. A low probability holds the pause open only after a punctuated transcript: whisper
+    leaves a continued sentence unpunctuated ("which planet in our solar system is the largest"), and the
+    model then puts no mass on the end token even after whole questions."""
+    if p is None:
+        return Decision(FALLBACK, BY_VAD)
+    if p >= th.complete_p:
+        return Decision(COMPLETE, BY_LLM, p)
+    if p < th.incomplete_p and text.rstrip().endswith((".", "?", "!")):
+        return Decision(INCOMPLETE, BY_LLM, p)
+    return Decision(FALLBACK, BY_LLM, p)
+
+
+Score = Callable[[Sequence[ChatMessage]], asyncio.Future[float | None] | None]
+
+
+async def calibrated(score: Score, system: str, th: Thresholds) -> bool:
+    """True when the model behind `score` tells whole questions from open phrases (see module doc)."""
+
+    async def p(text: str) -> float:
+        pending = score([ChatMessage("system", system), ChatMessage("user", text)])
+        got = await pending if pending is not None else None
+        return -1.0 if got is None else got
+
+    whole = [await p(t) for t in WHOLE]
+    open_ = [await p(t) for t in OPEN]
+    return min(whole) >= th.complete_p / 2 and max(open_) < th.incomplete_p
+
+
+class Judge:
+    """An LLM asked whether the user is done. `shares_prompt`: it is the reply LLM, asked with the reply's own
+    prompt (its KV cache then holds what the reply needs); otherwise a small model of its own, asked with the
+    system prompt and the user's words only. `usable` is set by `check()` at start-up."""
+
+    def __init__(self, score: Score, system: str, *, shares_prompt: bool, name: str, th: Thresholds) -> None:
+        self._score = score
+        self._system = system
+        self.shares_prompt = shares_prompt
+        self.name = name
+        self.thresholds = th
+        self.usable = False
+
+    async def check(self) -> bool:
+        self.usable = await calibrated(self._score, self._system, self.thresholds)
+        return self.usable
+
+    def ask(self, text: str, prompt: Sequence[ChatMessage] | None) -> asyncio.Future[float | None] | None:
+        """The end-of-turn probability after `text` (None: cannot ask now)."""
+        if not self.usable:
+            return None
+        if self.shares_prompt:
+            return None if prompt is None else self._score(prompt)
+        return self._score([ChatMessage("system", self._system), ChatMessage("user", text)])
