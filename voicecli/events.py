@@ -24,9 +24,10 @@ EventKind = Literal[
     "eou",  # end of user turn confirmed
     "stt_done",  # data: text, is_speech, compute_s, speculative
     "stt_rejected",  # no speech, or (reason "own voice") the reply's own words heard back; data: text
-    # The semantic end of turn's verdict at a pause (pipeline.turn_end); data: verdict (complete: ended at the pause |
-    # incomplete: held open longer | fallback: the hangover decides), by (words | llm | vad), p (the LLM's
-    # end-of-turn probability or None), late (came after the turn had ended), cost_ms (from the pause), text
+    # The semantic end of turn's verdict at a pause (pipeline.turn_end); data: verdict (complete: ended at the
+    # pause | incomplete: held open longer | fallback: the hangover decides), by (words | llm | vad), p (the LLM's
+    # end-of-turn probability or None), late (came after the turn had ended), cost_ms (from the pause), judge_ms
+    # (the judge alone), text
     "end_of_turn",
     "reply_prepared",  # the LLM was started on the speculative transcript during the hangover; data: text
     "reply_wasted",  # a prepared reply was thrown away; data: reason

@@ -363,3 +363,41 @@ def test_prefill_gives_way_to_a_reply_and_never_runs_during_one(llm: LlamaLLM) -
 
     during, reply = asyncio.run(asyncio.wait_for(run(), 30))
     assert during is None and reply == gen.DEFAULT_REPLY
+
+
+def test_the_conversation_is_prefilled_after_a_turn_so_the_next_pause_evaluates_only_the_question(
+    tiny_gguf: Path,
+) -> None:
+    """After a reply, the history as the next request will send it (the reply as text, not as sampled, and the
+    opening of the next user message) is cached: the next question evaluates its own words and the closing only."""
+    question = "And tomorrow?"
+
+    async def run(prefill: bool) -> tuple[LLMStats, str, int, int]:
+        model = LlamaLLM(tiny_gguf, n_ctx=2048, threads=1, system_prompt=SYSTEM)
+        await model.start()
+        try:
+            first = ask("What is the weather like today?")
+            reply = await model.chat(first, max_tokens=128).text()
+            history = [*first, ChatMessage("assistant", reply)]
+            done = 0
+            if prefill:
+                job = model.prefill_next(history)
+                assert job is not None
+                done = await job
+            s = model.chat([*history, ChatMessage("user", question)], max_tokens=128)
+            text = await s.text()
+            alone = model.count_tokens([ChatMessage("system", SYSTEM), ChatMessage("user", question)])
+            opening = model.count_tokens([ChatMessage("system", SYSTEM)])
+            return s.stats, text, done, alone - opening
+        finally:
+            await model.close()
+
+    cold, cold_reply, _, _ = asyncio.run(asyncio.wait_for(run(prefill=False), 60))
+    warm, warm_reply, prefilled, question_tokens = asyncio.run(asyncio.wait_for(run(prefill=True), 60))
+    assert warm_reply == cold_reply  # the cache holds exactly what the request would have evaluated
+    assert prefilled > 0
+    # "And tomorrow?" with its opening and closing: all that is left; before, the reply's tail was evaluated again
+    assert warm.prompt_tokens_evaluated <= question_tokens + 6 < cold.prompt_tokens_evaluated, (
+        warm.prompt_tokens_evaluated,
+        cold.prompt_tokens_evaluated,
+    )

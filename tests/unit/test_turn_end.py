@@ -156,3 +156,14 @@ class PunctuatedSTT:
                 return dataclasses.replace(tr, text=tr.text + "?")
 
         return _P(clock, latency)
+
+
+def test_no_verdict_is_waited_for_when_the_transcription_took_the_hangover() -> None:
+    # whisper base on 2 cores: 280 ms of the 300 ms between the pause and the hangover's end
+    speech = lambda r, t: 0.2 <= t < 1.2  # noqa: E731
+    rig = run_timeline(speech, 12.0, judge=_judge(0.8), stt_latency=0.28)
+    [verdict] = [e for e in rig.events if e.kind == "end_of_turn"]
+    assert (verdict.data["verdict"], verdict.data["by"]) == (FALLBACK, BY_VAD)
+    prepared = next(e for e in rig.events if e.kind == "reply_prepared")
+    assert prepared.t <= verdict.t + 0.001  # the reply was started at once, not held for a verdict
+    assert _eou_delay(rig) == pytest.approx(0.5, abs=0.03)

@@ -49,6 +49,7 @@ PREFILL_MAX_DROP = 256  # cached tokens a prefill may replace (the tail of the l
 PUT_SLICE_S = 0.25  # how often a worker blocked on a full delta queue checks that a reader is still there
 _END = object()  # end-of-stream marker (always fits: the queue holds QUEUE_DELTAS + 2 items)
 _WARMUP_SYSTEM = "You are a helpful assistant."
+_NEXT_USER = "\u2047next"  # stands for the next user message while its opening is prefilled (never sent)
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class LlamaLLM:
         self._current: LlamaStream | None = None
         self._prefill_gen = 0  # bumped by every chat(): a prefill in progress stops at its next chunk
         self.prefilled_tokens = 0  # evaluated ahead of a request by `prefill` (the benchmark reports it)
+        self.history_prefilled_tokens = 0  # evaluated after a turn by `prefill_next`
         self.load_s = 0.0
         self.warmup_s = 0.0
 
@@ -153,6 +155,20 @@ class LlamaLLM:
         if current is not None and current.stats.finished_at is None and not current.stopped:
             return None  # a reply is being generated: it comes first
         return self._submit(self._prefill, _dicts(messages), self._prefill_gen)
+
+    def prefill_next(self, messages: Sequence[ChatMessage]) -> asyncio.Future[int] | None:
+        """After a turn, while the user has not started the next: evaluate the conversation so far and the
+        template's opening of the next user message into the KV cache. The reply just generated is cached as
+        sampled, which is not always how its text tokenizes back in the history (10-25 tokens were evaluated
+        again after every pause); at the pause only the user's words and the closing tokens are then left.
+        Gives way to any request like `prefill`; resolves to the tokens evaluated."""
+        if self._llm is None or self._format is None or not messages:
+            return None
+        current = self._current
+        if current is not None and current.stats.finished_at is None and not current.stopped:
+            return None
+        nxt = _dicts([*messages, ChatMessage("user", _NEXT_USER)])
+        return self._submit(self._prefill, nxt, self._prefill_gen, True)
 
     def end_of_turn(self, messages: Sequence[ChatMessage]) -> asyncio.Future[float | None] | None:
         """The probability that the user's turn ends after the last message's text: the model's own end-of-turn
@@ -279,7 +295,9 @@ class LlamaLLM:
         llm.n_tokens = n_cached - d
         self.shifted_tokens += d
 
-    def _prefill(self, messages: list[ChatCompletionRequestMessage], gen: int) -> int:
+    def _prefill(self, messages: list[ChatCompletionRequestMessage], gen: int, opening_only: bool = False) -> int:
+        """`opening_only`: up to where the last message's text begins (`prefill_next`), all of it; else up to
+        where it ends, but its last token."""
         import llama_cpp
 
         llm, fmt = self._llm, self._format
@@ -289,7 +307,8 @@ class LlamaLLM:
         at = prompt.rfind(text)
         if gen != self._prefill_gen or at < 0:
             return 0
-        tokens = llm.tokenize(prompt[: at + len(text)].encode("utf-8"), add_bos=not added_special, special=True)
+        cut = at if opening_only else at + len(text)
+        tokens = llm.tokenize(prompt[:cut].encode("utf-8"), add_bos=not added_special, special=True)
         n_cached = int(llm.n_tokens)
         cached = llm.input_ids[:n_cached]
         p = 0
@@ -297,7 +316,7 @@ class LlamaLLM:
         while p < limit and cached[p] == tokens[p]:
             p += 1
         # The user's last word may still change ("weath" -> "weather"): its tokens are left to the request.
-        end = len(tokens) - 1
+        end = len(tokens) if opening_only else len(tokens) - 1
         # What the cache holds past `p` (the end of the last reply, an older partial) the request would drop too:
         # its prompt shares these tokens up to the user's words. Far more means the history changed (a trim the
         # request shifts the cache for): left alone.
@@ -315,7 +334,10 @@ class LlamaLLM:
         # llama.cpp counts evaluated tokens when the context synchronises (reading logits): without this the
         # request that follows would count these as its own (`prompt_tokens_evaluated`).
         llama_cpp.llama_synchronize(llm.ctx)
-        self.prefilled_tokens += done
+        if opening_only:
+            self.history_prefilled_tokens += done
+        else:
+            self.prefilled_tokens += done
         return done
 
     def _end_of_turn(self, messages: list[ChatCompletionRequestMessage]) -> float | None:

@@ -102,6 +102,7 @@ class Session:
         self.sink = sink
         self.stt = stt
         self.tts = tts
+        self._llm = llm
         self.talk_cfg = talk_cfg
         self._emit_cb = emit
         self.clock = clock
@@ -137,7 +138,7 @@ class Session:
                 self.detector.end_sooner(vad_cfg.pause_ms)
             self._emit(
                 "end_of_turn", verdict=verdict.kind, by=verdict.by, p=verdict.p, late=verdict.late,
-                cost_ms=round(cost_s * 1000.0, 1), text=text,
+                cost_ms=round(cost_s * 1000.0, 1), judge_ms=round(verdict.judge_s * 1000.0, 1), text=text,
             )  # fmt: skip
 
         def may_prefill() -> bool:  # nothing else uses the LLM (pipeline.prefill)
@@ -152,7 +153,7 @@ class Session:
             transcribe=self._transcribe, llm=llm, history=history, max_tokens=max_tokens,
             new_reply=lambda lifecycle: self._new_reply(0, TurnMetrics(0), lifecycle), emit=self._emit,
             clock=clock, idle=lambda: self._turn is None, input_pending=lambda: self._input.pending, decided=decided,
-            judge=judge,
+            judge=judge, verdict_window_s=max(0.0, (vad_cfg.hangover_ms - vad_cfg.pause_ms) / 1000.0),
             prepare=talk_cfg.prepare_reply,
         )  # fmt: skip
         self._runner = TurnRunner(
@@ -411,3 +412,12 @@ class Session:
         if self._turn is ctx:
             self._turn = None
             self._set_state(State.LISTENING)
+            self._prefill_next()
+
+    def _prefill_next(self) -> None:
+        """Nothing in flight: the local LLM caches the conversation so far up to the next user message's opening
+        (LlamaLLM.prefill_next), so the next pause leaves only the user's words to evaluate."""
+        prefill = getattr(self._llm, "prefill_next", None)
+        spec = self.speculator.current
+        if self.streaming and callable(prefill) and (spec is None or spec.llm_stream is None):
+            prefill(self.ledger.history.messages())

@@ -12,6 +12,7 @@ one object created early, then authorised or discarded (the shape of livekit's p
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from voicecli.pipeline.turn_end import (
     by_probability,
     by_words,
 )
+
+JUDGE_MIN_S = 0.08  # the least time left in the hangover for the judge's verdict to still matter
 
 # Why a prepared reply was thrown away (the `reply_wasted` event's reason, the keys of `Speculator.wasted`).
 USER_WENT_ON = "the user went on talking"
@@ -95,6 +98,7 @@ class Speculator:
         decided: Callable[[Decision, str, float], None],
         judge: Judge | None = None,
         prepare: bool = True,
+        verdict_window_s: float = 0.3,
     ) -> None:
         self._transcribe = transcribe
         self._llm = llm
@@ -107,6 +111,7 @@ class Speculator:
         self._input_pending = input_pending
         self._decided = decided
         self.judge = judge
+        self._window_s = verdict_window_s  # from the pause to the end of the hangover: a verdict after it is moot
         self._prepare = prepare
         self.current: Speculation | None = None
         self.adopted = 0  # prepared replies a turn took as its own
@@ -135,7 +140,10 @@ class Speculator:
             self._decided(verdict, text, self._clock() - spec.t_pause)
             return
         prompt = self._history.preview_user(text)
-        asked = self.judge.ask(text, prompt) if self.judge is not None else None
+        # A verdict takes ~50-100 ms: not worth asking (nor holding the reply back for) when the transcription
+        # took nearly the whole hangover (whisper base on 2 cores).
+        in_time = self._clock() - spec.t_pause < self._window_s - JUDGE_MIN_S
+        asked = self.judge.ask(text, prompt) if self.judge is not None and in_time else None
         if asked is None:
             self._decided(Decision(FALLBACK, BY_VAD), text, 0.0)
             self._maybe_start_reply(spec, text, prompt)
@@ -143,17 +151,22 @@ class Speculator:
         if self.judge is not None and self.judge.shares_prompt:
             # The reply LLM judges: the reply queues behind the verdict on its worker and reuses its prefill.
             self._maybe_start_reply(spec, text, prompt)
-        asked.add_done_callback(lambda f: self._judged(spec, text, prompt, f))
+        t_asked = self._clock()
+        asked.add_done_callback(lambda f: self._judged(spec, text, prompt, f, t_asked))
 
     def _judged(
-        self, spec: Speculation, text: str, prompt: list[ChatMessage] | None, asked: asyncio.Future[float | None]
+        self,
+        spec: Speculation,
+        text: str,
+        prompt: list[ChatMessage] | None,
+        asked: asyncio.Future[float | None],
+        t_asked: float,
     ) -> None:
         p = None if asked.cancelled() or asked.exception() is not None else asked.result()
         judge = self.judge
         verdict = by_probability(p, text, judge.thresholds if judge is not None else Thresholds())
-        late = self.current is not spec or not self._idle()
-        if late:  # the hangover (or the user's next words) came first
-            verdict = Decision(verdict.kind, verdict.by, verdict.p, late=True)
+        late = self.current is not spec or not self._idle()  # the hangover (or the user's next words) came first
+        verdict = dataclasses.replace(verdict, late=late, judge_s=self._clock() - t_asked)
         self._decided(verdict, text, self._clock() - spec.t_pause)
         # A judge of its own ran alone (two models decoding at once on 2 cores slow both): the reply starts now,
         # unless the user is not done.

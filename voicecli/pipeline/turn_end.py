@@ -52,6 +52,7 @@ class Decision:
     by: str  # BY_WORDS | BY_LLM | BY_VAD
     p: float | None = None  # the end-of-turn probability, when the LLM judged
     late: bool = False  # the verdict came after the turn had already ended
+    judge_s: float = 0.0  # from asking the judge to its verdict
 
 
 def by_words(text: str) -> Decision | None:
