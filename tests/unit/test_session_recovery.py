@@ -7,6 +7,7 @@ import dataclasses
 
 from tests.fakes import REPLY, FakeLLM, FakeTTS
 from tests.unit.test_session import VAD, FailingLLM, after_play, run_timeline
+from voicecli.config import TalkConfig
 from voicecli.pipeline.session import APOLOGY
 
 COUGH_S = 0.22  # over barge_in_min_ms (200), under min_utterance_ms (250): a barge-in, never an utterance
@@ -93,7 +94,10 @@ class CrashingLLM(FailingLLM):
 
 
 def test_an_unexpected_exception_gets_the_apology_and_an_error_event() -> None:
-    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2 or 7.0 <= t < 8.0, 16.0, llm_cls=CrashingLLM)
+    # No reply prepared at the pause: the turn's own reply is the one that dies (a prepared one that dies before
+    # the turn is confirmed is only not adopted, and the turn asks again).
+    no_prep = TalkConfig(prepare_reply=False)
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2 or 7.0 <= t < 8.0, 16.0, llm_cls=CrashingLLM, talk=no_prep)
     first, second = rig.session.records
     assert first["assistant"].endswith(APOLOGY) and "a bug in the adapter" in first["error"]
     assert any(e.kind == "error" and "a bug in the adapter" in e.data["message"] for e in rig.events)

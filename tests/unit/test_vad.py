@@ -23,7 +23,7 @@ from voicecli.pipeline.vad import (
     Utterance,
 )
 
-CFG = VadConfig()  # start 100 ms, pause 200 ms, hangover 500 ms, pre-roll 300 ms, min 250 ms, max 30 s
+CFG = VadConfig(pause_ms=200)  # start 100 ms, pause 200 ms, hangover 500 ms, pre-roll 300 ms, min 250 ms, max 30 s
 F = 0.02  # seconds per frame
 
 

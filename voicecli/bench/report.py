@@ -285,6 +285,10 @@ def print_report(
     thrown = "" if wasted is None else f"; thrown away (the user went on talking): {wasted}"
     console.print(f"replies prepared during the hangover (LLM and first clause before the turn was confirmed): "
                   f"{prepared} of {len(results)} turns{thrown}")  # fmt: skip
+    whole = summarise([r for r in results if not r.interrupt and not r.paused_ms and not r.missed])["ttfa"]
+    if whole["n"]:
+        console.print(f"TTFA over the {whole['n']} complete questions (no mid-sentence pause, not interrupting): "
+                      f"p50 {_fmt(whole['p50'], 's')}, p95 {_fmt(whole['p95'], 's')}")  # fmt: skip
     sp = splits(results)
     if sp["paused_clips"]:
         console.print(f"false end-of-turn splits: {sp['paused_split']} of {sp['paused_clips']} clips with a "
