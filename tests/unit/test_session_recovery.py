@@ -104,6 +104,15 @@ def test_an_unexpected_exception_gets_the_apology_and_an_error_event() -> None:
     assert second["assistant"] == REPLY
 
 
+def test_a_prepared_reply_that_dies_is_asked_again_and_the_bug_is_logged() -> None:
+    # The reply prepared at the pause dies before the turn is confirmed: the user still gets an answer, and the
+    # bug is in the log, not swallowed.
+    rig = run_timeline(lambda r, t: 0.2 <= t < 1.2, 12.0, llm_cls=CrashingLLM)
+    [record] = rig.session.records
+    assert record["assistant"] == REPLY and "error" not in record
+    assert any(e.kind == "warning" and "a bug in the adapter" in e.data["message"] for e in rig.events)
+
+
 class ManySentencesLLM(FakeLLM):
     def chat(self, messages, max_tokens=256):  # type: ignore[no-untyped-def]
         self.reply = " ".join(f"Sentence number {i} is here." for i in range(12))

@@ -43,6 +43,7 @@ USER_WENT_ON = "the user went on talking"
 PROMPT_CHANGED = "the prompt changed"
 TURN_CANCELLED = "the turn was cancelled"
 TURN_FAILED = "the turn ended before asking for it"
+PREPARED_FAILED = "the prepared reply failed"
 
 
 @dataclass
@@ -216,7 +217,12 @@ class Speculator:
             reply, task = spec.reply, spec.reply_task
             spec.llm_stream, spec.reply, spec.reply_task = None, None, None  # the turn's own from now on
             return reply, task
-        self.release(spec, PROMPT_CHANGED, turn_id)
+        task = spec.reply_task
+        error = task.exception() if task.done() and not task.cancelled() else None
+        if error is not None:  # a bug the user never hears of (the turn asks again): the log must show it
+            self._emit("warning", turn_id=turn_id, message=f"the reply prepared at the pause failed ({error!r}); "
+                       "the turn asks again")  # fmt: skip
+        self.release(spec, PROMPT_CHANGED if error is None else PREPARED_FAILED, turn_id)
         return None
 
     def release(self, spec: Speculation | None, reason: str, turn_id: int = 0) -> None:
