@@ -310,11 +310,7 @@ class LlamaLLM:
         cut = at if opening_only else at + len(text)
         tokens = llm.tokenize(prompt[:cut].encode("utf-8"), add_bos=not added_special, special=True)
         n_cached = int(llm.n_tokens)
-        cached = llm.input_ids[:n_cached]
-        p = 0
-        limit = min(n_cached, len(tokens))
-        while p < limit and cached[p] == tokens[p]:
-            p += 1
+        p = self._cached_prefix(tokens)
         # The user's last word may still change ("weath" -> "weather"): its tokens are left to the request.
         end = len(tokens) if opening_only else len(tokens) - 1
         # What the cache holds past `p` (the end of the last reply, an older partial) the request would drop too:
@@ -356,13 +352,8 @@ class LlamaLLM:
         tokens = llm.tokenize(prompt[:cut].encode("utf-8"), add_bos=not added_special, special=True)
         if not closing or not tokens:
             return None
-        n_cached = int(llm.n_tokens)
-        cached = llm.input_ids[:n_cached]
-        p = 0
-        limit = min(n_cached, len(tokens))
-        while p < limit and cached[p] == tokens[p]:
-            p += 1
-        p = min(p, len(tokens) - 1)  # the last token is evaluated again if cached: its logits are needed
+        # The last token is evaluated again if cached: its logits are needed.
+        p = min(self._cached_prefix(tokens), len(tokens) - 1)
         plan = current_plan(self._max_batch, self._max_decode)
         threads = plan.batch if len(tokens) - p > PREFILL_CHUNK else plan.decode
         llama_cpp.llama_set_n_threads(llm.ctx, threads, threads)
@@ -372,6 +363,15 @@ class LlamaLLM:
         z = logits.astype(np.float64) - float(logits.max())
         probs = np.exp(z)
         return float(probs[closing[0]] / probs.sum())
+
+    def _cached_prefix(self, tokens: Sequence[int]) -> int:
+        """How many leading `tokens` the KV cache already holds (llama-cpp-python keeps them in input_ids)."""
+        llm = self._llm
+        n = min(int(llm.n_tokens), len(tokens))
+        p = 0
+        while p < n and llm.input_ids[p] == tokens[p]:
+            p += 1
+        return p
 
     def _free(self) -> None:
         llm, self._llm = self._llm, None
