@@ -116,12 +116,13 @@ class TalkConfig:
     # Start the LLM on the speculative transcript during the hangover (nothing plays before the turn is
     # confirmed; thrown away if the user goes on talking).
     prepare_reply: bool = True
-    # While the user speaks, transcribe the audio so far every second and prefill the local LLM with the stable
-    # words (pipeline.prefill): at the pause only the tail of the prompt is left to evaluate. Off by default: on
-    # 2 cores with whisper base and the 0.5B model it measured worse (TTFA p50 1073 against 1036 ms, LLM first
-    # token 457 against 385 ms): the pause's transcription waits behind a partial one on the single STT worker,
-    # and ~14 prefilled tokens save less than that costs. Worth measuring on more cores or a bigger LLM.
-    prefill_while_speaking: bool = False
+    # While the user speaks, transcribe the audio so far every half second (on a whisper worker of its own at
+    # niceness 19, frozen at every pause) and prefill the local LLM with the stable words (pipeline.prefill): at
+    # the pause only the tail of the prompt is left to evaluate. 2-core Xeon, whisper base + the 0.5B model:
+    # prompt tokens after the pause p50 22 -> 14-16, LLM first token 267-282 -> 230-250 ms, TTFA over the
+    # complete questions 759-768 -> 714-722 ms; next to a busy program no worse. Costs a second whisper
+    # process (~200 MB). On one shared worker it measured worse: the pause's transcription waited behind a partial.
+    prefill_while_speaking: bool = True
     # The first clause may end before "and", "with", "because" ... once it has this many words, without waiting
     # for the LLM's first comma (pipeline.chunker.SOFT_BREAK_BEFORE); 0 = only at punctuation. Off by default:
     # no TTFA gain measurable over 24 turns with SmolLM2 (its first clauses mostly have an early comma), and

@@ -317,3 +317,36 @@ def test_close_from_a_signal_handler(tiny_model: Path, runner: asyncio.Runner) -
         signal.signal(signal.SIGUSR1, previous)
     assert pids and not any(_alive(p) for p in pids)
     runner.run(engine.close())  # and once more from the normal path
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0]
+
+
+def test_a_frozen_worker_takes_no_cpu_keeps_its_request_and_closes(
+    tiny_model: Path, speech: npt.NDArray[np.float32], runner: asyncio.Runner
+) -> None:
+    """The partial words' worker is frozen at the user's pause (pipeline.prefill): a request it holds waits, it
+    answers once continued, frozen time does not count against its timeout, and close() never hangs on it."""
+    engine = WhisperSTT(tiny_model, threads=1, timeout_s=1.0, nice=19)
+    runner.run(engine.start())
+    try:
+        (pid,) = engine.worker_pids()
+        assert os.getpriority(os.PRIO_PROCESS, pid) == 19
+
+        async def frozen_request() -> Transcript:
+            engine.freeze(True)
+            assert _state(pid) == "T"  # stopped: it takes no CPU at all
+            job = asyncio.ensure_future(engine.transcribe(speech))
+            await asyncio.sleep(1.5)  # longer than the timeout: a stopped worker is not a stuck one
+            assert not job.done()
+            engine.freeze(False)
+            assert _state(pid) != "T"
+            return await job
+
+        assert runner.run(frozen_request()).text == PHRASE
+        engine.freeze(True)
+    finally:
+        runner.run(asyncio.wait_for(engine.close(), 10))  # frozen: close() continues it first
+    assert not _alive(pid)

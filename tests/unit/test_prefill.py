@@ -1,9 +1,11 @@
-"""Think while the user speaks (pipeline.prefill): partial transcripts every second of speech prefill the LLM
+"""Think while the user speaks (pipeline.prefill): partial transcripts every half second of speech prefill the LLM
 with the user's stable words, never after the pause, never during a reply, never without a local LLM."""
 
 from __future__ import annotations
 
 import asyncio
+
+import pytest
 
 from tests.fakes import FakeLLM, FakeSpeaker, FakeSTT, FakeTTS, ScriptedMic, SimClock, marker_classifier
 from voicecli.config import TalkConfig, VadConfig
@@ -50,6 +52,54 @@ def run(
     return asyncio.run(main())
 
 
+class PartialSTT(FakeSTT):
+    """The partial words' own worker: records when it is frozen and continued (WhisperSTT.freeze)."""
+
+    def __init__(self, clock: SimClock, latency: float) -> None:
+        super().__init__(clock, latency)
+        self.freezes: list[tuple[float, bool]] = []
+
+    def freeze(self, frozen: bool) -> None:
+        self.freezes.append((self.clock.now, frozen))
+
+
+def run_with_partial_worker(spans: list[tuple[float, float]]) -> tuple[FakeSTT, PartialSTT, list[Event]]:
+    async def main() -> tuple[FakeSTT, PartialSTT, list[Event]]:
+        clock = SimClock()
+        speaker = FakeSpeaker(clock)
+        llm = PrefillLLM(clock)
+        stt, partial = FakeSTT(clock, 0.1), PartialSTT(clock, 0.3)
+        events: list[Event] = []
+        session = Session(
+            source=ScriptedMic(clock, speaker, lambda t: any(a <= t < b for a, b in spans), spans[-1][1] + 6.0),
+            sink=speaker, stt=stt, llm=llm, tts=FakeTTS(clock), partial_stt=partial,
+            history=History("You are a test.", 2000, llm.count_tokens), vad_cfg=VAD,
+            talk_cfg=TalkConfig(prefill_while_speaking=True),
+            emit=events.append, clock=clock, detector=TurnDetector(VAD, classifier=marker_classifier),
+        )  # fmt: skip
+        await asyncio.wait_for(session.run(max_turns=2), timeout=20)
+        return stt, partial, events
+
+    return asyncio.run(main())
+
+
+def test_the_partial_words_worker_is_frozen_from_the_pause_until_the_user_speaks_again() -> None:
+    """The partials run on a worker of their own, which gives its cores to the pause's transcription and the
+    reply: frozen at every pause (a partial may still be running), continued when the user speaks again."""
+    stt, partial, events = run_with_partial_worker([(0.2, 3.4), (9.0, 11.2)])
+    pauses = [e.t for e in events if e.kind == "pause"]
+    starts = [e.t for e in events if e.kind == "speech_start"]
+    assert len(pauses) == 2 and len(starts) == 2
+    assert partial.calls and all(s < 3.4 for s in partial.calls[:3])  # the partials went to their own worker
+    assert stt.finished and not any(c < 1.0 for c in stt.calls)  # the main worker: the pause and the turn only
+    frozen = [t for t, f in partial.freezes if f]
+    continued = [t for t, f in partial.freezes if not f]
+    assert frozen == pytest.approx(pauses, abs=0.03)  # the frame that signals it
+    assert pauses[0] < continued[0] <= 9.3  # the next speech; the first found nothing frozen
+    assert len(continued) == len(frozen)  # the last one at the end of the session: never left stopped
+    assert [e.kind for e in events].count("llm_done") == 2
+
+
 def test_stable_words_drop_the_last_word() -> None:
     assert stable_words("What is the weath") == "What is the"
     assert stable_words("Hello") == ""
@@ -71,12 +121,12 @@ def test_a_long_question_is_prefilled_while_it_is_spoken() -> None:
 
 
 def test_a_short_question_has_nothing_to_prefill() -> None:
-    llm, _ = run((0.2, 0.9))
+    llm, _ = run((0.2, 0.6))
     assert isinstance(llm, PrefillLLM) and llm.prefills == []
 
 
-def test_it_is_off_by_default_and_needs_an_llm_that_prefills() -> None:
-    assert TalkConfig().prefill_while_speaking is False  # measured slower on 2 cores (config.TalkConfig)
+def test_it_is_on_by_default_and_needs_an_llm_that_prefills() -> None:
+    assert TalkConfig().prefill_while_speaking is True  # measured faster on 2 cores (config.TalkConfig)
     llm, events = run((0.2, 3.4), on=False)
     assert isinstance(llm, PrefillLLM) and llm.prefills == []
     _, events = run((0.2, 3.4), llm_cls=FakeLLM)

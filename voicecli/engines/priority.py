@@ -21,6 +21,9 @@ import threading
 # loop and Piper (which the speaker waits on) to win the cores when they need them, without starving the LLM
 # when another program on the desktop competes (at 10 it got a tenth: 0.6 tokens/s next to a busy process).
 COMPUTE_NICE = 5
+# Work that may be thrown away and must never delay the turn (the user's partial words, pipeline.prefill): a
+# 19 gets ~1/20 of a core next to a 5, so the pause's own transcription and the reply barely notice it.
+PARTIAL_NICE = 19
 
 
 def lower_this_thread(nice: int = COMPUTE_NICE) -> int:

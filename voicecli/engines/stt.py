@@ -45,7 +45,7 @@ import numpy.typing as npt
 
 from voicecli.audio.format import SAMPLE_RATE
 from voicecli.engines.base import Transcript
-from voicecli.engines.priority import lower_this_thread
+from voicecli.engines.priority import COMPUTE_NICE, lower_this_thread
 from voicecli.errors import EngineError, ModelError
 
 DEFAULT_PULL_NAME = "whisper-base.en"
@@ -241,10 +241,10 @@ def _watch_parent(parent_pid: int) -> None:
             os._exit(0)
 
 
-def _init_worker(model_dir: str, compute_type: str, threads: int, hint: str, parent_pid: int) -> None:
+def _init_worker(model_dir: str, compute_type: str, threads: int, hint: str, parent_pid: int, nice: int) -> None:
     # Ctrl-C reaches the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    lower_this_thread()  # the main thread of the worker; CTranslate2's threads inherit it
+    lower_this_thread(nice)  # the main thread of the worker; CTranslate2's threads inherit it
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     try:
         from faster_whisper import WhisperModel
@@ -424,9 +424,11 @@ class WhisperSTT:
         load_timeout_s: float = 120.0,
         pull_name: str = "",
         window_floor_s: float = DEFAULT_WINDOW_FLOOR_S,
+        nice: int = COMPUTE_NICE,
     ) -> None:
         """`window_floor_s`: the shortest encoder window (seconds); an utterance is encoded in max(its length
-        + 1 s, this), and on Whisper's 30 s when it does not fit. 0 always uses 30 s."""
+        + 1 s, this), and on Whisper's 30 s when it does not fit. 0 always uses 30 s. `nice`: the workers'
+        niceness (engines.priority); 19 for work that must give way to everything else of ours."""
         if workers < 1 or threads < 1 or beam_size < 1:
             raise ValueError("workers, threads and beam_size must be >= 1")
         if not window_floor_s >= 0:
@@ -434,6 +436,7 @@ class WhisperSTT:
         self.model_dir = Path(model).expanduser()
         self.compute_type = compute_type
         self.threads = threads
+        self.nice = nice
         self.workers = workers
         self.timeout_s = timeout_s
         self.load_timeout_s = load_timeout_s
@@ -452,6 +455,7 @@ class WhisperSTT:
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watchdogs: set[asyncio.Future[None]] = set()
+        self.frozen = False  # the workers are stopped (freeze)
 
     @property
     def window_floor_s(self) -> float:
@@ -538,6 +542,20 @@ class WhisperSTT:
         if pool is not None:
             _stop_pool(pool)
 
+    def freeze(self, frozen: bool) -> None:
+        """Stop (SIGSTOP) or continue (SIGCONT) the workers where they are. For work that may be thrown away (the
+        user's partial words): niceness alone still lets it take slices of a core, and two llama.cpp threads
+        that meet at every op wait for each other whenever one loses its core (a 150 ms prefill took 2 s next
+        to a niceness-19 partial). A frozen request still counts against its timeout; close() continues
+        the workers first."""
+        sig = getattr(signal, "SIGSTOP" if frozen else "SIGCONT", None)
+        if sig is None:  # not POSIX: nothing to freeze with
+            return
+        for pid in self.worker_pids():
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        self.frozen = frozen
+
     def worker_pids(self) -> list[int]:
         """PIDs of the live worker processes (for tests and diagnostics)."""
         return list(_pool_processes(self._pool)) if self._pool is not None else []
@@ -549,7 +567,7 @@ class WhisperSTT:
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(str(self.model_dir), self.compute_type, self.threads, self._hint, os.getpid()),
+            initargs=(str(self.model_dir), self.compute_type, self.threads, self._hint, os.getpid(), self.nice),
         )
 
     async def _replace_pool(self, broken: ProcessPoolExecutor | None) -> None:
@@ -558,6 +576,7 @@ class WhisperSTT:
                 raise EngineError("STT was closed", hint="start it again")
             if self._pool is broken:  # a concurrent request may have replaced it already
                 self._pool = self._new_pool()
+                self.frozen = False
                 self._reset_slots()  # whatever ran in the broken pool is gone with it
                 if broken is not None:
                     await asyncio.to_thread(_stop_pool, broken)
@@ -599,12 +618,28 @@ class WhisperSTT:
     ) -> None:
         """A job nobody waits for any more still frees its worker by its deadline, or the pool is replaced."""
         try:
-            await asyncio.wait_for(asyncio.wrap_future(job), max(0.0, deadline - asyncio.get_running_loop().time()))
+            await self._until(job, pool, deadline)
         except TimeoutError:
             with contextlib.suppress(EngineError):  # closed meanwhile
                 await self._replace_pool(pool)
         except Exception:  # its result or error interests no one
             return
+
+    async def _until(
+        self, job: concurrent.futures.Future[_Result], pool: ProcessPoolExecutor, deadline: float
+    ) -> _Result:
+        """The job's result, or TimeoutError at `deadline` (the loop's clock). A stopped worker is not a stuck
+        one: while the pool is frozen (`freeze`) the deadline moves on."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                return await asyncio.wait_for(
+                    asyncio.shield(asyncio.wrap_future(job)), max(0.0, deadline - loop.time())
+                )
+            except TimeoutError:
+                if not (self.frozen and pool is self._pool):
+                    raise
+                deadline = loop.time() + self.timeout_s
 
     async def _call(self, audio: npt.NDArray[np.float32], timeout_s: float) -> _Result:
         """The one place a blocking whisper call is handed to the executor."""
@@ -627,7 +662,7 @@ class WhisperSTT:
         job.add_done_callback(finished)
         deadline = loop.time() + timeout_s
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(job), timeout_s)
+            return await self._until(job, pool, deadline)
         except TimeoutError:
             # A stuck worker cannot be interrupted: replace the pool so the next utterance works.
             await self._replace_pool(pool)
@@ -642,6 +677,7 @@ class WhisperSTT:
             if self._closed and task is not None and not task.cancelling():
                 # close() cancelled the job, not our caller: an engine error like any other
                 raise EngineError("STT was closed", hint="start it again") from None
+            job.cancel()  # one not started yet never runs
             if not job.done():  # the caller gave up, the worker goes on: its timeout still holds
                 watchdog = asyncio.ensure_future(self._expire(job, pool, deadline))
                 self._watchdogs.add(watchdog)
@@ -662,6 +698,10 @@ def _pool_processes(pool: ProcessPoolExecutor) -> dict[int, multiprocessing.Proc
 def _stop_pool(pool: ProcessPoolExecutor, grace_s: float = 2.0) -> None:
     """Shut a pool down without waiting on a busy or stuck worker, and reap every process."""
     processes = list(_pool_processes(pool).values())
+    for proc in processes:  # a frozen worker (WhisperSTT.freeze) could not see the shutdown
+        if proc.pid is not None and hasattr(signal, "SIGCONT"):
+            with contextlib.suppress(OSError):
+                os.kill(proc.pid, signal.SIGCONT)
     # shutdown() takes the executor's internal lock; from a signal handler that lock may be held by the
     # very frame the signal interrupted, so it runs on a helper thread and never blocks us.
     threading.Thread(target=pool.shutdown, kwargs={"wait": False, "cancel_futures": True}, daemon=True).start()

@@ -5,9 +5,12 @@ tokens are left to evaluate (llama-cpp-python reuses the longest common token pr
 model evaluated ~30 prompt tokens after every pause, ~0.3 s of its first token.
 
 Cheap on the loop: one partial transcription in flight at most, started on a voiced frame (a pause is not
-about to begin) every `every_s` of speech. At the pause no new one starts; one in flight finishes (the STT
-worker is busy with it either way, and its prefill then runs beside the pause's own transcription). Its words
-are prefilled only while nothing else uses the LLM (`may_prefill`: no turn, no reply prepared): a prefill
+about to begin) every `every_s` of speech. The partials run on a whisper worker of their own at the lowest
+priority (pipeline.wiring): on the one worker the pause's own transcription waited behind a partial one. At
+the pause no new one starts, and one in flight is frozen (`hold`, WhisperSTT.freeze) until the user speaks
+again (`release`): the cores go to the pause's transcription and the reply (a niceness-19 partial next to
+the reply's two llama.cpp threads still made a 150 ms prefill take 2 s: they wait for each other). Its
+words are prefilled only while nothing else uses the LLM (`may_prefill`: no turn, no reply prepared): a prefill
 after a reply would overwrite the cached reply. The LLM evaluates a few tokens at a time on the decode threads
 and yields to any request (engines.llm.LlamaLLM.prefill). An LLM without `prefill` (a remote server) gets
 nothing.
@@ -25,7 +28,7 @@ from voicecli.engines.base import ChatMessage, Transcript
 from voicecli.pipeline.history import History
 from voicecli.pipeline.reply import Emit
 
-EVERY_S = 1.0  # seconds of speech between partial transcriptions
+EVERY_S = 0.5  # seconds of speech between partial transcriptions
 MIN_WORDS = 2  # stable words worth a prefill
 
 
@@ -49,8 +52,12 @@ class Prefiller:
         emit: Emit,
         may_prefill: Callable[[], bool],
         every_s: float = EVERY_S,
+        freeze: Callable[[bool], None] | None = None,
     ) -> None:
+        """`freeze(True/False)`: stop / continue whatever runs `transcribe` (a worker of the partials' own)."""
         self._transcribe = transcribe
+        self._freeze = freeze
+        self._held = False
         self._llm: Prefills | None = llm if callable(getattr(llm, "prefill", None)) else None
         self._history = history
         self._emit = emit
@@ -72,6 +79,19 @@ class Prefiller:
             return
         self._next_s = speech_s + self._every_s
         self._task = asyncio.create_task(self._run(audio()))
+
+    def hold(self) -> None:
+        """The user paused: a partial transcription still running (even one whose words nobody waits for any
+        more) stops where it is until they speak again (see the module docstring)."""
+        if self._freeze is not None and not self._held:
+            self._freeze(True)
+            self._held = True
+
+    def release(self) -> None:
+        """The user speaks again (or the session ends): a frozen partial transcription continues."""
+        if self._held and self._freeze is not None:
+            self._held = False
+            self._freeze(False)
 
     def stop(self) -> None:
         """The utterance ended (or was discarded): no more partials for it; one in flight is cancelled."""

@@ -93,11 +93,14 @@ class Session:
         barge_confirm: Confirm | None = None,
         echo_stats: Callable[[], dict[str, Any]] | None = None,
         judge: Judge | None = None,
+        partial_stt: SpeechToText | None = None,
     ) -> None:
         """`streaming=False` is the naive baseline for the benchmark: no speculative STT, the whole reply
         is generated, then synthesised in one piece, then played. `barge_confirm` (echo mode): a second
         opinion on each barge-in (pipeline.bargein). `judge`: the LLM that tells from the words at a pause whether the
-        user is done (pipeline.turn_end); without one, the VAD's hangover and the word rules decide."""
+        user is done (pipeline.turn_end); without one, the VAD's hangover and the word rules decide. `partial_stt`: what
+        transcribes the user's words while they speak (pipeline.prefill), a worker that gives way to the pause's
+        own transcription; `stt` when None."""
         self.source = source
         self.sink = sink
         self.stt = stt
@@ -146,8 +149,10 @@ class Session:
             return self._turn is None and (spec is None or spec.llm_stream is None)
 
         self.prefiller = Prefiller(
-            transcribe=self._transcribe, llm=llm, history=history, emit=self._emit, may_prefill=may_prefill
-        )
+            transcribe=self._transcribe if partial_stt is None else partial_stt.transcribe,
+            llm=llm, history=history, emit=self._emit, may_prefill=may_prefill,
+            freeze=getattr(partial_stt, "freeze", None),
+        )  # fmt: skip
         self._prefill = streaming and talk_cfg.prefill_while_speaking and self.prefiller.enabled
         self.speculator = Speculator(
             transcribe=self._transcribe, llm=llm, history=history, max_tokens=max_tokens,
@@ -221,6 +226,7 @@ class Session:
             self._cancel_turn(self._turn, reason="shutdown")
         self.speculator.drop("shutdown")
         self.prefiller.stop()
+        self.prefiller.release()
         self._input.clear()
         if self._last_task is not None:
             await asyncio.wait([self._last_task], timeout=1.0)
@@ -255,6 +261,7 @@ class Session:
     def _on_vad(self, ev: vad.Event) -> None:
         if isinstance(ev, vad.SpeechStarted):
             self._emit("speech_start", t=ev.t_onset)
+            self.prefiller.release()  # a partial transcription frozen at the last pause (pipeline.prefill)
             self._ended_early = False
             if self._turn is not None and self._went_on(self._turn, ev.t_onset):
                 return
@@ -263,14 +270,17 @@ class Session:
             else:
                 self._set_state(State.HEARING)
         elif isinstance(ev, vad.Paused):
-            self._emit("pause", t=ev.t)  # no new partial transcript (pipeline.prefill); one in flight finishes
+            self._emit("pause", t=ev.t)  # no new partial transcript; one in flight is frozen (pipeline.prefill)
+            self.prefiller.hold()
             if self._turn is None and self.streaming:
                 self.speculator.start(ev.audio)
         elif isinstance(ev, vad.Resumed):
             self._emit("resume", t=ev.t)
+            self.prefiller.release()
             self.speculator.drop()
         elif isinstance(ev, vad.Discarded):
             self.prefiller.stop()
+            self.prefiller.release()
             self._emit("discarded", t=ev.t, duration_s=ev.duration_s)
             self._discard(ev.t)
         elif isinstance(ev, vad.Utterance):

@@ -35,6 +35,7 @@ class Engines:
     judge: Judge | None = None  # the semantic end of turn, when its model passed the start-up check
     judge_llm: LanguageModel | None = None  # the judge's own small model (vad.turn_model), if any
     judge_note: str = ""  # which model judges the end of turn, or why none does
+    partial_stt: SpeechToText | None = None  # transcribes while the user speaks (talk.prefill_while_speaking)
 
     async def close(self, timeout: float = 2.0) -> None:
         """Close all three at once, each bounded by `timeout`; never raises, so a stuck STT worker can neither
@@ -44,7 +45,7 @@ class Engines:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(engine.close(), timeout)
 
-        extra = [] if self.judge_llm is None else [one(self.judge_llm)]
+        extra = [one(e) for e in (self.judge_llm, self.partial_stt) if e is not None]
         await asyncio.gather(one(self.stt), one(self.llm), one(self.tts), *extra)
 
 
@@ -68,19 +69,25 @@ async def start_engines(cfg: Config, output_rate: int, paths: dict[str, Path] | 
     server's (engines/remote_llm.py): no local GGUF is loaded and the llama.cpp crash check is skipped."""
     from voicecli.engines import llm_probe
     from voicecli.engines.llm import LlamaLLM, Sampling
+    from voicecli.engines.priority import COMPUTE_NICE, PARTIAL_NICE
     from voicecli.engines.stt import WhisperSTT
     from voicecli.engines.tts import PiperTTS
 
     paths = paths or resolve_models(cfg)
-    stt = WhisperSTT(
-        paths["stt"],
-        compute_type=cfg.stt.compute_type,
-        threads=cfg.stt.threads,
-        beam_size=cfg.stt.beam_size,
-        language=cfg.stt.language,
-        initial_prompt=cfg.stt.initial_prompt,
-        window_floor_s=cfg.stt.window_floor_s,
-    )
+
+    def whisper(nice: int = COMPUTE_NICE) -> WhisperSTT:
+        return WhisperSTT(
+            paths["stt"],
+            compute_type=cfg.stt.compute_type,
+            threads=cfg.stt.threads,
+            beam_size=cfg.stt.beam_size,
+            language=cfg.stt.language,
+            initial_prompt=cfg.stt.initial_prompt,
+            window_floor_s=cfg.stt.window_floor_s,
+            nice=nice,
+        )
+
+    stt = whisper()
     sampling = Sampling(cfg.llm.temperature, cfg.llm.top_p, cfg.llm.min_p, cfg.llm.repeat_penalty)
     llm: LanguageModel
     if cfg.llm.url:
@@ -105,11 +112,16 @@ async def start_engines(cfg: Config, output_rate: int, paths: dict[str, Path] | 
         )
     tts = PiperTTS(paths["tts"], output_rate=output_rate, speaker=cfg.tts.speaker, speed=cfg.tts.speed)
     engines = Engines(stt, llm, tts, paths)
+    # The user's words so far are transcribed by a worker of their own at the lowest priority: it uses the idle
+    # cores while they speak and gives way at once to the pause's transcription and the reply (on one worker
+    # the pause's transcription waited behind a partial one).
+    partial = whisper(PARTIAL_NICE) if cfg.talk.prefill_while_speaking and not cfg.llm.url else None
+    engines.partial_stt = partial
     try:
         if not cfg.llm.url:
             # A llama.cpp that crashes on this CPU must say so, not kill the session with a bare segfault.
             await llm_probe.check_async(paths["llm"], cfg.llm.batch_threads)
-        await asyncio.gather(stt.start(), llm.start(), tts.start())
+        await asyncio.gather(stt.start(), llm.start(), tts.start(), *([partial.start()] if partial else []))
         await _start_judge(cfg, engines)
     except BaseException:
         await engines.close()
@@ -241,6 +253,7 @@ async def converse(
             barge_confirm=None if echo is None else echo.confirm,
             echo_stats=None if echo is None else echo.turn_stats,
             judge=engines.judge,
+            partial_stt=engines.partial_stt,
         )
         await capture.start()
         if on_ready is not None:
