@@ -8,6 +8,8 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import time
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -319,9 +321,15 @@ def test_close_from_a_signal_handler(tiny_model: Path, runner: asyncio.Runner) -
     runner.run(engine.close())  # and once more from the normal path
 
 
-def _state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split(")")[-1].split()[0]
+def _state(pid: int, stopped: bool) -> str:
+    """The process state once it is (or is no longer) stopped; signals are delivered asynchronously."""
+    deadline = time.monotonic() + 2.0
+    while True:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().split(")")[-1].split()[0]
+        if (state == "T") == stopped or time.monotonic() > deadline:
+            return state
+        time.sleep(0.01)
 
 
 def test_a_frozen_worker_takes_no_cpu_keeps_its_request_and_closes(
@@ -337,16 +345,48 @@ def test_a_frozen_worker_takes_no_cpu_keeps_its_request_and_closes(
 
         async def frozen_request() -> Transcript:
             engine.freeze(True)
-            assert _state(pid) == "T"  # stopped: it takes no CPU at all
+            assert _state(pid, stopped=True) == "T"  # stopped: it takes no CPU at all
             job = asyncio.ensure_future(engine.transcribe(speech))
             await asyncio.sleep(1.5)  # longer than the timeout: a stopped worker is not a stuck one
             assert not job.done()
             engine.freeze(False)
-            assert _state(pid) != "T"
+            assert _state(pid, stopped=False) != "T"
             return await job
 
         assert runner.run(frozen_request()).text == PHRASE
         engine.freeze(True)
     finally:
         runner.run(asyncio.wait_for(engine.close(), 10))  # frozen: close() continues it first
+    assert not _alive(pid)
+
+
+FROZEN_PARENT = """
+import asyncio, sys
+from voicecli.engines.stt import WhisperSTT
+
+async def main() -> None:
+    engine = WhisperSTT(sys.argv[1], threads=1, nice=19)
+    await engine.start()
+    engine.freeze(True)
+    print(*engine.worker_pids(), flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def test_a_frozen_worker_dies_with_its_killed_parent(tiny_model: Path) -> None:
+    """kill -9 of `voicecli talk` while the partial words' worker is frozen: a stopped worker runs no watcher
+    thread, and the kernel's parent-death signal must take it down (it once outlived the parent)."""
+    parent = subprocess.Popen([sys.executable, "-c", FROZEN_PARENT, str(tiny_model)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        (pid,) = map(int, parent.stdout.readline().split())
+        assert _state(pid, stopped=True) == "T"
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 5.0
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not _alive(pid)

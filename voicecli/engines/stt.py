@@ -25,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ctypes
 import math
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 import unicodedata
@@ -59,6 +61,7 @@ HALLUCINATION_LOGPROB = -0.7
 # One fallback step only: every extra temperature re-runs the decoder (Whisper's default has six).
 TEMPERATURES = (0.0, 0.4)
 WARMUP_S = 0.5
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent thread ends
 
 # Whisper's window and the short one (see the module docstring).
 FULL_WINDOW_S = 30.0
@@ -241,11 +244,22 @@ def _watch_parent(parent_pid: int) -> None:
             os._exit(0)
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """A worker frozen by WhisperSTT.freeze runs no watcher thread: on Linux the kernel kills it when the parent
+    goes (PR_SET_PDEATHSIG reaches a stopped process); the watcher covers the other systems."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # gone before the signal was armed
+        os._exit(0)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+
+
 def _init_worker(model_dir: str, compute_type: str, threads: int, hint: str, parent_pid: int, nice: int) -> None:
     # Ctrl-C reaches the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     lower_this_thread(nice)  # the main thread of the worker; CTranslate2's threads inherit it
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    _die_with_parent(parent_pid)
     try:
         from faster_whisper import WhisperModel
 

@@ -8,8 +8,9 @@ Cheap on the loop: one partial transcription in flight at most, started on a voi
 about to begin) every `every_s` of speech. The partials run on a whisper worker of their own at the lowest
 priority (pipeline.wiring): on the one worker the pause's own transcription waited behind a partial one. At
 the pause no new one starts, and one in flight is frozen (`hold`, WhisperSTT.freeze) until the user speaks
-again (`release`): the cores go to the pause's transcription and the reply (a niceness-19 partial next to
-the reply's two llama.cpp threads still made a 150 ms prefill take 2 s: they wait for each other). Its
+again with no turn in flight (`release`; never during a reply, where it would slow the barge-in): the cores go
+to the pause's transcription and the reply (a niceness-19 partial next to the reply's two llama.cpp threads
+still made a 150 ms prefill take 2 s: they wait for each other at every op). Its
 words are prefilled only while nothing else uses the LLM (`may_prefill`: no turn, no reply prepared): a prefill
 after a reply would overwrite the cached reply. The LLM evaluates a few tokens at a time on the decode threads
 and yields to any request (engines.llm.LlamaLLM.prefill). An LLM without `prefill` (a remote server) gets
@@ -73,7 +74,10 @@ class Prefiller:
 
     def hearing(self, speech_s: float, voiced: bool, audio: Callable[[], Float32Array]) -> None:
         """A frame of the user's utterance: `speech_s` of speech so far, `voiced` this frame."""
-        if self._llm is None or not voiced or speech_s < self._next_s:
+        if self._llm is None:
+            return
+        self.release()  # the worker frozen at the last pause; never during a reply (a barge-in is not heard here)
+        if not voiced or speech_s < self._next_s:
             return
         if self._task is not None and not self._task.done():
             return
@@ -88,7 +92,7 @@ class Prefiller:
             self._held = True
 
     def release(self) -> None:
-        """The user speaks again (or the session ends): a frozen partial transcription continues."""
+        """The user speaks again with no turn in flight (or the session ends): a frozen partial continues."""
         if self._held and self._freeze is not None:
             self._held = False
             self._freeze(False)

@@ -261,7 +261,6 @@ class Session:
     def _on_vad(self, ev: vad.Event) -> None:
         if isinstance(ev, vad.SpeechStarted):
             self._emit("speech_start", t=ev.t_onset)
-            self.prefiller.release()  # a partial transcription frozen at the last pause (pipeline.prefill)
             self._ended_early = False
             if self._turn is not None and self._went_on(self._turn, ev.t_onset):
                 return
@@ -276,11 +275,9 @@ class Session:
                 self.speculator.start(ev.audio)
         elif isinstance(ev, vad.Resumed):
             self._emit("resume", t=ev.t)
-            self.prefiller.release()
             self.speculator.drop()
         elif isinstance(ev, vad.Discarded):
             self.prefiller.stop()
-            self.prefiller.release()
             self._emit("discarded", t=ev.t, duration_s=ev.duration_s)
             self._discard(ev.t)
         elif isinstance(ev, vad.Utterance):
