@@ -31,6 +31,10 @@ def test_two_minute_soak_answers_every_turn_without_drift(vsound: VSound, tmp_pa
     assert soak["interrupting_clips"] >= 2 and soak["barge_ins"] == soak["interrupting_clips"]
     assert soak["self_interruptions"] == 0
     assert soak["overruns"] == 0 and soak["underruns"] == 0
-    assert soak["rss_growth_mb"] < 100
+    # Drift, not warm-up: the first pass over the corpus allocates once (~100 MB, most of it in its first turns:
+    # Piper, the LLM, the echo canceller, a whisper re-run on the 30 s window); a leak keeps growing after it.
+    assert soak["rss_warm_mb"] is not None
+    assert soak["rss_growth_after_warmup_mb"] < 40, soak["rss_by_process_mb"]
+    assert soak["rss_growth_mb"] < 160, soak["rss_by_process_mb"]
     assert soak["ttfa_p50_last_window"] < 1.5 * soak["ttfa_p50_first_window"]
     assert "turns answered / fed" in proc.stdout

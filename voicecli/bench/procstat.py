@@ -26,17 +26,22 @@ def _self() -> int:
     return int(Path("/proc/self").resolve().name)
 
 
-def rss_mb(pid: int | None = None) -> float:
-    """Resident memory of the process tree, in MB."""
-    total = 0
+def rss_by_process(pid: int | None = None) -> dict[int, float]:
+    """Resident memory of each process of the tree, in MB (which one grew, when the total did)."""
+    out: dict[int, float] = {}
     for p in _tree(pid or _self()):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+                    out[p] = int(line.split()[1]) / 1024.0
         except (OSError, ValueError):
             continue
-    return total / 1024.0
+    return out
+
+
+def rss_mb(pid: int | None = None) -> float:
+    """Resident memory of the process tree, in MB."""
+    return sum(rss_by_process(pid).values())
 
 
 def cpu_seconds(pid: int | None = None) -> float:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from voicecli.bench.procstat import rss_mb
+from voicecli.bench.procstat import rss_by_process, rss_mb
 from voicecli.bench.report import barge_ins
 from voicecli.bench.runner import TurnResult, run_corpus
 from voicecli.config import Config
@@ -28,11 +28,25 @@ def window_ttfa(results: list[TurnResult], first: bool, window_s: float) -> floa
 
 async def soak(cfg: Config, engines: Engines, clips: list[Any], minutes: float, progress: Any = None) -> dict[str, Any]:
     """Converse for `minutes` over the corpus (cycled); returns the soak figures."""
-    rss_start = rss_mb()
+    rss_start, by_process_start = rss_mb(), rss_by_process()
+    # Memory after the first pass over the corpus: every path (barge-ins, a whisper re-run on the 30 s window,
+    # Piper, the echo canceller) has allocated once by then. A 4-minute soak grew ~100 MB before it and ~0 after.
+    warm: list[float] = []
+    fed = 0
+    corpus_size = len({clip.name for clip in clips})  # `clips` repeats the corpus for as long as the soak lasts
+
+    def on_turn(res: Any) -> None:
+        nonlocal fed
+        fed += 1
+        if fed == corpus_size:
+            warm.append(rss_mb())
+        if progress is not None:
+            progress(res)
+
     t0 = time.monotonic()
-    results = await run_corpus(cfg, engines, clips, progress=progress, deadline=t0 + minutes * 60.0)
+    results = await run_corpus(cfg, engines, clips, progress=on_turn, deadline=t0 + minutes * 60.0)
     elapsed = time.monotonic() - t0
-    rss_end = rss_mb()
+    rss_end, by_process_end = rss_mb(), rss_by_process()
     window = min(300.0, elapsed / 3.0)  # first/last 5 minutes, or thirds of a short soak
 
     def total(key: str) -> float:
@@ -50,6 +64,13 @@ async def soak(cfg: Config, engines: Engines, clips: list[Any], minutes: float, 
         "rss_start_mb": rss_start,
         "rss_end_mb": rss_end,
         "rss_growth_mb": rss_end - rss_start,
+        "rss_warm_mb": warm[0] if warm else None,
+        "rss_growth_after_warmup_mb": rss_end - warm[0] if warm else None,
+        # pid -> [MB at the start, MB at the end] (None: not alive then), to tell which process grew
+        "rss_by_process_mb": {
+            str(p): [by_process_start.get(p), by_process_end.get(p)]
+            for p in sorted({*by_process_start, *by_process_end})
+        },
         "ttfa_p50_first_window": window_ttfa(results, True, window),
         "ttfa_p50_last_window": window_ttfa(results, False, window),
         "window_s": window,

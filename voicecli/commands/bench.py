@@ -238,8 +238,11 @@ def _soak(
         f"(barge-ins {figures['barge_ins']} of {figures['interrupting_clips']} interrupting clips; "
         f"self-interruptions {figures['self_interruptions']})"
     )
+    after = figures["rss_growth_after_warmup_mb"]
+    after = "" if after is None else f"; after the first pass over the corpus {after:+.1f} MB"
     console.print(
-        f"RSS: {figures['rss_start_mb']:.0f} MB -> {figures['rss_end_mb']:.0f} MB ({figures['rss_growth_mb']:+.1f} MB)"
+        f"RSS: {figures['rss_start_mb']:.0f} MB -> {figures['rss_end_mb']:.0f} MB ({figures['rss_growth_mb']:+.1f} MB"
+        f"{after})"
     )
     console.print(
         f"TTFA p50 first {figures['window_s'] / 60:.1f} min: {ms(figures['ttfa_p50_first_window'])}, "
