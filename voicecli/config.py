@@ -119,8 +119,8 @@ class TalkConfig:
     # While the user speaks, transcribe the audio so far every half second (on a whisper worker of its own at
     # niceness 19, frozen at every pause) and prefill the local LLM with the stable words (pipeline.prefill): at
     # the pause only the tail of the prompt is left to evaluate. 2-core Xeon, whisper base + the 0.5B model:
-    # prompt tokens after the pause p50 22 -> 14-16, LLM first token 267-282 -> 230-250 ms, TTFA over the
-    # complete questions 759-768 -> 714-722 ms; next to a busy program no worse. Costs a second whisper
+    # prompt tokens after the pause p50 22 -> 12.5-16, LLM first token 267-282 -> 219-241 ms, TTFA over the
+    # complete questions 759-768 -> 688-718 ms; next to a busy program no worse. Costs a second whisper
     # process (~200 MB). On one shared worker it measured worse: the pause's transcription waited behind a partial.
     prefill_while_speaking: bool = True
     # The first clause may end before "and", "with", "because" ... once it has this many words, without waiting

@@ -560,8 +560,8 @@ class WhisperSTT:
         """Stop (SIGSTOP) or continue (SIGCONT) the workers where they are. For work that may be thrown away (the
         user's partial words): niceness alone still lets it take slices of a core, and two llama.cpp threads
         that meet at every op wait for each other whenever one loses its core (a 150 ms prefill took 2 s next
-        to a niceness-19 partial). A frozen request still counts against its timeout; close() continues
-        the workers first."""
+        to a niceness-19 partial). Time spent frozen does not count against a request's timeout (`_until`);
+        close() continues the workers first."""
         sig = getattr(signal, "SIGSTOP" if frozen else "SIGCONT", None)
         if sig is None:  # not POSIX: nothing to freeze with
             return
