@@ -64,3 +64,47 @@ def test_the_request_after_a_verdict_evaluates_only_the_closing_tokens(real_mode
 
     evaluated, total = asyncio.run(main())
     assert evaluated <= 6 < total  # "<|im_end|>\n<|im_start|>assistant\n" and no more
+
+
+def test_a_judge_prefilled_while_the_user_speaks_evaluates_only_the_tail_and_judges_the_same(
+    real_models: dict[str, Path],
+) -> None:
+    """A judge of its own gets the stable words of the partial transcripts (Judge.prefill): at the pause only the
+    last words and the closing tokens are left to evaluate, and the probability is the one it gives cold."""
+    partial, final = "What should I cook for dinner", "What should I cook for dinner tonight?"
+
+    async def main() -> tuple[float | None, float | None, int, int]:
+        cold_llm = LlamaLLM(real_models[SMOLLM2], n_ctx=512, threads=1, batch_threads=1, system_prompt=SYSTEM)
+        warm_llm = LlamaLLM(real_models[SMOLLM2], n_ctx=512, threads=1, batch_threads=1, system_prompt=SYSTEM)
+        await cold_llm.start()
+        await warm_llm.start()
+        try:
+            cold = Judge(cold_llm.end_of_turn, SYSTEM, shares_prompt=False, name="cold", th=Thresholds())
+            warm = Judge(warm_llm.end_of_turn, SYSTEM, shares_prompt=False, name="warm", th=Thresholds(),
+                         prefill=warm_llm.prefill)  # fmt: skip
+            cold.usable = warm.usable = await cold.check() and await warm.check()
+            assert cold.usable
+            before = warm_llm._decoded()
+            job = warm.prefill(partial)
+            assert job is not None
+            prefilled = await job
+            asked_cold, asked_warm = cold.ask(final, None), warm.ask(final, None)
+            assert asked_cold is not None and asked_warm is not None
+            mid = warm_llm._decoded()
+            p_warm = await asked_warm
+            tail = warm_llm._decoded() - mid
+            assert warm_llm._decoded() - before == prefilled + tail
+            return await asked_cold, p_warm, prefilled, tail
+        finally:
+            await cold_llm.close()
+            await warm_llm.close()
+
+    p_cold, p_warm, prefilled, tail = asyncio.run(main())
+    assert prefilled >= 3  # "What should I cook for" (the rest of the prompt is cached since the start-up check)
+    assert tail <= 5, tail  # " dinner tonight?" ... no more than the words after the partial and its last word
+    assert p_cold is not None and p_warm is not None
+    assert abs(p_cold - p_warm) < 0.02, (p_cold, p_warm)
+    # a shared-prompt judge (the reply LLM) is prefilled with the reply's prompt instead: nothing to do here
+    shared = Judge(lambda m: None, SYSTEM, shares_prompt=True, name="reply", th=Thresholds(), prefill=lambda m: None)
+    shared.usable = True
+    assert shared.prefill(partial) is None

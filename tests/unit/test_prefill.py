@@ -132,3 +132,44 @@ def test_it_is_on_by_default_and_needs_an_llm_that_prefills() -> None:
     _, events = run((0.2, 3.4), llm_cls=FakeLLM)
     assert not [e for e in events if e.kind == "prefill"]
     assert [e.kind for e in events].count("llm_done") == 1  # the turn itself is answered as ever
+
+
+def test_a_judge_of_its_own_is_prefilled_with_the_same_stable_words() -> None:
+    """The semantic end of turn's own model (vad.turn_model) gets the words too: at the pause its verdict, which
+    the reply waits for, evaluates only the tail (SmolLM2: 2-8 tokens instead of the whole question)."""
+    from voicecli.pipeline.turn_end import Judge, Thresholds
+
+    async def main() -> tuple[PrefillLLM, list[tuple[float, list[ChatMessage]]], list[Event]]:
+        clock = SimClock()
+        speaker = FakeSpeaker(clock)
+        llm = PrefillLLM(clock)
+        judged: list[tuple[float, list[ChatMessage]]] = []
+
+        def score(messages: object) -> asyncio.Future[float | None]:
+            done: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
+            done.set_result(0.5)
+            return done
+
+        def prefill(messages: list[ChatMessage]) -> asyncio.Future[int]:
+            judged.append((clock.now, list(messages)))
+            done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            done.set_result(1)
+            return done
+
+        judge = Judge(score, "You judge.", shares_prompt=False, name="own", th=Thresholds(), prefill=prefill)  # type: ignore[arg-type]
+        judge.usable = True
+        events: list[Event] = []
+        session = Session(
+            source=ScriptedMic(clock, speaker, lambda t: 0.2 <= t < 3.4, 9.4), sink=speaker, stt=FakeSTT(clock, 0.1),
+            llm=llm, tts=FakeTTS(clock), history=History("You are a test.", 2000, llm.count_tokens), vad_cfg=VAD,
+            talk_cfg=TalkConfig(), emit=events.append, clock=clock, judge=judge,
+            detector=TurnDetector(VAD, classifier=marker_classifier),
+        )  # fmt: skip
+        await asyncio.wait_for(session.run(), timeout=20)
+        return llm, judged, events
+
+    llm, judged, events = asyncio.run(main())
+    pause = next(e.t for e in events if e.kind == "pause")
+    assert len(judged) >= 2 and all(t < pause for t, _ in judged)
+    assert [m[-1].content for _, m in judged] == [m[-1].content for _, m in llm.prefills]  # the same words
+    assert all(m[0].content == "You judge." and len(m) == 2 for _, m in judged)  # its own prompt: no history

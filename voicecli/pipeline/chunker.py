@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from typing import Any
 
 CODE_MENTION = "There is a code example on screen."
 # A run of non-space characters longer than this is broken with a space: nothing that long is a
@@ -308,6 +309,16 @@ def _is_abbreviation(core: str) -> bool:
     )
 
 
+def _ends_for_sure(token: str) -> bool:
+    """Whether `token` ends a clause whatever comes next: a plain word followed by ", ; ! ?" or, when it is no
+    abbreviation, "." ("Sure," "Paris." but not "3.", "Dr.", "U.S.", "well..", "e.g", "http:")."""
+    word = token.lstrip(_OPENERS)
+    if len(word) < 2 or not all(c.isalpha() or c == "'" for c in word[:-1]):
+        return False
+    last = word[-1]
+    return last in ",;!?" or (last == "." and not _is_abbreviation(word))
+
+
 def _ends_clause(token: str, nxt: str, words: int, need: int) -> bool:
     """Whether a clause may end after `token`, given the first char of the next token."""
     core = token.rstrip(_CLOSERS)
@@ -340,12 +351,18 @@ class _Splitter:
     """Plain text (single spaces, "\\n" breaks) -> clauses."""
 
     def __init__(
-        self, min_clause_words: int, max_words: int, first_min_words: int, first_soft_words: int | None = None
+        self,
+        min_clause_words: int,
+        max_words: int,
+        first_min_words: int,
+        first_soft_words: int | None = None,
+        first_eager: bool = False,
     ) -> None:
         self._min = min_clause_words
         self._max = max_words
         self._first_min = first_min_words
         self._first_soft = first_soft_words
+        self._first_eager = first_eager
         self.reset()
 
     def reset(self) -> None:
@@ -380,6 +397,8 @@ class _Splitter:
             if len(self._tokens) >= self._max:
                 self._flush(out, force=True)
         self._pending = p[i:]
+        if self._first_eager and not self._emitted and not final:
+            self._end_first_now(out)
         if final:
             rest = self._pending.split()
             self._pending = ""
@@ -390,6 +409,18 @@ class _Splitter:
             self._flush(out, force=True)
             self.reset()
         return out
+
+    def _end_first_now(self, out: list[str]) -> None:
+        """`first_eager`: the first clause ends on its last token's punctuation ("Sure,") without waiting for
+        the next token to show what follows: one LLM token sooner (~40 ms with the 0.5B model on 2 cores). The
+        price: a closing quote or bracket, or a mark glued on right after that punctuation ("Sure,,"), starts the
+        next clause instead (spoken the same)."""
+        token = self._pending.rstrip(" \n")
+        whole_word = token and not any(c in " \n" for c in token)
+        if whole_word and _ends_for_sure(token) and len(self._tokens) + 1 >= self._first_min:
+            self._tokens.append(token)  # letters in it: _flush always emits
+            self._pending = ""
+            self._flush(out, force=False)
 
     @property
     def tokens(self) -> list[str]:
@@ -436,9 +467,12 @@ class ClauseChunker:
         max_words: int = 25,
         first_min_words: int = 2,
         first_soft_words: int | None = None,
+        first_eager: bool = False,
     ) -> None:
         """first_soft_words: the first clause may also end before a SOFT_BREAK_BEFORE word once it has this
-        many words (None: only at punctuation or max_words)."""
+        many words (None: only at punctuation or max_words). first_eager: the first clause ends as soon as
+        its punctuation arrives (see `_Splitter._end_first_now`), so its clauses may depend on where the
+        deltas were cut."""
         if min(min_clause_words, max_words, first_min_words) < 1 or max(min_clause_words, first_min_words) > max_words:
             raise ValueError(
                 "ClauseChunker needs 1 <= min_clause_words, first_min_words <= max_words; got "
@@ -447,7 +481,7 @@ class ClauseChunker:
             )
         self.max_words = max_words
         self._norm = _Normaliser()
-        self._split = _Splitter(min_clause_words, max_words, first_min_words, first_soft_words)
+        self._split = _Splitter(min_clause_words, max_words, first_min_words, first_soft_words, first_eager)
 
     def push(self, text: str) -> list[str]:
         return self._split.feed(self._norm.feed(text))
@@ -479,7 +513,7 @@ def normalise(text: str) -> str:
     return " ".join((norm.feed(text) + norm.finish()).split())
 
 
-def split_clauses(text: str, **options: int) -> list[str]:
+def split_clauses(text: str, **options: Any) -> list[str]:
     """All clauses of a complete text (a convenience for tests and benchmarks)."""
     chunker = ClauseChunker(**options)
     return chunker.push(text) + chunker.finish()

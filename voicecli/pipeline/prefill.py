@@ -37,6 +37,10 @@ class Prefills(Protocol):
     def prefill(self, messages: list[ChatMessage]) -> asyncio.Future[int] | None: ...
 
 
+class JudgePrefills(Protocol):
+    def prefill(self, words: str) -> asyncio.Future[int] | None: ...
+
+
 def stable_words(text: str) -> str:
     """The partial transcript without its last word, which the next audio may still change."""
     words = text.split()
@@ -54,9 +58,12 @@ class Prefiller:
         may_prefill: Callable[[], bool],
         every_s: float = EVERY_S,
         freeze: Callable[[bool], None] | None = None,
+        judge: JudgePrefills | None = None,
     ) -> None:
-        """`freeze(True/False)`: stop / continue whatever runs `transcribe` (a worker of the partials' own)."""
+        """`freeze(True/False)`: stop / continue whatever runs `transcribe` (a worker of the partials' own).
+        `judge`: the semantic end of turn's judge, prefilled with the same words (Judge.prefill)."""
         self._transcribe = transcribe
+        self._judge = judge
         self._freeze = freeze
         self._held = False
         self._llm: Prefills | None = llm if callable(getattr(llm, "prefill", None)) else None
@@ -110,6 +117,9 @@ class Prefiller:
         words = stable_words(tr.text) if tr.is_speech else ""
         if len(words.split()) < MIN_WORDS:
             return
+        judged = self._judge.prefill(words) if self._judge is not None else None
+        if judged is not None:  # its own model, on its own worker: nothing waits for it
+            judged.add_done_callback(lambda f: f.cancelled() or f.exception())
         if not self._may_prefill():
             return
         prompt = self._history.preview_user(words)

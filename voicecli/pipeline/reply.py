@@ -221,8 +221,9 @@ class ReplyPipeline:
         self.metrics.llm_request = self.clock()
         clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=CLAUSE_QUEUE)
         speaker = self._speaker = asyncio.create_task(self._speak(clauses))
-        # The first clause may be a single word ("Sure,"): it starts the speaker ~5 tokens sooner.
-        chunker = ClauseChunker(first_min_words=1, first_soft_words=self.first_soft_words or None)
+        # The first clause may be a single word ("Sure,"): it starts the speaker ~5 tokens sooner; and it ends on
+        # its own punctuation, not on the token after it (first_eager): one token sooner still.
+        chunker = ClauseChunker(first_min_words=1, first_soft_words=self.first_soft_words or None, first_eager=True)
         guard = ReplyGuard(max_words=self.max_reply_words)
         whole: list[str] = []  # sequential mode: the reply is spoken only once it is complete
         try:
@@ -308,7 +309,7 @@ class ReplyPipeline:
                 yield delta
             return
         question, earlier = regen.prompt[-1].content, reply_copy.exchanges(regen.prompt[:-1])
-        judge = ClauseChunker(first_min_words=1)
+        judge = ClauseChunker(first_min_words=1, first_eager=True)
         held: list[str] = []
         check = reply_copy.CopyCheck(reply_copy.Verdict.UNDECIDED)
         async for delta in stream:

@@ -151,7 +151,7 @@ class Session:
         self.prefiller = Prefiller(
             transcribe=self._transcribe if partial_stt is None else partial_stt.transcribe,
             llm=llm, history=history, emit=self._emit, may_prefill=may_prefill,
-            freeze=getattr(partial_stt, "freeze", None),
+            freeze=getattr(partial_stt, "freeze", None), judge=judge,
         )  # fmt: skip
         self._prefill = streaming and talk_cfg.prefill_while_speaking and self.prefiller.enabled
         self.speculator = Speculator(

@@ -74,6 +74,7 @@ def by_probability(p: float | None, text: str, th: Thresholds) -> Decision:
 
 
 Score = Callable[[Sequence[ChatMessage]], asyncio.Future[float | None] | None]
+Prefill = Callable[[Sequence[ChatMessage]], asyncio.Future[int] | None]
 
 
 async def calibrated(score: Score, system: str, th: Thresholds) -> bool:
@@ -94,8 +95,19 @@ class Judge:
     prompt (its KV cache then holds what the reply needs); otherwise a small model of its own, asked with the
     system prompt and the user's words only. `usable` is set by `check()` at start-up."""
 
-    def __init__(self, score: Score, system: str, *, shares_prompt: bool, name: str, th: Thresholds) -> None:
+    def __init__(
+        self,
+        score: Score,
+        system: str,
+        *,
+        shares_prompt: bool,
+        name: str,
+        th: Thresholds,
+        prefill: Prefill | None = None,
+    ) -> None:
+        """`prefill`: what evaluates a judge of its own's prompt into its cache ahead of `ask` (LlamaLLM.prefill)."""
         self._score = score
+        self._prefill = prefill
         self._system = system
         self.shares_prompt = shares_prompt
         self.name = name
@@ -113,3 +125,11 @@ class Judge:
         if self.shares_prompt:
             return None if prompt is None else self._score(prompt)
         return self._score([ChatMessage("system", self._system), ChatMessage("user", text)])
+
+    def prefill(self, words: str) -> asyncio.Future[int] | None:
+        """While the user speaks: a judge of its own evaluates the system prompt and `words` (their stable words
+        so far) into its cache, so that at the pause `ask` evaluates only the rest (~60 -> ~20 ms with SmolLM2
+        on 2 cores). The reply LLM as the judge is prefilled with the reply's prompt already (pipeline.prefill)."""
+        if not self.usable or self.shares_prompt or self._prefill is None or not words.strip():
+            return None
+        return self._prefill([ChatMessage("system", self._system), ChatMessage("user", words)])

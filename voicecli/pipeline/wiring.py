@@ -144,7 +144,8 @@ async def _start_judge(cfg: Config, engines: Engines) -> None:
                        system_prompt=cfg.llm.system_prompt, pull_name=cfg.vad.turn_model)  # fmt: skip
         engines.judge_llm = own
         await own.start()
-        judge = Judge(own.end_of_turn, cfg.llm.system_prompt, shares_prompt=False, name=own.model_path.name, th=th)
+        judge = Judge(own.end_of_turn, cfg.llm.system_prompt, shares_prompt=False, name=own.model_path.name, th=th,
+                      prefill=own.prefill)  # fmt: skip
     elif isinstance(engines.llm, LlamaLLM):
         llm = engines.llm
         judge = Judge(llm.end_of_turn, cfg.llm.system_prompt, shares_prompt=True, name=llm.model_path.name, th=th)
