@@ -42,7 +42,7 @@ OPEN = ("Can you tell me", "What is the")
 
 @dataclass(frozen=True)
 class Thresholds:
-    complete_p: float = 0.2  # at or above: the turn ends at the pause
+    complete_p: float = 0.4  # at or above: the turn ends at the pause (see config.VadConfig)
     incomplete_p: float = 0.01  # below: the pause is held open longer
 
 
