@@ -10,7 +10,8 @@ Two small streaming transducers, both pure and synchronous:
 
 Each decision waits until enough text has arrived to be certain (a trailing "." may be "3.14"), so
 the clauses do not depend on how the text was cut into deltas, and joining the clauses with single
-spaces always gives `normalise(text)`. Splits only ever happen at whitespace.
+spaces always gives `normalise(text)`. Splits only ever happen at whitespace. One opt-in exception,
+the reply's: `first_eager` ends the first clause on its own punctuation ("Sure,") a token sooner.
 """
 
 from __future__ import annotations

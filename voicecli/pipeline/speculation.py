@@ -141,8 +141,8 @@ class Speculator:
             self._decided(verdict, text, self._clock() - spec.t_pause)
             return
         prompt = self._history.preview_user(text)
-        # A verdict takes ~50-100 ms: not worth asking (nor holding the reply back for) when the transcription
-        # took nearly the whole hangover (whisper base on 2 cores).
+        # A verdict takes ~20-100 ms (SmolLM2 with the words prefilled: 2-8 tokens): not worth asking (nor holding
+        # the reply back for) when the transcription took nearly the whole hangover (whisper base on 2 cores).
         in_time = self._clock() - spec.t_pause < self._window_s - JUDGE_MIN_S
         asked = self.judge.ask(text, prompt) if self.judge is not None and in_time else None
         if asked is None:
