@@ -141,3 +141,11 @@ def test_usable_cores_follows_the_affinity_mask() -> None:
     import os
 
     assert 1 <= threads.usable_cores() <= len(os.sched_getaffinity(0))
+
+
+def test_whisper_takes_one_thread_on_two_cores_and_two_on_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    assert threads.stt_threads() == 1
+    assert threads.stt_threads(3) == 3  # the user's stt.threads wins
+    monkeypatch.setattr(threads, "usable_cores", lambda: 16)
+    assert threads.stt_threads() == 2

@@ -177,11 +177,11 @@ def bench(
 def _threads(cfg: config.Config) -> dict[str, Any]:
     """Threads per engine: the LLM's as the policy plans them on this machine now (engines.threads; each
     reply's own plan is in its llm_done event), with the configured ceilings (0 = none)."""
-    from voicecli.engines.threads import current_plan
+    from voicecli.engines.threads import current_plan, stt_threads
 
     plan = current_plan(cfg.llm.batch_threads, cfg.llm.threads)
     return {
-        "stt": cfg.stt.threads,
+        "stt": stt_threads(cfg.stt.threads),
         "llm": plan.decode,
         "llm_batch": plan.batch,
         "llm_ceilings": {"threads": cfg.llm.threads, "batch_threads": cfg.llm.batch_threads},

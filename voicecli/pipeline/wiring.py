@@ -71,6 +71,7 @@ async def start_engines(cfg: Config, output_rate: int, paths: dict[str, Path] | 
     from voicecli.engines.llm import LlamaLLM, Sampling
     from voicecli.engines.priority import COMPUTE_NICE, PARTIAL_NICE
     from voicecli.engines.stt import WhisperSTT
+    from voicecli.engines.threads import stt_threads
     from voicecli.engines.tts import PiperTTS
 
     paths = paths or resolve_models(cfg)
@@ -79,7 +80,7 @@ async def start_engines(cfg: Config, output_rate: int, paths: dict[str, Path] | 
         return WhisperSTT(
             paths["stt"],
             compute_type=cfg.stt.compute_type,
-            threads=cfg.stt.threads,
+            threads=stt_threads(cfg.stt.threads),
             beam_size=cfg.stt.beam_size,
             language=cfg.stt.language,
             initial_prompt=cfg.stt.initial_prompt,
