@@ -390,3 +390,45 @@ def test_a_frozen_worker_dies_with_its_killed_parent(tiny_model: Path) -> None:
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(pid)
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("blas_threads", [None, "2"])
+def test_a_one_thread_worker_keeps_to_one_core(
+    tiny_model: Path, speech: npt.NDArray[np.float32], blas_threads: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-thread whisper worker uses one core's worth of CPU while it transcribes: numpy's OpenBLAS used to leave
+    a thread spinning on the other core after every mel product (230 ms of CPU for 136 ms of work with whisper base),
+    taking the core llama.cpp and the audio need. `voicecli` sets OPENBLAS_NUM_THREADS=1 for itself and its
+    workers; with 2 BLAS threads (the "2" case, what numpy does on a 2-core machine by itself) a worker spins."""
+    if blas_threads is not None:
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", blas_threads)
+    if blas_threads is not None and (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: nothing to spin on")
+    audio = np.tile(speech, 8)  # ~12 s: long enough products for OpenBLAS to start its threads
+
+    async def run() -> tuple[float, float]:
+        engine = WhisperSTT(tiny_model, threads=1)
+        await engine.start()
+        try:
+            (pid,) = engine.worker_pids()
+            await engine.transcribe(audio)
+            cpu0, wall0 = _cpu_s(pid), time.monotonic()
+            for _ in range(40):  # CPU time is counted in 10 ms ticks: ~0.5 s of work
+                await engine.transcribe(audio)
+            return _cpu_s(pid) - cpu0, time.monotonic() - wall0
+        finally:
+            await engine.close()
+
+    with asyncio.Runner() as r:
+        cpu, wall = r.run(run())
+    if blas_threads is None:
+        assert cpu <= 1.2 * wall + 0.05, f"the worker used {cpu:.2f} s of CPU in {wall:.2f} s"
+    else:
+        assert cpu > 1.4 * wall, f"expected a spinning BLAS thread: {cpu:.2f} s of CPU in {wall:.2f} s"
