@@ -44,7 +44,7 @@ class ModelsConfig:
 class SttConfig:
     compute_type: str = "int8"
     # 0 = auto (engines.threads.stt_threads): 1 on up to 2 cores, where CTranslate2's second thread costs more
-    # than it gains (whisper base, 10 s window, 2-core Xeon: 205 -> 145 ms; its decoder steps are tiny GEMMs,
+    # than it gains (whisper base, 10 s window, 2-core Xeon: 161 -> 127 ms p50; its decoder steps are tiny GEMMs,
     # ~8 ms each on 2 threads against ~2.7 on one), 2 on bigger machines.
     threads: int = 0
     beam_size: int = 1

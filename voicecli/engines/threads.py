@@ -72,9 +72,10 @@ def plan(cores: int, busy: int, max_batch: int = 0, max_decode: int = 0) -> Thre
 
 def stt_threads(requested: int = 0) -> int:
     """CTranslate2 threads per whisper worker; `requested` > 0 is the user's own (stt.threads). On 2 cores one:
-    measured on a 2-core Xeon (KVM), whisper base transcribes a 3 s question in ~145 ms on one thread and
-    ~205 ms on two. Its encoder gains (79 -> 53 ms) but every decoder step is a few tiny GEMMs whose threads
-    hand over at each op (~2.7 -> ~8 ms a token), and one thread leaves the other core to the LLM and audio."""
+    measured on a 2-core Xeon (KVM), whisper base transcribes the benchmark's questions in 127 ms p50 on one thread
+    and 161 ms on two (numpy's BLAS threads off, see voicecli/__init__.py). Its encoder gains (79 -> 53 ms), but
+    every decoder step is a few tiny GEMMs whose threads hand over at each op (~2.7 -> ~8 ms a token), and one
+    thread leaves the other core to the LLM and the audio."""
     if requested > 0:
         return requested
     return 1 if usable_cores() <= 2 else 2
