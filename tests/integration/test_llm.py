@@ -6,11 +6,12 @@ import asyncio
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from voicecli.engines.base import ChatMessage, LLMStats
-from voicecli.engines.llm import QUEUE_DELTAS, LlamaLLM
+from voicecli.engines.llm import QUEUE_DELTAS, LlamaLLM, LlamaStream
 from voicecli.errors import EngineError, ModelError
 from voicecli.pipeline.history import History
 from voicecli.testmodels import llama as gen
@@ -189,6 +190,46 @@ def test_error_mid_stream_reaches_the_consumer_and_the_model_survives(llm: Llama
     assert stats.error
     assert "context" in str(error).lower()
     assert after == gen.DEFAULT_REPLY
+
+
+def test_a_reply_cancelled_while_its_prompt_is_evaluated_stops_mid_decode_and_the_next_is_whole(
+    tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply prepared at a pause is thrown away when the user goes on: its prompt must stop evaluating then,
+    not when llama_decode returns (seconds next to the partial transcriptions). The cancel lands on the
+    worker just before the decode (the worst moment): the decode is aborted, nothing of it stays cached, no
+    error is reported, and the same question asked again is evaluated in full and answered whole."""
+    model = LlamaLLM(tiny_gguf, n_ctx=4096, threads=1, system_prompt=SYSTEM)
+    messages = ask("word " * 800)
+
+    async def run() -> tuple[LLMStats, int, LLMStats, str]:
+        await model.start()
+        try:
+            shift = model._shift_cache
+            victim: list[LlamaStream] = []
+
+            def cancel_then_shift(msgs: Any) -> None:
+                victim[0].cancel()  # from the worker thread, as the loop's cancel may land at any moment
+                shift(msgs)
+
+            monkeypatch.setattr(model, "_shift_cache", cancel_then_shift)
+            stream = model.chat(messages, max_tokens=16)
+            victim.append(stream)
+            assert await stream.text() == ""
+            cached_after_abort = int(model._llm.n_tokens)
+            monkeypatch.setattr(model, "_shift_cache", shift)
+            again = model.chat(messages, max_tokens=128)
+            return stream.stats, cached_after_abort, again.stats, await again.text()
+        finally:
+            await model.close()
+
+    stats, cached, again_stats, text = asyncio.run(asyncio.wait_for(run(), 60))
+    assert stats.cancelled and stats.error is None  # a cancellation, not a failure
+    assert model.abort.fired == 1
+    assert stats.completion_tokens == 0
+    assert cached < again_stats.prompt_tokens // 10  # the aborted batch was not kept (the system prompt was)
+    assert again_stats.prompt_tokens_evaluated >= again_stats.prompt_tokens - cached - 1
+    assert text == gen.DEFAULT_REPLY
 
 
 def test_count_tokens_matches_what_llama_evaluates(llm: LlamaLLM) -> None:

@@ -7,7 +7,8 @@ generation), so there is exactly one generation at a time and nothing heavy on t
 Streaming: the worker iterates `create_chat_completion(stream=True)` and hands each text delta to
 the loop through a bounded asyncio.Queue; when the queue is full the worker waits (backpressure).
 Cancellation: a stop flag forces <|im_end|> at the very next sampled token (logits processor) and
-the worker also stops forwarding deltas; queued deltas are dropped. The model stays usable.
+the worker also stops forwarding deltas; queued deltas are dropped. A prompt still being evaluated is
+stopped between two of llama.cpp's ops (engines.llm_abort). The model stays usable.
 
 KV-cache reuse: llama-cpp-python keeps the evaluated tokens and only decodes the prompt suffix
 that differs from the previous call, so a stable history prefix makes each turn cheap. The number
@@ -31,6 +32,7 @@ import numpy.typing as npt
 
 from voicecli import gguf_header
 from voicecli.engines.base import QUEUE_DELTAS, ChatMessage, DeltaStream, Sampling
+from voicecli.engines.llm_abort import AbortSwitch, is_abort
 from voicecli.engines.priority import lower_this_thread
 from voicecli.engines.threads import StallWatch, ThreadPlan, current_plan
 from voicecli.errors import EngineError, ModelError
@@ -107,6 +109,7 @@ class LlamaLLM:
         self._max_decode = threads
         self._max_batch = batch_threads
         self._stall = StallWatch()
+        self.abort = AbortSwitch()  # stops a cancelled reply's evaluation mid-decode
         self.last_plan: ThreadPlan | None = None
         self._seed = seed
         self._sampling = sampling or Sampling()
@@ -137,7 +140,7 @@ class LlamaLLM:
         if self._current is not None:
             self._current.cancel()
         self._prefill_gen += 1
-        stream = LlamaStream(asyncio.get_running_loop())
+        stream = LlamaStream(asyncio.get_running_loop(), on_cancel=lambda: self.abort.fire(stream))
         stream.job = self._submit(self._generate, stream, _dicts(messages), max_tokens, sampling or self._sampling)
         self._current = stream
         return stream
@@ -246,6 +249,7 @@ class LlamaLLM:
             return r.prompt, r.added_special
 
         self._llm, self._format = llm, fmt
+        self.abort.install(llm.ctx)
         # Warm up: page the weights in and leave the system prompt in the KV cache.
         t0 = time.monotonic()
         llm.create_chat_completion(
@@ -433,6 +437,7 @@ class LlamaLLM:
         finish: str | None = None
         chunks: Any = None
         error: EngineError | None = None
+        self.abort.arm(stream)  # from now on stream.cancel() stops the decode in progress too
         try:
             if stream.stopped:
                 return
@@ -463,12 +468,14 @@ class LlamaLLM:
                     if not stream.put(delta):
                         break
         except Exception as e:
-            stats.error = f"{type(e).__name__}: {e}"
-            error = EngineError(
-                f"the language model failed mid-reply: {stats.error}",
-                hint="the turn is abandoned; the model stays loaded for the next one",
-            )
+            if not (stream.stopped and is_abort(e)):  # an abort we asked for is a cancellation, not an error
+                stats.error = f"{type(e).__name__}: {e}"
+                error = EngineError(
+                    f"the language model failed mid-reply: {stats.error}",
+                    hint="the turn is abandoned; the model stays loaded for the next one",
+                )
         finally:
+            self.abort.disarm()
             if chunks is not None:
                 with contextlib.suppress(Exception):
                     chunks.close()
@@ -530,14 +537,18 @@ def _token_text(llm: Any, token: int) -> str:
 class LlamaStream(DeltaStream):
     """One reply's text deltas (an `LLMStream`). Iterate it on the loop; cancel() from anywhere."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_cancel: Callable[[], None] | None = None) -> None:
+        """`on_cancel`: also called (from any thread) by the first `cancel()`: stops the decode in progress."""
         super().__init__(loop, QUEUE_DELTAS + 2)
         self.job: asyncio.Future[None] | None = None
+        self._on_cancel = on_cancel
 
     def cancel(self) -> None:
         if self._stop:
             return
         self._stop = True
+        if self._on_cancel is not None:
+            self._on_cancel()
         if not self._ended:
             self.stats.cancelled = True  # even if generation had finished: the reader was cut off
         with contextlib.suppress(RuntimeError):  # loop already closed: nobody is listening
