@@ -122,8 +122,8 @@ class TalkConfig:
     # Start the LLM on the speculative transcript during the hangover (nothing plays before the turn is
     # confirmed; thrown away if the user goes on talking).
     prepare_reply: bool = True
-    # While the user speaks, transcribe the audio so far every half second (on a whisper worker of its own at
-    # niceness 19, frozen at every pause) and prefill the local LLM with the stable words (pipeline.prefill): at
+    # While the user speaks, transcribe the audio so far every quarter second (on a whisper worker of its own at
+    # niceness 19, frozen at every pause) and prefill the local LLM with those words (pipeline.prefill): at
     # the pause only the tail of the prompt is left to evaluate. 2-core Xeon, whisper base + the 0.5B model:
     # prompt tokens after the pause p50 22 -> 12.5-16, LLM first token 267-282 -> 219-241 ms, TTFA over the
     # complete questions 759-768 -> 688-718 ms; next to a busy program no worse. Costs a second whisper

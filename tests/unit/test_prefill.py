@@ -1,5 +1,5 @@
-"""Think while the user speaks (pipeline.prefill): partial transcripts every half second of speech prefill the LLM
-with the user's stable words, never after the pause, never during a reply, never without a local LLM."""
+"""Think while the user speaks (pipeline.prefill): partial transcripts every quarter second of speech prefill the LLM
+with the user's words so far, never after the pause, never during a reply, never without a local LLM."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from voicecli.config import TalkConfig, VadConfig
 from voicecli.engines.base import ChatMessage
 from voicecli.events import Event
 from voicecli.pipeline.history import History
-from voicecli.pipeline.prefill import stable_words
 from voicecli.pipeline.session import Session
 from voicecli.pipeline.vad import TurnDetector
 
@@ -100,11 +99,6 @@ def test_the_partial_words_worker_is_frozen_from_the_pause_until_the_user_speaks
     assert [e.kind for e in events].count("llm_done") == 2
 
 
-def test_stable_words_drop_the_last_word() -> None:
-    assert stable_words("What is the weath") == "What is the"
-    assert stable_words("Hello") == ""
-
-
 def test_a_long_question_is_prefilled_while_it_is_spoken() -> None:
     llm, events = run((0.2, 3.4))
     assert isinstance(llm, PrefillLLM)
@@ -113,15 +107,15 @@ def test_a_long_question_is_prefilled_while_it_is_spoken() -> None:
     assert len(times) >= 2 and all(t < pause for t in times)  # every second of speech, all before the pause
     first = llm.prefills[0][1]
     assert first[0].role == "system" and first[-1].role == "user"
-    assert first[-1].content.startswith("question of")  # FakeSTT's words, its last word held back
-    assert len(first[-1].content.split()) == 3
+    assert first[-1].content.startswith("question of")  # FakeSTT's words, all of them (the LLM holds its last
+    assert len(first[-1].content.split()) == 4  # token back: LlamaLLM.prefill)
     assert [e.kind for e in events].count("llm_done") == 1  # the reply is still asked once, whole
     prefilled = [e for e in events if e.kind == "prefill"]
-    assert len(prefilled) == len(times) and all(e.data["tokens"] == 3 for e in prefilled)
+    assert len(prefilled) == len(times) and all(e.data["tokens"] == 4 for e in prefilled)
 
 
 def test_a_short_question_has_nothing_to_prefill() -> None:
-    llm, _ = run((0.2, 0.6))
+    llm, _ = run((0.2, 0.4))  # shorter than a partial's quarter second
     assert isinstance(llm, PrefillLLM) and llm.prefills == []
 
 

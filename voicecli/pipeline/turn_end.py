@@ -127,7 +127,7 @@ class Judge:
         return self._score([ChatMessage("system", self._system), ChatMessage("user", text)])
 
     def prefill(self, words: str) -> asyncio.Future[int] | None:
-        """While the user speaks: a judge of its own evaluates the system prompt and `words` (their stable words
+        """While the user speaks: a judge of its own evaluates the system prompt and `words` (their words
         so far) into its cache, so that at the pause `ask` evaluates only the rest (~60 -> ~20 ms with SmolLM2
         on 2 cores). The reply LLM as the judge is prefilled with the reply's prompt already (pipeline.prefill)."""
         if not self.usable or self.shares_prompt or self._prefill is None or not words.strip():
