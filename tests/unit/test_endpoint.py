@@ -14,7 +14,8 @@ from voicecli.pipeline.endpoint import sounds_unfinished
 @pytest.mark.parametrize(
     "text",
     ["I was wondering if...", "What is the weather in Paris and", "Tell me about the, um", "So I went to the",
-     "Can you remind me to call my mother because", "I need,", "What is the?"],
+     "Can you remind me to call my mother because", "I need,", "What is the?", "I think that.",
+     "The problem is that.", "I was wondering that"],
 )  # fmt: skip
 def test_unfinished(text: str) -> None:
     assert sounds_unfinished(text)
@@ -22,8 +23,9 @@ def test_unfinished(text: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["What is the weather like today?", "Tell me a joke.", "What are you thinking of?", "Stop!", "", "Thanks"],
-)
+    ["What is the weather like today?", "Tell me a joke.", "What are you thinking of?", "Stop!", "", "Thanks",
+     "Actually, never mind that.", "I like that.", "Don't do that.", "That."],
+)  # fmt: skip
 def test_finished(text: str) -> None:
     assert not sounds_unfinished(text)
 
