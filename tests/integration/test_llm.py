@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -230,6 +231,29 @@ def test_a_reply_cancelled_while_its_prompt_is_evaluated_stops_mid_decode_and_th
     assert cached < again_stats.prompt_tokens // 10  # the aborted batch was not kept (the system prompt was)
     assert again_stats.prompt_tokens_evaluated >= again_stats.prompt_tokens - cached - 1
     assert text == gen.DEFAULT_REPLY
+
+
+def test_a_judge_on_the_reply_llms_worker_shares_its_thread_and_both_still_answer(tiny_gguf: Path) -> None:
+    """The end-of-turn judge runs on the reply LLM's worker thread (one OpenMP team in the process: with two,
+    libgomp sleeps at every barrier and the reply's prompt took 1.8x as long). Closing the judge leaves the
+    reply LLM working."""
+
+    async def run() -> tuple[list[int], str, str, str]:
+        reply = LlamaLLM(tiny_gguf, n_ctx=2048, threads=1, system_prompt=SYSTEM)
+        await reply.start()
+        judge = LlamaLLM(tiny_gguf, n_ctx=512, threads=1, system_prompt=SYSTEM, worker_of=reply)
+        await judge.start()
+        ids = list(await asyncio.gather(reply._submit(threading.get_native_id), judge._submit(threading.get_native_id)))
+        first = await reply.chat(ask("Hello?"), max_tokens=128).text()
+        judged = await judge.chat(ask("Hello?"), max_tokens=128).text()
+        await judge.close()
+        after = await reply.chat(ask("Still there?"), max_tokens=128).text()
+        await reply.close()
+        return ids, first, judged, after
+
+    ids, first, judged, after = asyncio.run(asyncio.wait_for(run(), 60))
+    assert ids[0] == ids[1]
+    assert first == judged == after == gen.DEFAULT_REPLY
 
 
 def test_count_tokens_matches_what_llama_evaluates(llm: LlamaLLM) -> None:

@@ -45,7 +45,9 @@ class Engines:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(engine.close(), timeout)
 
-        extra = [one(e) for e in (self.judge_llm, self.partial_stt) if e is not None]
+        if self.judge_llm is not None:  # first: it may run on the reply LLM's worker, which closing the LLM ends
+            await one(self.judge_llm)
+        extra = [one(self.partial_stt)] if self.partial_stt is not None else []
         await asyncio.gather(one(self.stt), one(self.llm), one(self.tts), *extra)
 
 
@@ -141,8 +143,10 @@ async def _start_judge(cfg: Config, engines: Engines) -> None:
         engines.judge_note = "off (vad.turn_model)"
         return
     if "turn" in engines.paths:
+        # On the reply LLM's worker thread: one OpenMP team in the process (LlamaLLM's `worker_of`).
+        reply = engines.llm if isinstance(engines.llm, LlamaLLM) else None
         own = LlamaLLM(engines.paths["turn"], n_ctx=512, threads=1, batch_threads=2,
-                       system_prompt=cfg.llm.system_prompt, pull_name=cfg.vad.turn_model)  # fmt: skip
+                       system_prompt=cfg.llm.system_prompt, pull_name=cfg.vad.turn_model, worker_of=reply)  # fmt: skip
         engines.judge_llm = own
         await own.start()
         judge = Judge(own.end_of_turn, cfg.llm.system_prompt, shares_prompt=False, name=own.model_path.name, th=th,
