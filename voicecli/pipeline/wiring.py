@@ -143,9 +143,12 @@ async def _start_judge(cfg: Config, engines: Engines) -> None:
         engines.judge_note = "off (vad.turn_model)"
         return
     if "turn" in engines.paths:
-        # On the reply LLM's worker thread: one OpenMP team in the process (LlamaLLM's `worker_of`).
+        # On the reply LLM's worker thread: one OpenMP team in the process (LlamaLLM's `worker_of`). On one thread:
+        # its 1-8 tokens take ~7 ms more than on two, but two threads spinning at every op next to the user's
+        # partial transcriptions once took 1.9 s for a verdict (SmolLM2, 3 tokens next to a niceness-19 busy
+        # loop: 23 ms p50 on two threads, max 147).
         reply = engines.llm if isinstance(engines.llm, LlamaLLM) else None
-        own = LlamaLLM(engines.paths["turn"], n_ctx=512, threads=1, batch_threads=2,
+        own = LlamaLLM(engines.paths["turn"], n_ctx=512, threads=1, batch_threads=1,
                        system_prompt=cfg.llm.system_prompt, pull_name=cfg.vad.turn_model, worker_of=reply)  # fmt: skip
         engines.judge_llm = own
         await own.start()
