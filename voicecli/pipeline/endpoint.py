@@ -78,6 +78,10 @@ _THAT_OPENS_TEXT = """
     given provided noticed notice saw see show shows showed
 """
 THAT_OPENS_AFTER = frozenset(_THAT_OPENS_TEXT.split())
+# Unpunctuated (whisper tiny.en wrote "Actually never mind that"), a final "that" may still open a relative clause
+# ("the movie that"): there it closes the sentence only after a verb that takes it as its object.
+_THAT_OBJECT_TEXT = "mind like love hate want need do did does try stop fix change forget"
+THAT_OBJECT_OF = frozenset(_THAT_OBJECT_TEXT.split())
 # Words no sentence ends on, question mark or not ("What are you thinking of?" may end on "of").
 NEVER_LAST = frozenset(["the", "a", "an", "my", "your", "our", "their"])
 _WORD = re.compile(r"[a-z0-9']+")  # digits too: "in 10." ends on "10", not on "in"
@@ -85,7 +89,8 @@ _WORD = re.compile(r"[a-z0-9']+")  # digits too: "in 10." ends on "10", not on "
 
 def sounds_unfinished(text: str) -> bool:
     """True when the transcript so far ends like a speaker who is going on: a trailing "...", a dash or a
-    comma, or a last word from UNFINISHED_WORDS (a "that." only after THAT_OPENS_AFTER)."""
+    comma, or a last word from UNFINISHED_WORDS (a "that." only after THAT_OPENS_AFTER, an unpunctuated "that"
+    unless after THAT_OBJECT_OF)."""
     stripped = text.strip()
     if not stripped:
         return False
@@ -96,5 +101,7 @@ def sounds_unfinished(text: str) -> bool:
         return True  # whisper may still write "What is the?"
     if not words or words[-1] not in UNFINISHED_WORDS or stripped.endswith(("?", "!")):
         return False
-    pronoun = words[-1] == "that" and stripped.endswith(".") and (len(words) < 2 or words[-2] not in THAT_OPENS_AFTER)
-    return not pronoun  # "never mind that." is finished
+    before = words[-2] if len(words) > 1 else ""
+    if words[-1] == "that" and stripped.endswith("."):
+        return before in THAT_OPENS_AFTER  # "never mind that." is finished, "I think that." is not
+    return not (words[-1] == "that" and before in THAT_OBJECT_OF)

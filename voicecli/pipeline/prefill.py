@@ -119,7 +119,7 @@ class Prefiller:
         if len(words.split()) < MIN_WORDS:
             return
         judged = self._judge.prefill(words) if self._judge is not None else None
-        if judged is not None:  # its own model, on its own worker: nothing waits for it
+        if judged is not None:  # its own model, ahead of the reply's prefill on the same worker: nothing waits for it
             judged.add_done_callback(lambda f: f.cancelled() or f.exception())
         if not self._may_prefill():
             return
