@@ -64,8 +64,8 @@ def by_words(text: str) -> Decision | None:
 def by_probability(p: float | None, text: str, th: Thresholds) -> Decision:
     """The LLM's verdict. A high probability ends the turn at the pause only after a question: a command or a
     statement is as often the first half of a longer one ("Tell me a joke." + "about computers and cats." scored
-    0.77, above most whole questions, and split the turn in most runs), and SmolLM2 scores whole commands
-    0.1-0.4 anyway; those are left to the hangover. A low probability holds the pause open only after a
+    0.77, above most whole questions, and split the turn in most runs; whole commands scored 0.0-0.75): those
+    are left to the hangover. A low probability holds the pause open only after a
     punctuated transcript: whisper leaves a continued sentence unpunctuated ("which planet in our solar system
     is the largest"), and the model then puts no mass on the end token even after whole questions."""
     if p is None:
