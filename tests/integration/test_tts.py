@@ -111,6 +111,17 @@ def test_emoji_inside_a_clause_are_not_spoken(voice: Path) -> None:
     assert np.array_equal(decorated.pcm, plain.pcm)
 
 
+@pytest.mark.parametrize(
+    ("written", "spoken"),
+    [("A low of 12°C (54°F) today", "A low of 12 degrees Celsius (54 degrees Fahrenheit) today"),
+     ("Turn it 90° to the left", "Turn it 90 degrees to the left")],
+)  # fmt: skip
+def test_temperatures_and_angles_are_read_in_degrees(voice: Path, written: str, spoken: str) -> None:
+    assert speakable(written) == spoken
+    said, expected = synth(voice, [written, spoken], output_rate=48000)
+    assert said.pcm.size > 0 and np.array_equal(said.pcm, expected.pcm)  # the voice says the words, not "12 C"
+
+
 def _dominant_hz(speech: Speech) -> float:
     spectrum = np.abs(np.fft.rfft(speech.pcm.astype(np.float64)))
     freqs = np.fft.rfftfreq(speech.pcm.size, 1.0 / speech.sample_rate)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import unicodedata
 from collections.abc import Callable
@@ -37,10 +38,16 @@ _WARMUP_TEXT = "Ready."
 # private use and surrogates. Currency, math signs and digits stay: espeak reads them well.
 _UNSPOKEN_CATEGORIES = frozenset({"So", "Sk", "Cf", "Co", "Cs", "Cn"})
 _VARIATION_SELECTORS = range(0xFE00, 0xFE10)
+# "°" is a symbol (So) and would be dropped: LLMs give temperatures as "12°C (54.7°F)", which came out as
+# "twelve C (fifty-four point seven F)".
+_DEGREES = re.compile(r"\s*°(?:\s*([CF])\b)?(?=(\w)?)")  # group 2: a word right after it ("45°angle")
+_SCALES = {"C": " degrees Celsius", "F": " degrees Fahrenheit", None: " degrees"}
 
 
 def speakable(text: str) -> str:
-    """`text` without emoji and other unspeakable symbols; "" when no letter or digit is left."""
+    """`text` without emoji and other unspeakable symbols ("°C" read as "degrees Celsius"); "" when no letter or
+    digit is left."""
+    text = _DEGREES.sub(lambda m: _SCALES[m.group(1)] + (" " if m.group(2) else ""), text)
     kept = "".join(
         ch
         for ch in text
