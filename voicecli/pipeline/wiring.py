@@ -61,9 +61,23 @@ def resolve_models(cfg: Config) -> dict[str, Path]:
     if not cfg.llm.url:
         paths["llm"] = models.resolve("llm", cfg.models.llm, root)
     paths["tts"] = models.resolve("tts", cfg.models.tts, root)
-    if cfg.vad.turn_model not in ("", "off"):
+    if cfg.vad.turn_model == "auto":
+        judge = auto_judge(root)
+        if judge is not None:
+            paths["turn"] = judge
+    elif cfg.vad.turn_model not in ("", "off"):
         paths["turn"] = models.resolve("llm", cfg.vad.turn_model, root)
     return paths
+
+
+def auto_judge(root: Path) -> Path | None:
+    """`vad.turn_model = "auto"`: the manifest's end-of-turn judge if it was pulled (None: the VAD alone)."""
+    from voicecli import models
+
+    spec = models.load_manifest().judge()
+    if spec is None or not spec.entry_path(root).is_file():
+        return None
+    return models.resolve("llm", spec.name, root)
 
 
 async def start_engines(cfg: Config, output_rate: int, paths: dict[str, Path] | None = None) -> Engines:
@@ -141,6 +155,9 @@ async def _start_judge(cfg: Config, engines: Engines) -> None:
     th = Thresholds(cfg.vad.complete_p, cfg.vad.incomplete_p)
     if cfg.vad.turn_model == "off":
         engines.judge_note = "off (vad.turn_model)"
+        return
+    if cfg.vad.turn_model == "auto" and "turn" not in engines.paths:
+        engines.judge_note = "none: the judge is not pulled (`voicecli models pull`)"
         return
     if "turn" in engines.paths:
         # On the reply LLM's worker thread: one OpenMP team in the process (LlamaLLM's `worker_of`). On one thread:
