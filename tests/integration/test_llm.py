@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from voicecli.engines.base import ChatMessage, LLMStats
-from voicecli.engines.llm import QUEUE_DELTAS, LlamaLLM, LlamaStream
+from voicecli.engines.llm import PREFILL_CHUNK, QUEUE_DELTAS, LlamaLLM, LlamaStream
 from voicecli.errors import EngineError, ModelError
 from voicecli.pipeline.history import History
 from voicecli.testmodels import llama as gen
@@ -254,6 +254,34 @@ def test_a_judge_on_the_reply_llms_worker_shares_its_thread_and_both_still_answe
     ids, first, judged, after = asyncio.run(asyncio.wait_for(run(), 60))
     assert ids[0] == ids[1]
     assert first == judged == after == gen.DEFAULT_REPLY
+
+
+def test_a_verdict_stops_the_reply_llms_prefill_on_their_shared_worker(tiny_gguf: Path) -> None:
+    """At the pause the turn waits for the judge's verdict: a prefill of the user's partial words running on the
+    same worker stops at its next chunk instead of finishing first (a 30 ms verdict took 119 ms behind one)."""
+    words, other = " ".join(["walking by the river"] * 20), " ".join(["running in the park"] * 20)
+
+    async def run() -> tuple[int, int, float | None]:
+        reply = LlamaLLM(tiny_gguf, n_ctx=2048, threads=1, system_prompt=SYSTEM)
+        await reply.start()
+        judge = LlamaLLM(tiny_gguf, n_ctx=512, threads=1, system_prompt=SYSTEM, worker_of=reply)
+        await judge.start()
+        try:
+            alone = reply.prefill(ask(words))
+            assert alone is not None
+            whole = await alone
+            interrupted = reply.prefill(ask(other))  # replaces the words in the cache
+            verdict = judge.end_of_turn(ask("Is it done?"))
+            assert interrupted is not None and verdict is not None
+            return whole, await interrupted, await verdict
+        finally:
+            await judge.close()
+            await reply.close()
+
+    whole, interrupted, p = asyncio.run(asyncio.wait_for(run(), 60))
+    assert whole > 100  # on its own the prefill evaluates every word
+    assert interrupted <= PREFILL_CHUNK  # at most the chunk that was running when the judge was asked
+    assert p is not None and 0.0 <= p <= 1.0
 
 
 def test_count_tokens_matches_what_llama_evaluates(llm: LlamaLLM) -> None:

@@ -27,7 +27,7 @@ from voicecli.testmodels import whisper as whisper_gen
 
 pytestmark = pytest.mark.engines
 
-PHRASE = "what is the weather like today"
+PHRASE = "What is the weather like today"  # as heard: transcripts start like a sentence (stt.sentence_case)
 
 
 def _alive(pid: int) -> bool:
@@ -41,7 +41,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return whisper_gen.generate(tmp_path_factory.mktemp("whisper") / "tiny", "tiny", phrase=PHRASE)
+    return whisper_gen.generate(tmp_path_factory.mktemp("whisper") / "tiny", "tiny", phrase=PHRASE.lower())
 
 
 @pytest.fixture(scope="session")

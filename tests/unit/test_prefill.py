@@ -167,3 +167,31 @@ def test_a_judge_of_its_own_is_prefilled_with_the_same_stable_words() -> None:
     assert len(judged) >= 2 and all(t < pause for t, _ in judged)
     assert [m[-1].content for _, m in judged] == [m[-1].content for _, m in llm.prefills]  # the same words
     assert all(m[0].content == "You judge." and len(m) == 2 for _, m in judged)  # its own prompt: no history
+
+
+def test_partial_words_that_come_in_after_the_pause_are_not_prefilled() -> None:
+    """A partial still being transcribed at the pause is superseded by the pause's own transcript; prefilling its
+    words then only delays the verdict queued behind them on the LLM's worker (a 30 ms verdict took 119 ms)."""
+
+    async def main() -> tuple[PrefillLLM, list[Event]]:
+        clock = SimClock()
+        speaker = FakeSpeaker(clock)
+        llm = PrefillLLM(clock)
+        events: list[Event] = []
+        session = Session(
+            source=ScriptedMic(clock, speaker, lambda t: 0.2 <= t < 3.4, 9.0),
+            # Partials back to back (slower than a quarter second of speech): one started at 3.16 s ends 90 ms
+            # after the pause, before the pause's own transcript (0.3 s).
+            sink=speaker, stt=FakeSTT(clock, 0.3), llm=llm, tts=FakeTTS(clock), partial_stt=PartialSTT(clock, 0.45),
+            history=History("You are a test.", 2000, llm.count_tokens), vad_cfg=VAD,
+            talk_cfg=TalkConfig(prefill_while_speaking=True),
+            emit=events.append, clock=clock, detector=TurnDetector(VAD, classifier=marker_classifier),
+        )  # fmt: skip
+        await asyncio.wait_for(session.run(max_turns=1), timeout=20)
+        return llm, events
+
+    llm, events = asyncio.run(main())
+    pause = next(e.t for e in events if e.kind == "pause")
+    times = [t for t, _ in llm.prefills]
+    assert len(times) >= 2 and max(times) < pause  # the words heard while speaking, none after
+    assert [e.kind for e in events].count("llm_done") == 1

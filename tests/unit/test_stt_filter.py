@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from voicecli.engines.stt import classify, is_hallucination, normalize
+from voicecli.engines.stt import classify, is_hallucination, normalize, sentence_case
 
 # Numbers as faster-whisper reports them.
 CLEAR = {"no_speech_prob": 0.02, "avg_logprob": -0.2}  # a confident decode of real speech
@@ -69,3 +69,22 @@ def test_normalize_keeps_words_and_digits_only() -> None:
     assert normalize("  Thanks,  for WATCHING!! ") == "thanks for watching"
     assert normalize("It's 3.14") == "it s 3 14"
     assert normalize("¿Qué?") == "qué"
+
+
+@pytest.mark.parametrize(
+    ("heard", "said"),
+    [
+        ("which planet is our solar system", "Which planet is our solar system"),
+        ("Which planet is our solar system", "Which planet is our solar system"),
+        (" étoile la plus proche", "Étoile la plus proche"),
+        ("3 minutes, please.", "3 minutes, please."),
+        ("...and then", "...and then"),
+        ("", ""),
+    ],
+)
+def test_a_transcript_starts_like_a_sentence_so_partial_and_final_words_share_their_first_token(
+    heard: str, said: str
+) -> None:
+    """Whisper writes "which planet..." in one pass and "Which planet..." in the next: the LLM's prompt prefilled
+    with the first would share no token of the user's words with the second (pipeline.prefill)."""
+    assert sentence_case(heard) == said

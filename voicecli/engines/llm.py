@@ -54,6 +54,13 @@ _WARMUP_SYSTEM = "You are a helpful assistant."
 _NEXT_USER = "\u2047next"  # stands for the next user message while its opening is prefilled (never sent)
 
 
+class _Preempt:
+    """The generation of the requests on one llama worker thread (see LlamaLLM.__init__)."""
+
+    def __init__(self) -> None:
+        self.gen = 0
+
+
 @dataclass(frozen=True)
 class GGUFInfo:
     path: Path
@@ -130,7 +137,10 @@ class LlamaLLM:
         self._llm: Any = None  # llama_cpp.Llama, owned by the worker thread
         self._format: Callable[[list[ChatCompletionRequestMessage]], tuple[str, bool]] | None = None
         self._current: LlamaStream | None = None
-        self._prefill_gen = 0  # bumped by every chat(): a prefill in progress stops at its next chunk
+        # Bumped by every chat() and end_of_turn() of any model on this worker: a prefill in progress (of either
+        # model) stops at its next chunk. Shared, because the judge's verdict queued behind the reply LLM's prefill
+        # of the user's partial words (1 thread, ~14 ms a token): a 30 ms verdict took 119 ms.
+        self._preempt: _Preempt = worker_of._preempt if worker_of is not None else _Preempt()
         self.prefilled_tokens = 0  # evaluated ahead of a request by `prefill` (the benchmark reports it)
         self.history_prefilled_tokens = 0  # evaluated after a turn by `prefill_next`
         self.load_s = 0.0
@@ -148,7 +158,7 @@ class LlamaLLM:
             raise EngineError("the language model is not loaded", hint="await LlamaLLM.start() first")
         if self._current is not None:
             self._current.cancel()
-        self._prefill_gen += 1
+        self._preempt.gen += 1
         stream = LlamaStream(asyncio.get_running_loop(), on_cancel=lambda: self.abort.fire(stream))
         stream.job = self._submit(self._generate, stream, _dicts(messages), max_tokens, sampling or self._sampling)
         self._current = stream
@@ -166,7 +176,7 @@ class LlamaLLM:
         current = self._current
         if current is not None and current.stats.finished_at is None and not current.stopped:
             return None  # a reply is being generated: it comes first
-        return self._submit(self._prefill, _dicts(messages), self._prefill_gen)
+        return self._submit(self._prefill, _dicts(messages), self._preempt.gen)
 
     def prefill_next(self, messages: Sequence[ChatMessage]) -> asyncio.Future[int] | None:
         """After a turn, while the user has not started the next: evaluate the conversation so far and the
@@ -180,7 +190,7 @@ class LlamaLLM:
         if current is not None and current.stats.finished_at is None and not current.stopped:
             return None
         nxt = _dicts([*messages, ChatMessage("user", _NEXT_USER)])
-        return self._submit(self._prefill, nxt, self._prefill_gen, True)
+        return self._submit(self._prefill, nxt, self._preempt.gen, True)
 
     def end_of_turn(self, messages: Sequence[ChatMessage]) -> asyncio.Future[float | None] | None:
         """The probability that the user's turn ends after the last message's text: the model's own end-of-turn
@@ -193,6 +203,7 @@ class LlamaLLM:
         current = self._current
         if current is not None and current.stats.finished_at is None and not current.stopped:
             return None
+        self._preempt.gen += 1  # the turn waits for the verdict; a prefill of partial words does not
         return self._submit(self._end_of_turn, _dicts(messages))
 
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
@@ -319,7 +330,7 @@ class LlamaLLM:
         text = str(messages[-1]["content"])
         prompt, added_special = fmt(messages)
         at = prompt.rfind(text)
-        if gen != self._prefill_gen or at < 0:
+        if gen != self._preempt.gen or at < 0:
             return 0
         cut = at if opening_only else at + len(text)
         tokens = llm.tokenize(prompt[:cut].encode("utf-8"), add_bos=not added_special, special=True)
@@ -336,7 +347,7 @@ class LlamaLLM:
         llama_cpp.llama_set_n_threads(llm.ctx, plan.decode, plan.decode)  # leave a core to the audio and STT
         llm.n_tokens = p
         done = 0
-        while p < end and gen == self._prefill_gen:
+        while p < end and gen == self._preempt.gen:
             chunk = tokens[p : min(end, p + PREFILL_CHUNK)]
             llm.eval(chunk)
             p += len(chunk)

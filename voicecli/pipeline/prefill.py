@@ -116,7 +116,9 @@ class Prefiller:
         assert self._llm is not None
         tr = await self._transcribe(audio)
         words = " ".join(tr.text.split()) if tr.is_speech else ""
-        if len(words.split()) < MIN_WORDS:
+        if len(words.split()) < MIN_WORDS or self._held:
+            # Paused since it started: the pause's own transcript supersedes these words, and the verdict on
+            # it must not queue behind their prefill on the LLM's worker (a 30 ms verdict took 119 ms).
             return
         judged = self._judge.prefill(words) if self._judge is not None else None
         if judged is not None:  # its own model, ahead of the reply's prefill on the same worker: nothing waits for it
