@@ -273,7 +273,11 @@ def test_a_verdict_stops_the_reply_llms_prefill_on_their_shared_worker(tiny_gguf
             interrupted = reply.prefill(ask(other))  # replaces the words in the cache
             verdict = judge.end_of_turn(ask("Is it done?"))
             assert interrupted is not None and verdict is not None
-            return whole, await interrupted, await verdict
+            got = await interrupted, await verdict
+            paused = reply.prefill(ask(words))  # the user pauses: the prefill stops (pipeline.prefill.hold)
+            judge.stop_prefill()  # either model on the worker stops both
+            assert paused is not None
+            return whole, max(got[0], await paused), got[1]
         finally:
             await judge.close()
             await reply.close()

@@ -22,12 +22,16 @@ class PrefillLLM(FakeLLM):
     def __init__(self, clock: SimClock) -> None:
         super().__init__(clock)
         self.prefills: list[tuple[float, list[ChatMessage]]] = []
+        self.stops: list[float] = []  # stop_prefill() calls
 
     def prefill(self, messages: list[ChatMessage]) -> asyncio.Future[int]:
         self.prefills.append((self.clock.now, list(messages)))
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         done.set_result(len(messages[-1].content.split()))
         return done
+
+    def stop_prefill(self) -> None:
+        self.stops.append(self.clock.now)
 
 
 def run(
@@ -169,9 +173,10 @@ def test_a_judge_of_its_own_is_prefilled_with_the_same_stable_words() -> None:
     assert all(m[0].content == "You judge." and len(m) == 2 for _, m in judged)  # its own prompt: no history
 
 
-def test_partial_words_that_come_in_after_the_pause_are_not_prefilled() -> None:
+def test_partial_words_are_not_prefilled_after_the_pause() -> None:
     """A partial still being transcribed at the pause is superseded by the pause's own transcript; prefilling its
-    words then only delays the verdict queued behind them on the LLM's worker (a 30 ms verdict took 119 ms)."""
+    words then only delays the verdict queued behind them on the LLM's worker (a 30 ms verdict took 119 ms), and
+    a prefill still running slows the pause's transcription beside it."""
 
     async def main() -> tuple[PrefillLLM, list[Event]]:
         clock = SimClock()
@@ -194,4 +199,5 @@ def test_partial_words_that_come_in_after_the_pause_are_not_prefilled() -> None:
     pause = next(e.t for e in events if e.kind == "pause")
     times = [t for t, _ in llm.prefills]
     assert len(times) >= 2 and max(times) < pause  # the words heard while speaking, none after
+    assert llm.stops == pytest.approx([pause], abs=0.03)  # and a prefill still running stops at the pause
     assert [e.kind for e in events].count("llm_done") == 1

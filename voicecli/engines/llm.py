@@ -192,6 +192,11 @@ class LlamaLLM:
         nxt = _dicts([*messages, ChatMessage("user", _NEXT_USER)])
         return self._submit(self._prefill, nxt, self._preempt.gen, True)
 
+    def stop_prefill(self) -> None:
+        """A prefill in progress on this worker (of either model sharing it) stops at its next chunk: the user
+        paused, and the cores go to the pause's transcription and the verdict (pipeline.prefill)."""
+        self._preempt.gen += 1
+
     def end_of_turn(self, messages: Sequence[ChatMessage]) -> asyncio.Future[float | None] | None:
         """The probability that the user's turn ends after the last message's text: the model's own end-of-turn
         token (the template's, e.g. <|im_end|>) right after those words (LiveKit's turn detector does this with

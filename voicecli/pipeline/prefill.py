@@ -66,7 +66,8 @@ class Prefiller:
         self._transcribe = transcribe
         self._judge = judge
         self._freeze = freeze
-        self._held = False
+        self._held = False  # the partials' worker is frozen
+        self._paused = False  # the user paused since the last frame of speech
         self._llm: Prefills | None = llm if callable(getattr(llm, "prefill", None)) else None
         self._history = history
         self._emit = emit
@@ -94,13 +95,20 @@ class Prefiller:
 
     def hold(self) -> None:
         """The user paused: a partial transcription still running (even one whose words nobody waits for any
-        more) stops where it is until they speak again (see the module docstring)."""
+        more) stops where it is until they speak again (see the module docstring), and so does a prefill of
+        earlier partial words: it ran on beside the pause's transcription and the verdict waited for its chunk
+        (a prefill of 15 tokens on one thread: ~300 ms)."""
+        self._paused = True
+        stop = getattr(self._llm, "stop_prefill", None)
+        if callable(stop):
+            stop()
         if self._freeze is not None and not self._held:
             self._freeze(True)
             self._held = True
 
     def release(self) -> None:
         """The user speaks again with no turn in flight (or the session ends): a frozen partial continues."""
+        self._paused = False
         if self._held and self._freeze is not None:
             self._held = False
             self._freeze(False)
@@ -116,7 +124,7 @@ class Prefiller:
         assert self._llm is not None
         tr = await self._transcribe(audio)
         words = " ".join(tr.text.split()) if tr.is_speech else ""
-        if len(words.split()) < MIN_WORDS or self._held:
+        if len(words.split()) < MIN_WORDS or self._paused:
             # Paused since it started: the pause's own transcript supersedes these words, and the verdict on
             # it must not queue behind their prefill on the LLM's worker (a 30 ms verdict took 119 ms).
             return
