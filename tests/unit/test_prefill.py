@@ -66,12 +66,17 @@ class PartialSTT(FakeSTT):
         self.freezes.append((self.clock.now, frozen))
 
 
-def run_with_partial_worker(spans: list[tuple[float, float]]) -> tuple[FakeSTT, PartialSTT, list[Event]]:
-    async def main() -> tuple[FakeSTT, PartialSTT, list[Event]]:
+def run_with_partial_worker(
+    spans: list[tuple[float, float]], stt_s: float = 0.1, partial_s: float = 0.3
+) -> tuple[FakeSTT, PartialSTT, PrefillLLM, list[Event]]:
+    """One turn per span of speech, the partial words on a worker of their own; `stt_s` / `partial_s`: how long
+    the pause's transcription and a partial one take."""
+
+    async def main() -> tuple[FakeSTT, PartialSTT, PrefillLLM, list[Event]]:
         clock = SimClock()
         speaker = FakeSpeaker(clock)
         llm = PrefillLLM(clock)
-        stt, partial = FakeSTT(clock, 0.1), PartialSTT(clock, 0.3)
+        stt, partial = FakeSTT(clock, stt_s), PartialSTT(clock, partial_s)
         events: list[Event] = []
         session = Session(
             source=ScriptedMic(clock, speaker, lambda t: any(a <= t < b for a, b in spans), spans[-1][1] + 6.0),
@@ -80,8 +85,8 @@ def run_with_partial_worker(spans: list[tuple[float, float]]) -> tuple[FakeSTT, 
             talk_cfg=TalkConfig(prefill_while_speaking=True),
             emit=events.append, clock=clock, detector=TurnDetector(VAD, classifier=marker_classifier),
         )  # fmt: skip
-        await asyncio.wait_for(session.run(max_turns=2), timeout=20)
-        return stt, partial, events
+        await asyncio.wait_for(session.run(max_turns=len(spans)), timeout=20)
+        return stt, partial, llm, events
 
     return asyncio.run(main())
 
@@ -89,7 +94,7 @@ def run_with_partial_worker(spans: list[tuple[float, float]]) -> tuple[FakeSTT, 
 def test_the_partial_words_worker_is_frozen_from_the_pause_until_the_user_speaks_again() -> None:
     """The partials run on a worker of their own, which gives its cores to the pause's transcription and the
     reply: frozen at every pause (a partial may still be running), continued when the user speaks again."""
-    stt, partial, events = run_with_partial_worker([(0.2, 3.4), (9.0, 11.2)])
+    stt, partial, _, events = run_with_partial_worker([(0.2, 3.4), (9.0, 11.2)])
     pauses = [e.t for e in events if e.kind == "pause"]
     starts = [e.t for e in events if e.kind == "speech_start"]
     assert len(pauses) == 2 and len(starts) == 2
@@ -177,25 +182,9 @@ def test_partial_words_are_not_prefilled_after_the_pause() -> None:
     """A partial still being transcribed at the pause is superseded by the pause's own transcript; prefilling its
     words then only delays the verdict queued behind them on the LLM's worker (a 30 ms verdict took 119 ms), and
     a prefill still running slows the pause's transcription beside it."""
-
-    async def main() -> tuple[PrefillLLM, list[Event]]:
-        clock = SimClock()
-        speaker = FakeSpeaker(clock)
-        llm = PrefillLLM(clock)
-        events: list[Event] = []
-        session = Session(
-            source=ScriptedMic(clock, speaker, lambda t: 0.2 <= t < 3.4, 9.0),
-            # Partials back to back (slower than a quarter second of speech): one started at 3.16 s ends 90 ms
-            # after the pause, before the pause's own transcript (0.3 s).
-            sink=speaker, stt=FakeSTT(clock, 0.3), llm=llm, tts=FakeTTS(clock), partial_stt=PartialSTT(clock, 0.45),
-            history=History("You are a test.", 2000, llm.count_tokens), vad_cfg=VAD,
-            talk_cfg=TalkConfig(prefill_while_speaking=True),
-            emit=events.append, clock=clock, detector=TurnDetector(VAD, classifier=marker_classifier),
-        )  # fmt: skip
-        await asyncio.wait_for(session.run(max_turns=1), timeout=20)
-        return llm, events
-
-    llm, events = asyncio.run(main())
+    # Partials back to back (slower than a quarter second of speech): one started at 3.16 s ends 90 ms after the
+    # pause, before the pause's own transcript (0.3 s).
+    _, _, llm, events = run_with_partial_worker([(0.2, 3.4)], stt_s=0.3, partial_s=0.45)
     pause = next(e.t for e in events if e.kind == "pause")
     times = [t for t, _ in llm.prefills]
     assert len(times) >= 2 and max(times) < pause  # the words heard while speaking, none after
