@@ -29,6 +29,7 @@ import os
 import platform
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -144,16 +145,17 @@ class Monitor:
 
 
 def feed(env: dict[str, str], pcm: npt.NDArray[np.int16]) -> subprocess.Popen[bytes]:
-    """Play a clip into the virtual mic (200 ms buffer: a busy machine cannot punch holes in it)."""
-    proc = subprocess.Popen(
-        ["pacat", "--playback", "-d", "vmic_feed", "--raw", "--format=s16le", f"--rate={MIC_RATE}",
-         "--channels=1", "--latency-msec=200"],
-        stdin=subprocess.PIPE, env=env,
-    )  # fmt: skip
-    assert proc.stdin is not None
-    proc.stdin.write(pcm.astype("<i2").tobytes())
-    proc.stdin.close()
-    return proc
+    """Play a clip into the virtual mic (200 ms buffer: a busy machine cannot punch holes in it). From a file,
+    not a pipe: a pipe closed before the clip has played makes pacat spin on its end of file (~half a core) for
+    the length of the clip, taken from the stack under test while the "user" speaks."""
+    with tempfile.TemporaryFile() as clip:
+        clip.write(pcm.astype("<i2").tobytes())
+        clip.seek(0)
+        return subprocess.Popen(
+            ["pacat", "--playback", "-d", "vmic_feed", "--raw", "--format=s16le", f"--rate={MIC_RATE}",
+             "--channels=1", "--latency-msec=200"],
+            stdin=clip, env=env,
+        )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- clips

@@ -103,7 +103,7 @@ class VSound:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self.env: dict[str, str] = {}
-        self._feeds: list[tuple[subprocess.Popen[bytes], threading.Thread]] = []
+        self._feeds: list[tuple[subprocess.Popen[bytes], float]] = []  # (pacat, clip seconds)
 
     def sh(self, *args: str) -> str:
         out = subprocess.run(
@@ -137,29 +137,24 @@ class VSound:
             if rate is None:
                 raise ValueError("feed(array, rate): the rate of an array is required")
             pcm = np.asarray(source, dtype=np.int16)
-        proc = _pulse_stream(
-            ["pacat", "--playback", "-d", self.MIC_SINK, "--raw", "--format=s16le", f"--rate={rate}",
-             "--channels=1", "--latency-msec=200"],
-            stdin=subprocess.PIPE,
-        )  # fmt: skip
-        data = pcm.tobytes()
-
-        def pump() -> None:
-            assert proc.stdin is not None
-            with contextlib.suppress(BrokenPipeError):
-                proc.stdin.write(data)
-                proc.stdin.close()
-
-        t = time.monotonic()
-        thread = threading.Thread(target=pump, daemon=True)
-        thread.start()
-        self._feeds.append((proc, thread))
+        # From a file, not a pipe: a pipe closed before the clip has played makes pacat spin on its end of file
+        # for the length of the clip (~half a core), taken from the assistant while the "user" speaks.
+        with tempfile.TemporaryFile() as clip:
+            clip.write(pcm.tobytes())
+            clip.seek(0)
+            t = time.monotonic()  # pacat writes its first samples as its stream connects, before it says so
+            proc = _pulse_stream(
+                ["pacat", "--playback", "-d", self.MIC_SINK, "--raw", "--format=s16le", f"--rate={rate}",
+                 "--channels=1", "--latency-msec=200"],
+                stdin=clip,
+            )  # fmt: skip
+        self._feeds.append((proc, len(pcm) / rate))
         return t
 
     def wait_feeds(self, timeout: float = 60.0) -> None:
-        for proc, thread in self._feeds:
-            thread.join(timeout)
-            proc.wait(timeout)
+        """Block until every clip fed has played; `timeout`: seconds allowed beyond each clip's length."""
+        for proc, clip_s in self._feeds:
+            proc.wait(clip_s + timeout)
         self._feeds.clear()
 
     @contextlib.contextmanager
