@@ -153,6 +153,22 @@ def test_a_user_who_goes_on_after_an_early_end_is_answered_once_for_the_whole_qu
     assert len(rig.history.messages()) == 3  # system, the whole question, its answer: the cut turn is gone
 
 
+def test_a_user_who_pauses_shorter_than_complete_min_ms_after_a_whole_question_is_one_turn() -> None:
+    # "What should I cook?" [300 ms] "For dinner tonight?": the verdict (at ~220 ms) calls the first half complete
+    speech = lambda r, t: 0.2 <= t < 1.2 or 1.5 <= t < 2.4  # noqa: E731
+
+    def went_on(rig) -> int:  # type: ignore[no-untyped-def]
+        return len([e for e in rig.events if e.kind == "barge_in"])
+
+    at_verdict = run_timeline(speech, 12.0, judge=_judge(0.8), stt_cls=PunctuatedSTT)
+    assert went_on(at_verdict) == 1  # the default: the turn ended at the verdict and the user's words cut it
+    held = run_timeline(speech, 12.0, judge=_judge(0.8), stt_cls=PunctuatedSTT, vad=VadConfig(complete_min_ms=350))
+    assert next(e.data["verdict"] for e in held.events if e.kind == "end_of_turn") == COMPLETE
+    assert [e.kind for e in held.events].count("eou") == 1 and went_on(held) == 0  # no reply started and cut
+    assert len(held.session.records) == 1
+    assert held.stt.calls[-1] > 2.0  # both parts, in one transcription
+
+
 class PunctuatedSTT:
     """FakeSTT with a question mark: a low end-of-turn score after punctuation is evidence."""
 

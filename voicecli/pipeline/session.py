@@ -138,7 +138,7 @@ class Session:
                 self.detector.wait_longer(vad_cfg.unfinished_extra_ms)
             elif not verdict.late and verdict.kind == COMPLETE:
                 self._ended_early = True
-                self.detector.end_sooner(vad_cfg.pause_ms)
+                self.detector.end_sooner(min(vad_cfg.hangover_ms, max(vad_cfg.pause_ms, vad_cfg.complete_min_ms)))
             self._emit(
                 "end_of_turn", verdict=verdict.kind, by=verdict.by, p=verdict.p, late=verdict.late,
                 cost_ms=round(cost_s * 1000.0, 1), judge_ms=round(verdict.judge_s * 1000.0, 1), text=text,

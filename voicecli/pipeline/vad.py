@@ -173,6 +173,7 @@ def _check_config(cfg: VadConfig) -> None:
         "vad.start_ms": cfg.start_ms <= 0,
         "vad.pause_ms": cfg.pause_ms <= 0,
         "vad.hangover_ms": cfg.hangover_ms <= 0,
+        "vad.complete_min_ms": cfg.complete_min_ms < 0,
         "vad.preroll_ms": cfg.preroll_ms < 0,
         "vad.min_utterance_ms": cfg.min_utterance_ms < 0,
         "vad.max_utterance_s": cfg.max_utterance_s * 1000 < max(cfg.start_ms, cfg.min_utterance_ms),
