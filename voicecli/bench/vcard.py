@@ -92,9 +92,5 @@ async def feed(pcm: npt.NDArray[np.int16]) -> float:
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         t = time.monotonic()
-
-    async def reap() -> None:
-        await proc.wait()
-
-    asyncio.get_running_loop().create_task(reap())
+    asyncio.get_running_loop().create_task(proc.wait())
     return t
