@@ -60,6 +60,9 @@ GAIN_BLOCKS = 10  # the gain is the median of the last this many measurements
 # under CPU load) and the estimator needs ~1.5 s to follow, during which the echo, compared at the stale
 # delay only, stood 6+ dB over its prediction and passed for the user (tests/unit/test_echo_phantom.py).
 ECHO_LAG_FRAMES = 4
+# While the delay is not yet known (the session's first ~2 s of playing), the echo is predicted at every lag the
+# estimator searches: the confirmer bounds the echo in a stretch by its loudest lag (pipeline.bargein).
+OPEN_LAG_FRAMES = round(MAX_DELAY_S / 0.02)
 ECHO_ABSENT_MARGIN_DB = 6.0  # the mic rises less than this over its idle level while playing: no echo
 IDLE_FRAMES = 500  # mic levels kept from frames while nothing plays (10 s): the room's own level
 IDLE_AFTER_FRAMES = 25  # a frame counts as idle 500 ms after the last one in which the speaker played
@@ -257,6 +260,7 @@ class EchoCanceller:
         self.echo_db: float | None = None  # the last frame's expected echo level: see `_track_echo_level`
         # ... and at lags ECHO_LAG_FRAMES frames either side of the delay (dB per lag), None with echo_db
         self.echo_lags_db: npt.NDArray[np.float64] | None = None
+        self.delay_known = False  # echo_lags_db is around the measured delay (else at every lag up to the longest)
         self._ref_end: int | None = None  # absolute sample after the last reference laid (16 kHz)
         self._busy = False  # a reply is under way (ReferenceSink): AEC3 runs, wherever its reference lies
         self.apm_frames = 0  # frames AEC3 processed (the rest passed through: nothing had played)
@@ -415,20 +419,24 @@ class EchoCanceller:
                         self.echo_absent = loud < idle + ECHO_ABSENT_MARGIN_DB
                 self._block = [0.0, 0.0, 0]
         self.echo_lags_db = None
+        self.delay_known = d is not None
         if self._gain is None:
             self.echo_db = None
         elif d is None and not self.echo_absent:
-            # The gain is known but not the delay (replies cut short keep the estimator from settling): assume
-            # the loudest 20 ms of what played within the longest echo path comes back now. That over-predicts
-            # the echo, so a barge-in needs a clearly louder voice meanwhile, but a real voice's echo (which a
-            # neural VAD hears as speech) can no longer pass for the user.
-            span_n = int(MAX_DELAY_S * SAMPLE_RATE) + n
+            # The gain is known but not the delay (the first ~2 s of playing; replies cut short keep the
+            # estimator from settling). echo_db: the loudest 20 ms of what played within the longest echo path,
+            # an over-prediction, so that a real voice's echo (which a neural VAD hears as speech) can never
+            # pass for the user. echo_lags_db: the echo at every lag from 0 to that path, newest first; over a
+            # stretch the loudest lag bounds the echo without counting each frame at its own worst lag (that
+            # over-predicted by 4-8 dB and hid a user talking over the first reply: tests/unit/test_echo_phantom.py).
+            k = OPEN_LAG_FRAMES
             with self._lock:
-                span = self._timeline.read(pos + n - span_n, span_n)
-            blocks = span[: span.size // n * n].astype(np.float64).reshape(-1, n)
-            loudest = float(np.max(np.sum(blocks * blocks, axis=1))) if blocks.size else 0.0
-            self.echo_db = max(SILENCE_DBFS, _dbfs(loudest, n) + self._gain)
-            self.echo_lags_db = np.full(2 * ECHO_LAG_FRAMES + 1, self.echo_db)
+                span = self._timeline.read(pos - k * n, (k + 1) * n)
+            blocks = span.astype(np.float64).reshape(-1, n)
+            power = np.sum(blocks * blocks, axis=1)
+            self.echo_db = max(SILENCE_DBFS, _dbfs(float(np.max(power)), n) + self._gain)
+            lag_db = 10.0 * np.log10(power[::-1] / n / (32768.0 * 32768.0) + 1e-30)
+            self.echo_lags_db = np.maximum(SILENCE_DBFS, lag_db + self._gain)
         else:
             self.echo_db = max(SILENCE_DBFS, ref_db + self._gain)
             k = ECHO_LAG_FRAMES
@@ -645,6 +653,7 @@ class CleanFrame:
     echo_db: float | None = None
     playing: bool = False  # a reply played within the echo tail of this frame (EchoCanceller.playing_near)
     echo_lags_db: npt.NDArray[np.float64] | None = None
+    delay_known: bool = True  # echo_lags_db centres on the measured delay; else lags 0..OPEN_LAG_FRAMES
 
 
 class EchoCancelledSource:
@@ -674,7 +683,7 @@ class EchoCancelledSource:
     def _work(self, frame: Any, playing: bool) -> CleanFrame:
         out = self.canceller.process(frame.pcm, frame.t)
         ec = self.canceller
-        clean = CleanFrame(out, frame.t, frame.pcm, ec.echo_db, playing, ec.echo_lags_db)
+        clean = CleanFrame(out, frame.t, frame.pcm, ec.echo_db, playing, ec.echo_lags_db, ec.delay_known)
         if self._observe is not None:
             self._observe(clean)
         return clean

@@ -6,15 +6,16 @@ flushes the reply, `BargeInConfirmer.confirm(onset, now)` checks the stretch on 
 * the cleaned level must stand well above what the cleaned mic carried just before the onset (residual
   echo and noise while the assistant talks);
 * the raw mic must stand >= 5 dB above the echo the reference predicts (EchoCanceller.echo_db: what
-  played one echo delay earlier, times the measured echo path gain), at every lag within +-80 ms of that
-  delay (EchoCanceller.echo_lags_db): the echo path's delay wanders while a reply plays, and an echo that
-  some nearby lag explains is still the echo. This is the cue that tells the user from an echo leak, and it
-  does not depend on how much of the user the canceller's double-talk suppression kept (that varies by
-  10 dB from one barge-in to the next on the rig);
+  played one echo delay earlier, times the measured echo path gain). Until the delay is measured (the
+  session's first ~2 s of playing), the echo of a window is bounded by its loudest lag up to the longest
+  echo path. This is the cue that tells the user from an echo leak, and it does not depend on how much of
+  the user the canceller's double-talk suppression kept (that varies by 10 dB from one barge-in to the next
+  on the rig). `lag_tolerant` (off) also takes every lag within +-80 ms of the delay
+  (EchoCanceller.echo_lags_db): the echo path's delay wanders while a reply plays;
 * a neural VAD (Silero v6: the ONNX model faster-whisper bundles, on onnxruntime) hearing a voice lets
   the decision through at 100 ms; without it the stretch must have lasted 140 ms (against clicks).
 
-Until the echo level is predicted (the session's first ~3 s of playing) the second cue is replaced by the
+Until the echo path gain is measured (the first ~0.5 s of the first reply) the second cue is replaced by the
 share of the mic's power kept through the canceller, and the voice is required.
 
 If the rule says no, the reply goes on: nothing has been flushed yet. `observe` runs per frame in the
@@ -115,7 +116,8 @@ class BargeInConfirmer:
         self._resting = False  # Silero is idle (a quiet room, nothing playing)
         # (t, cleaned dBFS, speech probability, mic dBFS before cancellation, echo dBFS the reference predicts)
         self._records: deque[tuple[float, float, float, float, float]] = deque(maxlen=HISTORY_FRAMES)
-        self._lags: deque[npt.NDArray[np.float64] | None] = deque(maxlen=HISTORY_FRAMES)  # aligned with _records
+        # aligned with _records: the predicted echo per lag, and whether those lags centre on a measured delay
+        self._lags: deque[tuple[npt.NDArray[np.float64] | None, bool]] = deque(maxlen=HISTORY_FRAMES)
         self._lock = threading.Lock()
 
     def observe(
@@ -126,9 +128,11 @@ class BargeInConfirmer:
         echo_db: float | None = None,
         playing: bool = True,
         echo_lags_db: npt.NDArray[np.float64] | None = None,
+        delay_known: bool = True,
     ) -> None:
         """One cleaned 20 ms frame with the ADC time of its first sample, and the mic frame it came from
-        (worker thread, or the loop for a frame `classifies` says is light)."""
+        (worker thread, or the loop for a frame `classifies` says is light). `delay_known`: echo_lags_db
+        centres on the measured echo delay; else it holds every lag up to the longest echo path."""
         x = np.asarray(pcm, dtype=np.float32).reshape(-1) / 32768.0
         level = _dbfs(x)
         raw_level = level if raw is None else _dbfs(np.asarray(raw, dtype=np.float32).reshape(-1) / 32768.0)
@@ -153,7 +157,7 @@ class BargeInConfirmer:
         prob = self._prob
         with self._lock:
             self._records.append((t, level, prob, raw_level, math.nan if echo_db is None else echo_db))
-            self._lags.append(echo_lags_db)
+            self._lags.append((echo_lags_db, delay_known))
 
     def classifies(self, raw_level_dbfs: float, playing: bool) -> bool:
         """Whether the neural VAD scores a frame: while a reply plays, or with sound above the quiet floor."""
@@ -193,7 +197,8 @@ class BargeInConfirmer:
         excess = raw_sum - _db(sums(echo))
         ceiling = _echo_ceiling(records, onset)
         over_ceiling = _db(sums(raw) / width) - (ceiling if ceiling is not None else SILENCE_DBFS)
-        lagged = _lag_powers([lags[i] for i in inside], known)
+        measured = np.array([lags[i][1] for i in inside], dtype=bool)
+        lagged = _lag_powers([lags[i][0] if lags[i][1] else None for i in inside], known)
         echo_level = _db(sums(echo) / width)  # the loudest echo predicted in the window, at any lag
         if lagged is not None:
             lag_sums = np.apply_along_axis(sums, 0, lagged)
@@ -201,6 +206,13 @@ class BargeInConfirmer:
             # The echo at any lag near the delay may be what the mic hears: the smallest excess counts.
             if self.lag_tolerant:  # off: it cost true barge-ins their 5 dB in CI (see README, issue 19 note)
                 excess = np.minimum(excess, raw_sum - _db(lag_sums.max(axis=1)))
+        # While the echo delay is not yet measured, each frame's echo_db is the loudest frame of the longest echo
+        # path; summed over a window, that counts every frame at its own worst lag. The echo of one stretch comes
+        # back at one delay: the loudest lag's energy over the window bounds it, 4-8 dB tighter on speech.
+        open_lagged = _lag_powers([None if lags[i][1] else lags[i][0] for i in inside], known)
+        if open_lagged is not None:
+            bound = _db(np.apply_along_axis(sums, 0, open_lagged).max(axis=1))
+            excess = np.where(sums((known & ~measured).astype(np.float64)) >= width, raw_sum - bound, excess)
         by_echo = n_known * 2 >= width  # enough of the window has an echo level predicted
         loud = level >= max(self.floor_dbfs, background + self.margin_db)
         speech = sums(voiced) >= self.min_speech_frames
@@ -296,7 +308,7 @@ def open_echo_path(source: Any, sink: Any, floor_dbfs: float) -> EchoPath:
     cleaned = EchoCancelledSource(
         source,
         canceller,
-        observe=lambda f: confirmer.observe(f.pcm, f.t, f.raw, f.echo_db, f.playing, f.echo_lags_db),
+        observe=lambda f: confirmer.observe(f.pcm, f.t, f.raw, f.echo_db, f.playing, f.echo_lags_db, f.delay_known),
         before=ref.pump,
         heavy=lambda frame, playing: confirmer.classifies(rms_dbfs(frame.pcm), playing),
     )
