@@ -44,7 +44,7 @@ EventKind = Literal[
     "tts_clause",  # data: index, audio_s, compute_s
     "play_start",  # t = DAC time of the reply's first sample
     "play_end",
-    "barge_in",  # t = decision time; data: onset, played_text
+    "barge_in",  # t = decision time; data: onset, during; echo mode: the verdict, asked_ms, refused
     "turn_end",  # data: the turn summary (see metrics.TurnMetrics)
     "warning",  # data: message
     "error",  # data: message

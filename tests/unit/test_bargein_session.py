@@ -114,6 +114,20 @@ def test_an_accepted_barge_in_stops_the_reply_after_half_the_minimum() -> None:
     assert barge.turn_id == 1 and session.records[0]["interrupted"] is True
 
 
+def test_a_slow_barge_in_decision_says_why() -> None:
+    """The event tells a late verdict (the confirmer said no for a while) from a late question (the VAD's speech
+    took long to last half the minimum): what CI logs of a slow barge-in need to be read."""
+
+    def after_300ms(onset: float, now: float) -> Verdict:
+        return verdict(now - onset >= 0.299)
+
+    _, _, events = run(after_300ms)
+    [barge] = [e for e in events if e.kind == "barge_in"]
+    asked = barge.data["asked_ms"]
+    assert 100 <= asked <= 140  # first asked once the speech lasted half the minimum (100 ms, to the frame) ...
+    assert barge.data["refused"] == round((300 - asked) / 20)  # ... then said no every frame until 300 ms
+
+
 def test_the_echo_of_a_reply_s_last_words_does_not_become_a_turn() -> None:
     """Speech that began in the reply's last 300 ms and runs on after it (the echo's tail, as on the rig)
     is judged by the confirmer even though the reply has ended by the time the utterance is complete."""

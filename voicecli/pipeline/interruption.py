@@ -34,10 +34,15 @@ class BargeInPolicy:
         self.onset: float | None = None
         self._doubted = False
         self._verdict: Any = None  # the confirming verdict of the barge-in being decided (echo mode)
+        # For the event log, so that a slow decision tells why: when the verdict was first asked (the VAD's
+        # speech had lasted long enough) and how many frames' verdicts said no before the one that said yes.
+        self._asked: float | None = None
+        self._refused = 0
 
     def speech_started(self, t_onset: float) -> None:
         self.onset = t_onset
         self._doubted = False
+        self._asked, self._refused = None, 0
 
     def clear(self) -> None:
         self.onset = None
@@ -57,6 +62,8 @@ class BargeInPolicy:
         if long_ms < self.min_ms / 2:
             return False
         verdict = self._confirm(self.onset, now)
+        self._asked = now if self._asked is None else self._asked
+        self._refused += not verdict.confirmed
         if not verdict.confirmed and long_ms >= self.min_ms and not self._doubted:
             self._doubted = True  # the VAD alone would have cut the reply here
             self._emit("discarded", t=now, reason="not the user", **verdict_fields(verdict))
@@ -71,5 +78,7 @@ class BargeInPolicy:
     def decided(self) -> dict[str, Any]:
         """The barge-in is decided: its evidence for the event (echo mode), and the policy starts afresh."""
         fields = {} if self._verdict is None else verdict_fields(self._verdict)
+        if self._verdict is not None and self._asked is not None and self.onset is not None:
+            fields.update(asked_ms=round((self._asked - self.onset) * 1000.0), refused=self._refused)
         self.onset, self._verdict = None, None
         return fields
