@@ -392,25 +392,21 @@ def test_a_frozen_worker_dies_with_its_killed_parent(tiny_model: Path) -> None:
     assert not _alive(pid)
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads."""
-    with open(f"/proc/{pid}/stat") as f:
+def _stat_cpu_s(path: str) -> float:
+    """User + system CPU seconds in a /proc stat file (a process's: all its threads)."""
+    with open(path) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-@pytest.mark.parametrize("blas_threads", [None, "2"])
 def test_a_one_thread_worker_keeps_to_one_core(
-    tiny_model: Path, speech: npt.NDArray[np.float32], blas_threads: str | None, monkeypatch: pytest.MonkeyPatch
+    tiny_model: Path, speech: npt.NDArray[np.float32], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A one-thread whisper worker uses one core's worth of CPU while it transcribes: numpy's OpenBLAS used to leave
     a thread spinning on the other core after every mel product (230 ms of CPU for 136 ms of work with whisper base),
     taking the core llama.cpp and the audio need. `voicecli` sets OPENBLAS_NUM_THREADS=1 for itself and its
-    workers; with 2 BLAS threads (the "2" case, what numpy does on a 2-core machine by itself) a worker spins."""
-    if blas_threads is not None:
-        monkeypatch.setenv("OPENBLAS_NUM_THREADS", blas_threads)
-    if blas_threads is not None and (os.cpu_count() or 1) < 2:
-        pytest.skip("one core: nothing to spin on")
+    workers; with 2 BLAS threads (what numpy does on a 2-core machine by itself) the same work costs more than twice
+    the CPU, and next to a busy program the spinning thread also slows the work down five-fold (Intel Xeon)."""
     audio = np.tile(speech, 8)  # ~12 s: long enough products for OpenBLAS to start its threads
 
     async def run() -> tuple[float, float]:
@@ -419,16 +415,22 @@ def test_a_one_thread_worker_keeps_to_one_core(
         try:
             (pid,) = engine.worker_pids()
             await engine.transcribe(audio)
-            cpu0, wall0 = _cpu_s(pid), time.monotonic()
+            cpu0, wall0 = _stat_cpu_s(f"/proc/{pid}/stat"), time.monotonic()
             for _ in range(40):  # CPU time is counted in 10 ms ticks: ~0.5 s of work
                 await engine.transcribe(audio)
-            return _cpu_s(pid) - cpu0, time.monotonic() - wall0
+            return _stat_cpu_s(f"/proc/{pid}/stat") - cpu0, time.monotonic() - wall0
         finally:
             await engine.close()
 
     with asyncio.Runner() as r:
         cpu, wall = r.run(run())
-    if blas_threads is None:
-        assert cpu <= 1.2 * wall + 0.05, f"the worker used {cpu:.2f} s of CPU in {wall:.2f} s"
-    else:
-        assert cpu > 1.4 * wall, f"expected a spinning BLAS thread: {cpu:.2f} s of CPU in {wall:.2f} s"
+    assert cpu <= 1.2 * wall + 0.05, f"the worker used {cpu:.2f} s of CPU in {wall:.2f} s"
+    if (os.cpu_count() or 1) < 2:
+        return  # one core: nothing to spin on
+    # The proof that the measure sees a spinning thread, against the same work's CPU in the same run, not against the
+    # wall clock: next to a busy program (a desktop is never idle) the spinner got no second core to show on
+    # (3.39 s of CPU in 3.4 s, against 0.55 s with one thread; quiet: 1.27 s in 0.67 s, against 0.56 s).
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    with asyncio.Runner() as r:
+        spun, _ = r.run(run())
+    assert spun > 1.6 * cpu, f"expected a spinning BLAS thread: {spun:.2f} s of CPU against {cpu:.2f} s with one"
