@@ -10,8 +10,8 @@ flushes the reply, `BargeInConfirmer.confirm(onset, now)` checks the stretch on 
   session's first ~2 s of playing), the echo of a window is bounded by its loudest lag up to the longest
   echo path. This is the cue that tells the user from an echo leak, and it does not depend on how much of
   the user the canceller's double-talk suppression kept (that varies by 10 dB from one barge-in to the next
-  on the rig). `lag_tolerant` (off) also takes every lag within +-80 ms of the delay
-  (EchoCanceller.echo_lags_db): the echo path's delay wanders while a reply plays;
+  on the rig). `min_lag_excess_db` (off) also asks the mic to stand over the echo at every lag within
+  +-80 ms of the delay (EchoCanceller.echo_lags_db): the echo path's delay wanders while a reply plays;
 * a neural VAD (Silero v6: the ONNX model faster-whisper bundles, on onnxruntime) hearing a voice lets
   the decision through at 100 ms; without it the stretch must have lasted 140 ms (against clicks).
 
@@ -67,6 +67,7 @@ class Verdict:
     retained_db: float = 0.0
     excess_db: float | None = None
     over_echo_ceiling_db: float | None = None  # mic power over the loudest the echo alone recently reached
+    lag_excess_db: float | None = None  # mic power over the echo at the loudest lag within +-80 ms of the delay
 
 
 class BargeInConfirmer:
@@ -84,7 +85,7 @@ class BargeInConfirmer:
         min_excess_db: float = 5.0,
         sustain_frames: int = 7,
         min_over_ceiling_db: float = -math.inf,
-        lag_tolerant: bool = False,
+        min_lag_excess_db: float = -math.inf,
     ) -> None:
         """floor_dbfs: nothing quieter is speech (the VAD's floor). margin_db: how far above the background
         the stretch must be. min_speech_frames / threshold: 20 ms frames Silero must score at least
@@ -100,7 +101,11 @@ class BargeInConfirmer:
         typical level (the median 200 ms window over the last seconds of playing): the echo path may move
         or stretch beyond what the prediction models (a phantom barge-in 14 s into a real-voice reply stood
         6 dB over the prediction), but the echo alone stays within a few dB of its own typical level (loudest
-        window +5.5 dB on the simulated path), while a user talking over it adds their voice (+12 dB)."""
+        window +5.5 dB on the simulated path), while a user talking over it adds their voice (+12 dB).
+        min_lag_excess_db: with the delay measured, the raw mic must also stand this far above the echo at the
+        loudest lag within +-80 ms of it: just after the echo path's delay jumps, the echo compared at the stale
+        delay stood 5-15 dB over its prediction but never over 0.4 dB above its loudest nearby lag (simulated
+        path); asking min_excess_db there cost true barge-ins (see README)."""
         self._classify = classifier if classifier is not None else SileroVad()
         self.floor_dbfs = floor_dbfs
         self.margin_db = margin_db
@@ -110,7 +115,7 @@ class BargeInConfirmer:
         self.min_excess_db = min_excess_db
         self.sustain_frames = sustain_frames
         self.min_over_ceiling_db = min_over_ceiling_db
-        self.lag_tolerant = lag_tolerant
+        self.min_lag_excess_db = min_lag_excess_db
         self._pending = np.zeros(0, dtype=np.float32)
         self._prob = 0.0
         self._resting = False  # Silero is idle (a quiet room, nothing playing)
@@ -200,12 +205,12 @@ class BargeInConfirmer:
         measured = np.array([lags[i][1] for i in inside], dtype=bool)
         lagged = _lag_powers([lags[i][0] if lags[i][1] else None for i in inside], known)
         echo_level = _db(sums(echo) / width)  # the loudest echo predicted in the window, at any lag
+        lag_excess = np.full(n, np.inf)
         if lagged is not None:
             lag_sums = np.apply_along_axis(sums, 0, lagged)
             echo_level = np.maximum(echo_level, _db(lag_sums.max(axis=1) / width))
-            # The echo at any lag near the delay may be what the mic hears: the smallest excess counts.
-            if self.lag_tolerant:  # off: it cost true barge-ins their 5 dB in CI (see README, issue 19 note)
-                excess = np.minimum(excess, raw_sum - _db(lag_sums.max(axis=1)))
+            # The echo at any lag near the delay may be what the mic hears: the smallest excess.
+            lag_excess = np.where(sums(measured.astype(np.float64)) > 0, raw_sum - _db(lag_sums.max(axis=1)), np.inf)
         # While the echo delay is not yet measured, each frame's echo_db is the loudest frame of the longest echo
         # path; summed over a window, that counts every frame at its own worst lag. The echo of one stretch comes
         # back at one delay: the loudest lag's energy over the window bounds it, 4-8 dB tighter on speech.
@@ -222,7 +227,8 @@ class BargeInConfirmer:
         # sustain_frames is a barge-in without it, as it is without echo mode. Without (the session's
         # first seconds of playing): most of the mic's power kept through the canceller, and a voice.
         sustained = np.arange(1, n + 1) >= self.sustain_frames
-        ok_echo = by_echo & (excess >= self.min_excess_db) & (speech | sustained)
+        ok_echo = by_echo & (excess >= self.min_excess_db) & (lag_excess >= self.min_lag_excess_db)
+        ok_echo &= speech | sustained
         # Where an audible echo is predicted, the mic must also stand out of what the echo alone usually gives.
         ok_echo &= (over_ceiling >= self.min_over_ceiling_db) | (echo_level <= AUDIBLE_ECHO_DBFS)
         ok_kept = ~by_echo & (retained >= self.min_retained_db) & speech
@@ -237,6 +243,7 @@ class BargeInConfirmer:
             float(retained[i]),
             float(excess[i]) if by_echo[i] else None,
             float(over_ceiling[i]) if ceiling is not None else None,
+            float(lag_excess[i]) if by_echo[i] and np.isfinite(lag_excess[i]) else None,
         )
 
 

@@ -21,6 +21,7 @@ def verdict_fields(verdict: Any) -> dict[str, Any]:
         "retained_db": r(verdict.retained_db),
         "excess_db": r(verdict.excess_db),
         "over_echo_ceiling_db": r(getattr(verdict, "over_echo_ceiling_db", None)),
+        "lag_excess_db": r(getattr(verdict, "lag_excess_db", None)),
     }
 
 
