@@ -139,14 +139,13 @@ def test_reply_is_long_enough(voices: dict[str, npt.NDArray[np.float32]]) -> Non
         [(0.0, 60.0), (9.0, 110.0)],  # the loopback's latency grows by 50 ms mid-reply
         [(0.0, 120.0), (7.0, 70.0), (14.0, 140.0)],  # and wanders both ways
     ],
-    ids=["steady", "grows", "wanders"],
+    ids=["steady", "grows", "wanders"],  # the default confirmer passed 4 and 10 stretches of the last two before
+    # min_lag_excess_db (2 dB); every one stood at most 0.4 dB over the echo at its loudest lag near the delay
 )
 def test_no_stretch_of_a_long_reply_is_taken_for_the_user(
     voices: dict[str, npt.NDArray[np.float32]], delays: list[tuple[float, float]]
 ) -> None:
     p = play(voices, delays)
-    if delays != [(0.0, 60.0)]:
-        pytest.xfail("the lag-tolerant rule that passes this is off by default: it cost true barge-ins in CI")
     assert confirmed_stretches(p) == []
 
 
