@@ -26,7 +26,7 @@ REPLY_S = 0.25 * len(REPLY.split())  # FakeTTS: a quarter second per word
 
 def run(
     confirm: Callable[[float, float], Verdict],
-    over: tuple[float, float] = (0.5, 1.5),
+    over: tuple[float, float] | Sequence[tuple[float, float]] = (0.5, 1.5),
     seconds: float = 10.0,
     said: Sequence[str] = (),
 ) -> tuple[Session, FakeSpeaker, list[Event]]:
@@ -40,9 +40,11 @@ def run(
         llm = FakeLLM(clock, ttft=0.1, per_token=0.02)
         events: list[Event] = []
 
+        spans = [over] if isinstance(over[0], float) else over
+
         def voiced(t: float) -> bool:
             p = speaker.play_start(1)
-            return 0.2 <= t < 1.2 or (p is not None and p + over[0] <= t < p + over[1])
+            return 0.2 <= t < 1.2 or (p is not None and any(p + a <= t < p + b for a, b in spans))
 
         session = Session(
             source=ScriptedMic(clock, speaker, voiced, seconds),
@@ -163,3 +165,19 @@ def test_a_user_who_talks_over_the_reply_with_their_own_words_is_answered() -> N
     session, _, events = run(lambda onset, now: verdict(True), said=("What is the weather?", "Stop, is it sunny?"))
     assert not [e for e in events if e.kind == "stt_rejected"]
     assert [r["user"] for r in session.records if r.get("user")] == ["What is the weather?", "Stop, is it sunny?"]
+
+
+def test_a_short_first_word_is_judged_from_the_onset_not_from_the_vad_s_voiced_frames() -> None:
+    """ "Stop, tell me ...": the canceller's double-talk suppression left "Stop," 80 ms of voiced frames, then the
+    comma's pause. The verdict is asked 100 ms after the onset, not once the VAD has heard 100 ms of voice (that
+    waited for "tell me", 0.5 s later, and the reply played on over the user)."""
+
+    def after_100ms(onset: float, now: float) -> Verdict:
+        return verdict(now - onset >= 0.1)
+
+    _, speaker, events = run(after_100ms, over=[(0.5, 0.58), (1.0, 1.6)])
+    [barge] = [e for e in events if e.kind == "barge_in"]
+    onset = speaker.play_start(1) + 0.5  # type: ignore[operator]
+    [flush_t] = speaker.flushes
+    assert flush_t <= onset + 0.1 + 0.041, flush_t - onset
+    assert barge.data["asked_ms"] <= 120
