@@ -419,7 +419,8 @@ class EchoCanceller:
                         self.echo_absent = loud < idle + ECHO_ABSENT_MARGIN_DB
                 self._block = [0.0, 0.0, 0]
         self.echo_lags_db = None
-        self.delay_known = d is not None
+        # The lags below centre on a delay: the measured one, or 0 for a mic that hears no echo.
+        self.delay_known = d is not None or self.echo_absent
         if self._gain is None:
             self.echo_db = None
         elif d is None and not self.echo_absent:
