@@ -117,8 +117,8 @@ def test_an_accepted_barge_in_stops_the_reply_after_half_the_minimum() -> None:
 
 
 def test_a_slow_barge_in_decision_says_why() -> None:
-    """The event tells a late verdict (the confirmer said no for a while) from a late question (the VAD's speech
-    took long to last half the minimum): what CI logs of a slow barge-in need to be read."""
+    """The event tells a late verdict (the confirmer said no for a while) from a late question (asked long after
+    the onset): what CI logs of a slow barge-in need to be read."""
 
     def after_300ms(onset: float, now: float) -> Verdict:
         return verdict(now - onset >= 0.299)
@@ -126,7 +126,7 @@ def test_a_slow_barge_in_decision_says_why() -> None:
     _, _, events = run(after_300ms)
     [barge] = [e for e in events if e.kind == "barge_in"]
     asked = barge.data["asked_ms"]
-    assert 100 <= asked <= 140  # first asked once the speech lasted half the minimum (100 ms, to the frame) ...
+    assert 100 <= asked <= 140  # first asked half the minimum after the onset (100 ms, to the frame) ...
     assert barge.data["refused"] == round((300 - asked) / 20)  # ... then said no every frame until 300 ms
 
 

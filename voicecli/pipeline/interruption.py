@@ -35,8 +35,8 @@ class BargeInPolicy:
         self.onset: float | None = None
         self._doubted = False
         self._verdict: Any = None  # the confirming verdict of the barge-in being decided (echo mode)
-        # For the event log, so that a slow decision tells why: when the verdict was first asked (the VAD's
-        # speech had lasted long enough) and how many frames' verdicts said no before the one that said yes.
+        # For the event log, so that a slow decision tells why: when the verdict was first asked (100 ms after
+        # the onset, or later if the session asked late) and how many verdicts said no before the one that said yes.
         self._asked: float | None = None
         self._refused = 0
 
