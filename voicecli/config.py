@@ -97,6 +97,10 @@ class VadConfig:
     start_ms: int = 100  # voiced audio needed before SILENCE -> SPEECH (ignores clicks)
     pause_ms: int = 120  # early pause signal: start speculative STT (120 against 200: target set TTFA -100 ms)
     hangover_ms: int = 500  # end of turn
+    # After this much silence the words so far are transcribed at once on the partials' worker (a "tail partial",
+    # pipeline.prefill): when the pause signal comes pause_ms - tail_ms later, its transcript is done or nearly, and
+    # the pause does not start one of its own. 0: off (the pause transcribes).
+    tail_ms: int = 40
     unfinished_extra_ms: int = 700  # more, when the speculative transcript sounds unfinished ("and", "um")
     # The semantic end of turn (pipeline.turn_end): the LLM's probability that the user is done after the words
     # heard at the pause. "auto" (the default): the manifest's judge (SmolLM2-135M), if `voicecli models pull` got

@@ -246,6 +246,8 @@ class Session:
             self._on_vad(ev)
         if self._prefill and self._turn is None and self.detector.state is vad.State.SPEECH:
             self.prefiller.hearing(self.detector.speech_s, self.detector.last_voiced, self.detector.audio_so_far)
+        elif self._prefill and self._turn is None and self.detector.just_quiet:
+            self.prefiller.tail(self.detector.audio_so_far)
         if (
             self._input.monologue
             and self._turn is None
@@ -272,7 +274,7 @@ class Session:
             self._emit("pause", t=ev.t)  # no new partial transcript; one in flight is frozen (pipeline.prefill)
             self.prefiller.hold()
             if self._turn is None and self.streaming:
-                self.speculator.start(ev.audio)
+                self.speculator.start(ev.audio, self.prefiller.covering(self.detector.voiced_samples))
         elif isinstance(ev, vad.Resumed):
             self._emit("resume", t=ev.t)
             self.speculator.drop()

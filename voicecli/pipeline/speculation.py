@@ -37,6 +37,9 @@ from voicecli.pipeline.turn_end import (
 )
 
 JUDGE_MIN_S = 0.08  # the least time left in the hangover for the judge's verdict to still matter
+# How long the pause waits for the tail partial (pipeline.prefill) before transcribing on its own as well: it
+# started >= 80 ms before the pause and takes ~120 ms (whisper base, one thread); a starved one must not hold it.
+TAIL_WAIT_S = 0.15
 
 # Why a prepared reply was thrown away (the `reply_wasted` event's reason, the keys of `Speculator.wasted`).
 USER_WENT_ON = "the user went on talking"
@@ -119,12 +122,33 @@ class Speculator:
         self.wasted: Counter[str] = Counter()  # prepared replies thrown away, by reason
 
     # ---- the pause ----------------------------------------------------------------------------------------
-    def start(self, audio: Float32Array) -> None:
+    def start(self, audio: Float32Array, tail: asyncio.Future[Transcript] | None = None) -> None:
+        """The pause: transcribe `audio`, or take `tail`, the transcript of the same words started a little
+        earlier on the partials' worker (Prefiller.covering)."""
         self.drop()
         now = self._clock()
-        spec = Speculation(asyncio.create_task(self._transcribe(audio)), TurnLifecycle.proposed(now), t_pause=now)
+        words = self._transcribe(audio) if tail is None else self._tail_or_own(tail, audio)
+        spec = Speculation(asyncio.create_task(words), TurnLifecycle.proposed(now), t_pause=now)
         spec.transcript.add_done_callback(lambda _: self._transcribed(spec))
         self.current = spec
+
+    async def _tail_or_own(self, tail: asyncio.Future[Transcript], audio: Float32Array) -> Transcript:
+        """The tail partial's transcript; if it failed, or is not in within TAIL_WAIT_S (a worker starved next to a
+        busy program), the pause's own transcription as well, and whichever comes first."""
+        await asyncio.wait({tail}, timeout=TAIL_WAIT_S)
+        if tail.done() and not tail.cancelled() and tail.exception() is None:
+            return tail.result()
+        own = asyncio.ensure_future(self._transcribe(audio))
+        try:
+            pending: set[asyncio.Future[Transcript]] = {own} if tail.done() else {tail, own}
+            while True:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if tail in done and not tail.cancelled() and tail.exception() is None:
+                    return tail.result()
+                if own in done:
+                    return own.result()
+        finally:
+            own.cancel()
 
     def _transcribed(self, spec: Speculation) -> None:
         """The speculative transcript is in and the user is still silent: the end of turn is judged on its words

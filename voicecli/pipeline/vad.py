@@ -3,6 +3,7 @@
     SILENCE --(start_ms of mostly voiced frames)--> SPEECH      emits SpeechStarted
     SPEECH  --(an unvoiced frame)-----------------> HANGOVER
     HANGOVER --(a voiced frame)-------------------> SPEECH      emits Resumed if Paused was sent
+    HANGOVER --(tail_ms of silence)---------------> HANGOVER    `just_quiet` (a tail partial transcription)
     HANGOVER --(pause_ms of silence)--------------> HANGOVER    emits Paused (start speculative STT)
     HANGOVER --(hangover_ms of silence)-----------> SILENCE     emits Utterance, or Discarded if a blip
     any utterance reaching max_utterance_s ---------------------> emits Utterance(forced=True)
@@ -174,6 +175,7 @@ def _check_config(cfg: VadConfig) -> None:
         "vad.pause_ms": cfg.pause_ms <= 0,
         "vad.hangover_ms": cfg.hangover_ms <= 0,
         "vad.complete_min_ms": cfg.complete_min_ms < 0,
+        "vad.tail_ms": cfg.tail_ms < 0,
         "vad.preroll_ms": cfg.preroll_ms < 0,
         "vad.min_utterance_ms": cfg.min_utterance_ms < 0,
         "vad.max_utterance_s": cfg.max_utterance_s * 1000 < max(cfg.start_ms, cfg.min_utterance_ms),
@@ -200,6 +202,7 @@ class TurnDetector:
         self._pause_n = _frames(cfg.pause_ms)
         self._hang_n = _frames(cfg.hangover_ms)
         self._tail_n = min(self._pause_n, self._hang_n)
+        self._quiet_n = _frames(cfg.tail_ms) if 0 < cfg.tail_ms < cfg.pause_ms else 0
         self._preroll_n = math.ceil(cfg.preroll_ms / FRAME_MS - 1e-9)
         self._max_n = max(self._start_n, round(cfg.max_utterance_s * 1000 / FRAME_MS))
         # Recent frames (audio, t, voiced): pre-roll and the onset window. Bounded.
@@ -224,6 +227,23 @@ class TurnDetector:
     def last_voiced(self) -> bool:
         """Whether the latest frame was voiced."""
         return bool(self._recent) and self._recent[-1][2]
+
+    @property
+    def just_quiet(self) -> bool:
+        """The latest frame made the silence after enough speech reach `tail_ms` (before the pause signal): the
+        words so far may be the whole turn (pipeline.prefill transcribes them at once). Never when tail_ms is 0."""
+        return (
+            self._quiet_n > 0
+            and self._state is State.HANGOVER
+            and self._silent == self._quiet_n
+            and not self._paused
+            and self._long_enough()
+        )
+
+    @property
+    def voiced_samples(self) -> int:
+        """Samples of the current utterance's audio (`audio_so_far`) up to the end of its last voiced frame."""
+        return self._voiced_end_n
 
     def audio_so_far(self) -> Float32Array:
         """The current utterance's audio up to now (pre-roll included), as the Utterance will carry it."""
