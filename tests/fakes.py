@@ -154,6 +154,14 @@ class FakeSTT:
         self.latency = latency
         self.calls: list[float] = []  # audio seconds per call
         self.finished: list[str] = []
+        self.running = 0
+
+    @property
+    def idle(self) -> bool:  # as WhisperSTT.idle
+        return self.running == 0
+
+    def latency_for(self, seconds: float) -> float:
+        return self.latency
 
     async def start(self) -> None: ...
 
@@ -162,7 +170,11 @@ class FakeSTT:
     async def transcribe(self, audio: npt.NDArray[np.float32]) -> Transcript:
         seconds = len(audio) / RATE
         self.calls.append(seconds)
-        await self.clock.sleep(self.latency)
+        self.running += 1
+        try:
+            await self.clock.sleep(self.latency_for(seconds))
+        finally:
+            self.running -= 1
         text = f"question of {seconds:.2f} seconds"
         self.finished.append(text)
         return Transcript(text=text, is_speech=True, audio_s=seconds, compute_s=self.latency)

@@ -66,8 +66,19 @@ class PartialSTT(FakeSTT):
         self.freezes.append((self.clock.now, frozen))
 
 
+class SlowTailSTT(PartialSTT):
+    """A partials' worker that is starved for the tail partial only (the longest audio, 3.44 s)."""
+
+    def latency_for(self, seconds: float) -> float:
+        return 1.0 if seconds > 3.4 else self.latency
+
+
 def run_with_partial_worker(
-    spans: list[tuple[float, float]], stt_s: float = 0.1, partial_s: float = 0.3
+    spans: list[tuple[float, float]],
+    stt_s: float = 0.1,
+    partial_s: float = 0.3,
+    vad_cfg: VadConfig = VAD,
+    partial_cls: type[PartialSTT] = PartialSTT,
 ) -> tuple[FakeSTT, PartialSTT, PrefillLLM, list[Event]]:
     """One turn per span of speech, the partial words on a worker of their own; `stt_s` / `partial_s`: how long
     the pause's transcription and a partial one take."""
@@ -76,14 +87,14 @@ def run_with_partial_worker(
         clock = SimClock()
         speaker = FakeSpeaker(clock)
         llm = PrefillLLM(clock)
-        stt, partial = FakeSTT(clock, stt_s), PartialSTT(clock, partial_s)
+        stt, partial = FakeSTT(clock, stt_s), partial_cls(clock, partial_s)
         events: list[Event] = []
         session = Session(
             source=ScriptedMic(clock, speaker, lambda t: any(a <= t < b for a, b in spans), spans[-1][1] + 6.0),
             sink=speaker, stt=stt, llm=llm, tts=FakeTTS(clock), partial_stt=partial,
-            history=History("You are a test.", 2000, llm.count_tokens), vad_cfg=VAD,
+            history=History("You are a test.", 2000, llm.count_tokens), vad_cfg=vad_cfg,
             talk_cfg=TalkConfig(prefill_while_speaking=True),
-            emit=events.append, clock=clock, detector=TurnDetector(VAD, classifier=marker_classifier),
+            emit=events.append, clock=clock, detector=TurnDetector(vad_cfg, classifier=marker_classifier),
         )  # fmt: skip
         await asyncio.wait_for(session.run(max_turns=len(spans)), timeout=20)
         return stt, partial, llm, events
@@ -190,3 +201,56 @@ def test_partial_words_are_not_prefilled_after_the_pause() -> None:
     assert len(times) >= 2 and max(times) < pause  # the words heard while speaking, none after
     assert llm.stops == pytest.approx([pause], abs=0.03)  # and a prefill still running stops at the pause
     assert [e.kind for e in events].count("llm_done") == 1
+
+
+def first(events: list[Event], kind: str) -> Event:
+    return next(e for e in events if e.kind == kind)
+
+
+def test_the_pause_takes_the_words_transcribed_after_the_first_40_ms_of_silence() -> None:
+    """The tail partial: 40 ms into the silence the words are transcribed on the partials' worker; the pause signal
+    (120 ms) finds that transcript done and prepares the reply on it at once, instead of transcribing for ~0.1 s
+    on the main worker first. The turn's words are all of them."""
+    stt, partial, _, events = run_with_partial_worker([(0.2, 3.4)], stt_s=0.1, partial_s=0.08)
+    pause = first(events, "pause").t
+    assert stt.calls == []  # the main worker never ran
+    assert partial.calls[-1] == pytest.approx(3.4 + 0.04, abs=0.001)  # all the speech and 40 ms of silence
+    assert first(events, "reply_prepared").t == pytest.approx(pause, abs=0.021)  # on the pause's frame, not 0.1 s later
+    assert first(events, "stt_done").data["text"] == "question of 3.44 seconds"
+    assert partial.freezes == []  # the worker was not stopped under the pause's own transcript
+
+    # Off (tail_ms 0): the pause transcribes on the main worker, and the reply is prepared 0.1 s later.
+    stt, _, _, events = run_with_partial_worker([(0.2, 3.4)], stt_s=0.1, partial_s=0.08, vad_cfg=VadConfig(tail_ms=0))
+    assert len(stt.calls) == 1
+    assert first(events, "reply_prepared").t == pytest.approx(first(events, "pause").t + 0.1, abs=0.021)
+
+
+def test_a_starved_tail_partial_does_not_hold_the_pause() -> None:
+    """A tail partial that takes far longer than usual (a worker starved next to a busy program): 0.15 s after the
+    pause the main worker transcribes too, and the first transcript in is the turn's."""
+    stt, _, _, events = run_with_partial_worker([(0.2, 3.4)], stt_s=0.1, partial_s=0.08, partial_cls=SlowTailSTT)
+    pause = first(events, "pause").t
+    assert len(stt.calls) == 1
+    assert first(events, "reply_prepared").t == pytest.approx(pause + 0.15 + 0.1, abs=0.021)
+    assert first(events, "stt_done").data["text"] == "question of 3.52 seconds"  # the pause's own, all the words
+
+
+def test_words_spoken_after_a_tail_are_not_lost() -> None:
+    """A 60 ms gap between words starts a tail partial; the user goes on. The pause at the real end takes only a
+    transcript that heard every word."""
+    _, partial, _, events = run_with_partial_worker([(0.2, 2.0), (2.06, 3.4)], stt_s=0.1, partial_s=0.08)
+    assert 2.04 in [round(c, 2) for c in partial.calls]  # the gap's tail partial (the utterance's first 2.04 s)
+    heard = float(first(events, "stt_done").data["text"].split()[2])
+    assert heard == pytest.approx(3.44)  # every word, and the 40 ms of silence after the last
+    assert [e.kind for e in events].count("llm_done") == 1
+
+
+def test_with_a_partial_running_the_tail_goes_to_the_idle_main_worker() -> None:
+    """Partials every quarter second keep their worker busy half the time: a tail that finds it busy is transcribed
+    on the main worker (idle while the user speaks), not after the partial in flight."""
+    stt, partial, _, events = run_with_partial_worker([(0.2, 3.4)], stt_s=0.1, partial_s=1.0)
+    pause = first(events, "pause").t
+    assert stt.calls == [pytest.approx(3.44)]  # the tail, on the main worker; the pause did not transcribe again
+    assert first(events, "reply_prepared").t <= pause + 0.021  # the tail (at 3.44 s) + 0.1 s
+    assert first(events, "stt_done").data["text"] == "question of 3.44 seconds"
+    assert [t for t, f in partial.freezes if f] == [pytest.approx(pause, abs=0.03)]  # the partial in flight stopped

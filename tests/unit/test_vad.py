@@ -308,3 +308,27 @@ def test_fuzz_random_voiced_sequences_keep_the_invariants(cfg: VadConfig, runs: 
             assert det.state is not State.SILENCE
     assert not open_turn, "a turn was left open after a long silence"
     assert det.state is State.SILENCE
+
+
+def test_the_words_are_flagged_as_maybe_whole_once_the_silence_reaches_tail_ms() -> None:
+    """`just_quiet` (what starts the tail partial transcription, pipeline.prefill): on the one frame whose silence
+    reaches tail_ms after enough speech, before the pause signal; again after each new stretch of speech; never
+    after a blip too short to be a turn, and never with tail_ms 0."""
+    cfg = VadConfig(pause_ms=200, tail_ms=40)
+    flags = pattern((False, 1.0), (True, 0.6), (False, 0.3), (True, 0.5), (False, 1.0), (True, 0.1), (False, 0.6))
+
+    def quiet_frames(cfg: VadConfig) -> list[int]:
+        det = TurnDetector(cfg, classifier=by_sign)
+        out = []
+        for i, voiced in enumerate(flags):
+            det.process(tagged_frame(i, voiced), 10.0 + i * F)
+            if det.just_quiet:
+                assert frame_indices(det.audio_so_far())[-1] == i  # every word heard so far, and 40 ms of silence
+                assert det.voiced_samples == len(det.audio_so_far()) - 2 * FRAME_SAMPLES
+                out.append(i)
+        return out
+
+    # The 2nd silent frame after each stretch of speech (frames 80 and 120 are the 1st); the 0.1 s blip gets none.
+    assert quiet_frames(cfg) == [81, 121]
+    assert quiet_frames(dataclasses.replace(cfg, tail_ms=0)) == []
+    assert quiet_frames(dataclasses.replace(cfg, tail_ms=200)) == []  # not before the pause signal: no use

@@ -565,6 +565,11 @@ class WhisperSTT:
         if pool is not None:
             _stop_pool(pool)
 
+    @property
+    def idle(self) -> bool:
+        """No transcription runs or waits: one asked now starts at once."""
+        return self._pool is not None and self._busy == 0 and not self._slot_waiters
+
     def freeze(self, frozen: bool) -> None:
         """Stop (SIGSTOP) or continue (SIGCONT) the workers where they are. For work that may be thrown away (the
         user's partial words): niceness alone still lets it take slices of a core, and two llama.cpp threads

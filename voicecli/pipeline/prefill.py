@@ -65,10 +65,15 @@ class Prefiller:
         every_s: float = EVERY_S,
         freeze: Callable[[bool], None] | None = None,
         judge: JudgePrefills | None = None,
+        main: tuple[Callable[[Float32Array], Awaitable[Transcript]], Callable[[], bool]] | None = None,
     ) -> None:
         """`freeze(True/False)`: stop / continue whatever runs `transcribe` (a worker of the partials' own).
-        `judge`: the semantic end of turn's judge, prefilled with the same words (Judge.prefill)."""
+        `judge`: the semantic end of turn's judge, prefilled with the same words (Judge.prefill). `main`: the
+        pause's own transcription and whether its worker is idle: a tail partial goes there when the partials'
+        worker is busy."""
         self._transcribe = transcribe
+        self._main = main
+        self._partial_jobs = 0  # transcriptions running (or queued) on the partials' worker
         self._judge = judge
         self._freeze = freeze
         self._held = False  # the partials' worker is frozen
@@ -83,7 +88,8 @@ class Prefiller:
         # The tail partial of the current silence, and how many samples of the utterance it heard.
         self._tail: asyncio.Future[Transcript] | None = None
         self._tail_samples = 0
-        self._tail_wanted: Callable[[], Float32Array] | None = None  # to start once the partial in flight is done
+        self._tail_on_partials = False  # it runs on the partials' worker (not the main one)
+        self._tail_wanted: Callable[[], Float32Array] | None = None  # to start once a worker is free
         self.prefilled = 0  # tokens evaluated ahead of the request (running total)
 
     @property
@@ -104,20 +110,43 @@ class Prefiller:
         self._task = asyncio.create_task(self._run(audio()))
 
     def tail(self, audio: Callable[[], Float32Array]) -> None:
-        """The user has been silent `vad.tail_ms`: transcribe their words so far now (see the module docstring).
-        Behind a partial in flight it starts as soon as that one is transcribed, unless the user paused or spoke."""
+        """The user has been silent `vad.tail_ms`: transcribe their words so far now (see the module docstring), on
+        the partials' worker, or on the main one when a partial runs and the main worker is idle; with both busy,
+        as soon as one is free, unless the user paused or spoke by then."""
         if self._llm is None:
             return
-        if self._task is not None and not self._task.done():
-            self._tail_wanted = audio
-            return
-        self._start_tail(audio())
+        self._tail_wanted = audio
+        self._start_tail()
 
-    def _start_tail(self, audio: Float32Array) -> None:
+    def _start_tail(self) -> None:
+        audio = self._tail_wanted
+        if audio is None or self._paused:
+            return
+        transcribe: Callable[[Float32Array], Awaitable[Transcript]]
+        if self._partial_jobs == 0:
+            transcribe, on_partials = self._partial, True
+        elif self._main is not None and self._main[1]():
+            transcribe, on_partials = self._main[0], False
+        else:
+            return  # `_job_done` tries again
         self._tail_wanted = None
-        self._tail_samples = len(audio)
-        self._tail = asyncio.ensure_future(self._transcribe(audio))
-        self._tail.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody may ask for it
+        pcm = audio()
+        self._tail_samples, self._tail_on_partials = len(pcm), on_partials
+        self._tail = asyncio.ensure_future(transcribe(pcm))
+        self._tail.add_done_callback(self._job_done)
+
+    def _job_done(self, job: asyncio.Future[Transcript]) -> None:
+        if not job.cancelled():
+            job.exception()  # nobody may ask for a tail partial's words: its error is not "never retrieved"
+        self._start_tail()
+
+    async def _partial(self, audio: Float32Array) -> Transcript:
+        """A transcription on the partials' worker, counted (the worker is busy while it runs or queues)."""
+        self._partial_jobs += 1
+        try:
+            return await self._transcribe(audio)
+        finally:
+            self._partial_jobs -= 1
 
     def covering(self, voiced_samples: int) -> asyncio.Future[Transcript] | None:
         """The tail partial, if it heard every voiced sample of the utterance (`voiced_samples` of its audio): the
@@ -136,7 +165,7 @@ class Prefiller:
         stop = getattr(self._llm, "stop_prefill", None)
         if callable(stop):
             stop()
-        if self._tail is not None and not self._tail.done():
+        if self._tail is not None and not self._tail.done() and self._tail_on_partials:
             return  # the tail partial runs on: the pause waits for it
         if self._freeze is not None and not self._held:
             self._freeze(True)
@@ -159,9 +188,8 @@ class Prefiller:
 
     async def _run(self, audio: Float32Array) -> None:
         assert self._llm is not None
-        tr = await self._transcribe(audio)
-        if self._tail_wanted is not None and not self._paused:
-            self._start_tail(self._tail_wanted())  # the user went silent while this one ran
+        tr = await self._partial(audio)
+        self._start_tail()  # the user went silent while this one ran
         words = " ".join(tr.text.split()) if tr.is_speech else ""
         if len(words.split()) < MIN_WORDS or self._paused:
             # Paused since it started: the pause's own transcript supersedes these words, and the verdict on

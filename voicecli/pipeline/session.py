@@ -152,6 +152,7 @@ class Session:
             transcribe=self._transcribe if partial_stt is None else partial_stt.transcribe,
             llm=llm, history=history, emit=self._emit, may_prefill=may_prefill,
             freeze=getattr(partial_stt, "freeze", None), judge=judge,
+            main=(self._transcribe, lambda: bool(getattr(stt, "idle", False))) if partial_stt is not None else None,
         )  # fmt: skip
         self._prefill = streaming and talk_cfg.prefill_while_speaking and self.prefiller.enabled
         self.speculator = Speculator(
@@ -244,6 +245,7 @@ class Session:
             return
         for ev in self.detector.process(frame.pcm, frame.t):
             self._on_vad(ev)
+        self.speculator.tick()
         if self._prefill and self._turn is None and self.detector.state is vad.State.SPEECH:
             self.prefiller.hearing(self.detector.speech_s, self.detector.last_voiced, self.detector.audio_so_far)
         elif self._prefill and self._turn is None and self.detector.just_quiet:

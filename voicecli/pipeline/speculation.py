@@ -118,6 +118,7 @@ class Speculator:
         self._window_s = verdict_window_s  # from the pause to the end of the hangover: a verdict after it is moot
         self._prepare = prepare
         self.current: Speculation | None = None
+        self._overdue: tuple[float, asyncio.Event] | None = None  # when the pause stops waiting for a tail partial
         self.adopted = 0  # prepared replies a turn took as its own
         self.wasted: Counter[str] = Counter()  # prepared replies thrown away, by reason
 
@@ -127,15 +128,22 @@ class Speculator:
         earlier on the partials' worker (Prefiller.covering)."""
         self.drop()
         now = self._clock()
-        words = self._transcribe(audio) if tail is None else self._tail_or_own(tail, audio)
+        words = self._transcribe(audio) if tail is None else self._tail_or_own(tail, audio, now)
         spec = Speculation(asyncio.create_task(words), TurnLifecycle.proposed(now), t_pause=now)
         spec.transcript.add_done_callback(lambda _: self._transcribed(spec))
         self.current = spec
 
-    async def _tail_or_own(self, tail: asyncio.Future[Transcript], audio: Float32Array) -> Transcript:
-        """The tail partial's transcript; if it failed, or is not in within TAIL_WAIT_S (a worker starved next to a
-        busy program), the pause's own transcription as well, and whichever comes first."""
-        await asyncio.wait({tail}, timeout=TAIL_WAIT_S)
+    async def _tail_or_own(self, tail: asyncio.Future[Transcript], audio: Float32Array, t_pause: float) -> Transcript:
+        """The tail partial's transcript; if it failed, or is not in TAIL_WAIT_S after the pause (a worker starved
+        next to a busy program; `tick` tells), the pause's own transcription as well, and whichever comes first."""
+        overdue = asyncio.Event()
+        self._overdue = (t_pause + TAIL_WAIT_S, overdue)
+        waiting: asyncio.Future[Any] = asyncio.ensure_future(overdue.wait())
+        try:
+            await asyncio.wait({tail, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+            self._overdue = None
         if tail.done() and not tail.cancelled() and tail.exception() is None:
             return tail.result()
         own = asyncio.ensure_future(self._transcribe(audio))
@@ -149,6 +157,11 @@ class Speculator:
                     return own.result()
         finally:
             own.cancel()
+
+    def tick(self) -> None:
+        """A frame went by: a tail partial the pause waits for may be overdue (see `_tail_or_own`)."""
+        if self._overdue is not None and self._clock() >= self._overdue[0]:
+            self._overdue[1].set()
 
     def _transcribed(self, spec: Speculation) -> None:
         """The speculative transcript is in and the user is still silent: the end of turn is judged on its words
