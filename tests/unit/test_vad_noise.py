@@ -78,3 +78,24 @@ def test_steady_noise_onset_is_discarded_even_before_the_floor_adapts() -> None:
             events += det.process(pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], i * 0.02)
         assert not any(isinstance(e, Utterance) for e in events)
         assert not any(isinstance(e, SpeechStarted) for e in events) or any(isinstance(e, Discarded) for e in events)
+
+
+def hissy_turn(lead_silence_s: float) -> tuple[np.ndarray, float]:
+    """A crude vowel under a -48 dBFS hiss, after `lead_silence_s` of digital silence (a noise gate or the
+    benchmark's feed between clips); returns the signal and where the voice ends."""
+    from tests.unit.test_vad import noise, voiced_signal
+
+    voice = voiced_signal(1.5).astype(np.float64) / 32768
+    hiss = noise(0.4 + 1.5 + 1.0, -48.0, seed=4).astype(np.float64) / 32768
+    hiss[int(0.4 * SAMPLE_RATE) : int(0.4 * SAMPLE_RATE) + len(voice)] += voice
+    return np.concatenate([np.zeros(int(lead_silence_s * SAMPLE_RATE)), hiss]), lead_silence_s + 0.4 + 1.5
+
+
+def test_the_end_of_speech_in_a_hiss_is_where_the_voice_stops() -> None:
+    """webrtcvad says "speech" for ~100 ms after a voice stops (its own overhang) over any hiss the level gates let
+    through; the end of speech, and with it the pause, the transcription and the reply, came that much later."""
+    for lead in (3.0, 0.0):  # the hiss after digital silence, and a hiss from the start (no silence before it)
+        signal, end = hissy_turn(lead)
+        turns = [e for e in run(signal) if isinstance(e, Utterance)]
+        assert len(turns) == 1
+        assert abs(turns[0].t_speech_end - end) <= 0.03, (lead, turns[0].t_speech_end - end)

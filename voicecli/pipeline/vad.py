@@ -34,6 +34,12 @@ from voicecli.config import VadConfig
 from voicecli.errors import ConfigError
 
 FRAME_S = FRAME_MS / 1000.0
+OVERHANG_MAX = 6  # frames: webrtcvad's own hangover after speech is ~100 ms (5 frames of 20 ms here)
+OVERHANG_DB = 2.0  # a frame within this of the silence after it is taken for that silence, when that silence
+# is within ROOM_DB of the room before the onset: a final fricative ("s") that webrtcvad calls unvoiced is as loud
+# as the frames before it, but well above the room.
+ROOM_DB = 3.0
+DIGITAL_SILENCE_DBFS = -90.0
 # Fraction of the onset window that must be voiced (one unvoiced frame in five is forgiven).
 ONSET_VOICED_FRACTION = 0.8
 
@@ -151,22 +157,29 @@ class NoiseFloor:
         return self.floor_dbfs
 
 
-def webrtc_classifier(aggressiveness: int, floor_dbfs: float, *, adaptive: bool = True) -> Classifier:
+class WebrtcClassifier:
     """webrtcvad at `aggressiveness` AND a level above floor_dbfs (webrtcvad alone fires on faint hiss)
-    AND, with `adaptive`, clearly above the background noise floor (webrtcvad fires on fan noise too)."""
-    import webrtcvad  # local: keeps this module importable for tests that inject a classifier
+    AND, with `adaptive`, clearly above the background noise floor (webrtcvad fires on fan noise too).
+    `judged`: whether webrtcvad itself judged the last frame (False: its level alone ruled it out)."""
 
-    vad = webrtcvad.Vad(aggressiveness)
-    noise = NoiseFloor()
+    def __init__(self, aggressiveness: int, floor_dbfs: float, *, adaptive: bool = True) -> None:
+        import webrtcvad  # local: keeps this module importable for tests that inject a classifier
 
-    def classify(frame: np.ndarray) -> bool:
+        self._vad = webrtcvad.Vad(aggressiveness)
+        self._noise = NoiseFloor()
+        self._floor_dbfs = floor_dbfs
+        self._adaptive = adaptive
+        self.judged = False
+
+    def __call__(self, frame: np.ndarray) -> bool:
         level = rms_dbfs(frame)
-        background = noise.update(level) if adaptive else -120.0
-        if level <= floor_dbfs or level <= background + noise.margin_db:
-            return False
-        return bool(vad.is_speech(frame.tobytes(), SAMPLE_RATE))
+        background = self._noise.update(level) if self._adaptive else -120.0
+        self.judged = level > self._floor_dbfs and level > background + self._noise.margin_db
+        return self.judged and bool(self._vad.is_speech(frame.tobytes(), SAMPLE_RATE))
 
-    return classify
+
+def webrtc_classifier(aggressiveness: int, floor_dbfs: float, *, adaptive: bool = True) -> Classifier:
+    return WebrtcClassifier(aggressiveness, floor_dbfs, adaptive=adaptive)
 
 
 def _check_config(cfg: VadConfig) -> None:
@@ -195,7 +208,8 @@ class TurnDetector:
         _check_config(cfg)
         self.cfg = cfg
         self._classify = classifier or webrtc_classifier(cfg.aggressiveness, cfg.floor_dbfs)
-        # Steady-sound rejection belongs to the real-audio path; injected classifiers judge frames themselves.
+        # Steady-sound rejection and the overhang trim belong to the real-audio path; injected classifiers judge
+        # frames themselves.
         self.reject_stationary = classifier is None
         self._start_n = _frames(cfg.start_ms)
         self._onset_need = max(1, math.ceil(ONSET_VOICED_FRACTION * self._start_n - 1e-9))
@@ -232,13 +246,7 @@ class TurnDetector:
     def just_quiet(self) -> bool:
         """The latest frame made the silence after enough speech reach `tail_ms` (before the pause signal): the
         words so far may be the whole turn (pipeline.prefill transcribes them at once). Never when tail_ms is 0."""
-        return (
-            self._quiet_n > 0
-            and self._state is State.HANGOVER
-            and self._silent == self._quiet_n
-            and not self._paused
-            and self._long_enough()
-        )
+        return self._quiet_now
 
     @property
     def voiced_samples(self) -> int:
@@ -259,6 +267,8 @@ class TurnDetector:
         self._voiced_end_n = 0  # samples in _buf up to the end of the last voiced frame
         self._silent = 0
         self._paused = False
+        self._onset_n = 0  # samples in _buf before the onset (the pre-roll)
+        self._quiet_now = self._quiet_done = False  # just_quiet on this frame; once per stretch of silence
         self._continue = False  # a forced cut happened mid-speech: the next frame starts a new utterance
         self._extra_n = 0  # hangover frames added (or, < 0, taken off) for this pause: wait_longer, end_sooner
 
@@ -285,6 +295,7 @@ class TurnDetector:
             )
         voiced = bool(self._classify(frame))
         self._recent.append((frame.copy(), t, voiced))
+        self._quiet_now = False
         events: list[Event] = []
         if self._continue:  # the previous utterance was cut mid-speech: this frame starts the next
             self._continue = False
@@ -323,11 +334,45 @@ class TurnDetector:
         self._t_start = frames[0][1]
         self._t_onset = self._t_voiced_end = t_onset
         self._voiced_end_n = 0
+        self._onset_n = onset * FRAME_SAMPLES
+        self._quiet_done = False
         self._onset_frames = len(frames) - onset
         self._silent = 0
         self._paused = False
         self._extra_n = 0
         events.append(SpeechStarted(t_onset))
+
+    def _overhang(self) -> int:
+        """At the first unvoiced frame after speech: how many of the voiced frames just before it were webrtcvad's
+        own hangover, not speech. After speech it goes on saying "voiced" for ~100 ms (its built-in overhang) over
+        any sound the level gates let through: a hiss at -48 dBFS after digital silence (a noise gate, the
+        benchmark's feed) moved every end of speech 100-110 ms later, and with it the pause, the transcription and
+        the reply. Such frames sound like the frame that ends them, which webrtcvad itself judged (within
+        OVERHANG_DB) and like the room (ROOM_DB); the speech's own last frames are louder. A frame
+        the level gates ruled out says nothing: under a steady noise the adaptive floor already ends the speech
+        where it fades."""
+        if not getattr(self._classify, "judged", False):
+            return 0  # no webrtcvad (a test's classifier), or the level ruled this frame out: no overhang to see
+        frames = list(self._recent)
+        quiet = rms_dbfs(frames[-1][0])
+        if quiet > self._room_dbfs() + ROOM_DB:
+            return 0
+        quiet += OVERHANG_DB
+        k = 0
+        for audio, _, voiced in reversed(frames[-1 - OVERHANG_MAX : -1]):
+            if not voiced or rms_dbfs(audio) > quiet:
+                break
+            k += 1
+        # Never back past the onset: an utterance keeps at least one voiced frame.
+        return min(k, max(0, (self._voiced_end_n - self._onset_n) // FRAME_SAMPLES - 1))
+
+    def _room_dbfs(self) -> float:
+        """What a silence sounds like here: the 10th percentile of the utterance's frame levels (pre-roll
+        included), digital silence left out (a feed or a noise gate between sounds, not the room)."""
+        pcm = self._buf[: self._n].reshape(-1, FRAME_SAMPLES).astype(np.float32) / 32768.0
+        levels = 10.0 * np.log10(np.mean(pcm * pcm, axis=1) + 1e-12)
+        levels = levels[levels > DIGITAL_SILENCE_DBFS]
+        return float(np.percentile(levels, 10)) if levels.size else -math.inf
 
     def _on_frame(self, voiced: bool, t: float, events: list[Event]) -> None:
         """Update the turn with the frame at `t`, already appended to the buffer."""
@@ -339,13 +384,31 @@ class TurnDetector:
                 events.append(Resumed(t))
             self._state = State.SPEECH
             self._paused = False
+            self._quiet_done = False
             self._extra_n = 0
         else:
+            if self._state is State.SPEECH and (k := self._overhang()):
+                self._silent += k
+                self._t_voiced_end -= k * FRAME_S
+                self._voiced_end_n -= k * FRAME_SAMPLES
             self._state = State.HANGOVER
             self._silent += 1
-            if self._silent == self._pause_n and self._pause_n < self._hang_n and self._long_enough():
+            if (
+                not self._paused
+                and self._silent >= self._pause_n
+                and self._pause_n < self._hang_n
+                and self._long_enough()
+            ):
                 self._paused = True
                 events.append(Paused(t + FRAME_S, int16_to_float32(self._buf[: self._n])))
+            if (
+                self._quiet_n
+                and not self._quiet_done
+                and not self._paused
+                and self._silent >= self._quiet_n
+                and self._long_enough()
+            ):
+                self._quiet_now = self._quiet_done = True
             if self._silent >= self._hang_n + self._extra_n:
                 self._end_turn(t + FRAME_S, events)
                 return
