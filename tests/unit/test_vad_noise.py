@@ -91,6 +91,19 @@ def hissy_turn(lead_silence_s: float) -> tuple[np.ndarray, float]:
     return np.concatenate([np.zeros(int(lead_silence_s * SAMPLE_RATE)), hiss]), lead_silence_s + 0.4 + 1.5
 
 
+def hiss_voiced_to_its_end(det: TurnDetector, voice_end_s: float) -> None:
+    """Make `det`'s webrtcvad call every frame of the hiss after the voice speech, up to the digital silence after
+    it (what it did on the benchmark's feed: 200 ms of it, where it usually stops after ~100 ms)."""
+    real = det._classify
+    t = {"s": 0.0}
+
+    def classify(frame: np.ndarray) -> bool:
+        t["s"] += 0.02
+        return real(frame) or (t["s"] > voice_end_s and bool(np.any(frame != 0)))
+
+    det._classify = classify
+
+
 def test_the_end_of_speech_in_a_hiss_is_where_the_voice_stops() -> None:
     """webrtcvad says "speech" for ~100 ms after a voice stops (its own overhang) over any hiss the level gates let
     through; the end of speech, and with it the pause, the transcription and the reply, came that much later."""
@@ -99,3 +112,43 @@ def test_the_end_of_speech_in_a_hiss_is_where_the_voice_stops() -> None:
         turns = [e for e in run(signal) if isinstance(e, Utterance)]
         assert len(turns) == 1
         assert abs(turns[0].t_speech_end - end) <= 0.03, (lead, turns[0].t_speech_end - end)
+    # webrtcvad calling the whole 1 s hiss tail speech, up to the digital silence after it: the end is still the voice's
+    # (at most ROOM_FRAMES, 300 ms, of it are taken back; the rest counts as silence as it comes).
+    signal, end = hissy_turn(3.0)
+    signal = np.concatenate([signal[: int((end + 0.25) * SAMPLE_RATE)], np.zeros(SAMPLE_RATE)])
+    det = TurnDetector(VadConfig())
+    hiss_voiced_to_its_end(det, end)
+    pcm = np.clip(signal * 32767, -32768, 32767).astype(np.int16)
+    events = [
+        e
+        for i in range(len(pcm) // FRAME_SAMPLES)
+        for e in det.process(pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], i * 0.02)
+    ]
+    turns = [e for e in events if isinstance(e, Utterance)]
+    assert len(turns) == 1 and abs(turns[0].t_speech_end - end) <= 0.03, turns[0].t_speech_end - end
+
+
+def test_a_word_s_own_fading_end_is_not_taken_for_the_room() -> None:
+    """Clean speech in digital silence, and under a steady hiss: the ends are where they were (the room is only
+    what is as quiet as the room, as steady as a hiss, and at least 60 ms of it)."""
+    from tests.unit.test_vad import voiced_signal
+
+    voice = voiced_signal(1.5).astype(np.float64) / 32768
+    fade = np.linspace(1.0, 0.0, int(0.12 * SAMPLE_RATE)) ** 3  # a word dying away over 120 ms
+    voice[-len(fade) :] *= fade
+    for hiss_dbfs in (None, -60.0):
+        signal = np.concatenate([np.zeros(3 * SAMPLE_RATE), voice, np.zeros(SAMPLE_RATE)])
+        if hiss_dbfs is not None:
+            signal += np.random.default_rng(5).normal(0, 10 ** (hiss_dbfs / 20), len(signal))
+        turns = [e for e in run(signal) if isinstance(e, Utterance)]
+        det = TurnDetector(VadConfig())
+        det.reject_stationary = False  # what the detector made of the same frames without the room rule
+        pcm = np.clip(signal * 32767, -32768, 32767).astype(np.int16)
+        plain = [
+            e
+            for i in range(len(pcm) // FRAME_SAMPLES)
+            for e in det.process(pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], i * 0.02)
+            if isinstance(e, Utterance)
+        ]
+        assert len(turns) == len(plain) == 1
+        assert turns[0].t_speech_end == plain[0].t_speech_end, hiss_dbfs

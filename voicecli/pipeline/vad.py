@@ -34,11 +34,14 @@ from voicecli.config import VadConfig
 from voicecli.errors import ConfigError
 
 FRAME_S = FRAME_MS / 1000.0
-OVERHANG_MAX = 6  # frames: webrtcvad's own hangover after speech is ~100 ms (5 frames of 20 ms here)
-OVERHANG_DB = 2.0  # a frame within this of the silence after it is taken for that silence, when that silence
-# is within ROOM_DB of the room before the onset: a final fricative ("s") that webrtcvad calls unvoiced is as loud
-# as the frames before it, but well above the room.
+# webrtcvad says "speech" after a voice stops (its own ~100 ms overhang, and at times over a hiss itself): the
+# voiced frames that end an utterance and sound like the room (within ROOM_DB of its level either way; a word's
+# own decay falls through that band in a frame) count as silence, ROOM_MIN_FRAMES to ROOM_FRAMES of them, when
+# the room is known (ROOM_BELOW_SPEECH_DB under the speech's median level).
+ROOM_FRAMES = 15
+ROOM_MIN_FRAMES = 4  # 80 ms: fewer are a word's own last frames (webrtcvad's overhang is ~100 ms)
 ROOM_DB = 3.0
+ROOM_BELOW_SPEECH_DB = 15.0
 DIGITAL_SILENCE_DBFS = -90.0
 # Fraction of the onset window that must be voiced (one unvoiced frame in five is forgiven).
 ONSET_VOICED_FRACTION = 0.8
@@ -157,29 +160,22 @@ class NoiseFloor:
         return self.floor_dbfs
 
 
-class WebrtcClassifier:
-    """webrtcvad at `aggressiveness` AND a level above floor_dbfs (webrtcvad alone fires on faint hiss)
-    AND, with `adaptive`, clearly above the background noise floor (webrtcvad fires on fan noise too).
-    `judged`: whether webrtcvad itself judged the last frame (False: its level alone ruled it out)."""
-
-    def __init__(self, aggressiveness: int, floor_dbfs: float, *, adaptive: bool = True) -> None:
-        import webrtcvad  # local: keeps this module importable for tests that inject a classifier
-
-        self._vad = webrtcvad.Vad(aggressiveness)
-        self._noise = NoiseFloor()
-        self._floor_dbfs = floor_dbfs
-        self._adaptive = adaptive
-        self.judged = False
-
-    def __call__(self, frame: np.ndarray) -> bool:
-        level = rms_dbfs(frame)
-        background = self._noise.update(level) if self._adaptive else -120.0
-        self.judged = level > self._floor_dbfs and level > background + self._noise.margin_db
-        return self.judged and bool(self._vad.is_speech(frame.tobytes(), SAMPLE_RATE))
-
-
 def webrtc_classifier(aggressiveness: int, floor_dbfs: float, *, adaptive: bool = True) -> Classifier:
-    return WebrtcClassifier(aggressiveness, floor_dbfs, adaptive=adaptive)
+    """webrtcvad at `aggressiveness` AND a level above floor_dbfs (webrtcvad alone fires on faint hiss)
+    AND, with `adaptive`, clearly above the background noise floor (webrtcvad fires on fan noise too)."""
+    import webrtcvad  # local: keeps this module importable for tests that inject a classifier
+
+    vad = webrtcvad.Vad(aggressiveness)
+    noise = NoiseFloor()
+
+    def classify(frame: np.ndarray) -> bool:
+        level = rms_dbfs(frame)
+        background = noise.update(level) if adaptive else -120.0
+        if level <= floor_dbfs or level <= background + noise.margin_db:
+            return False
+        return bool(vad.is_speech(frame.tobytes(), SAMPLE_RATE))
+
+    return classify
 
 
 def _check_config(cfg: VadConfig) -> None:
@@ -343,36 +339,40 @@ class TurnDetector:
         events.append(SpeechStarted(t_onset))
 
     def _overhang(self) -> int:
-        """At the first unvoiced frame after speech: how many of the voiced frames just before it were webrtcvad's
-        own hangover, not speech. After speech it goes on saying "voiced" for ~100 ms (its built-in overhang) over
-        any sound the level gates let through: a hiss at -48 dBFS after digital silence (a noise gate, the
-        benchmark's feed) moved every end of speech 100-110 ms later, and with it the pause, the transcription and
-        the reply. Such frames sound like the frame that ends them, which webrtcvad itself judged (within
-        OVERHANG_DB) and like the room (ROOM_DB); the speech's own last frames are louder. A frame
-        the level gates ruled out says nothing: under a steady noise the adaptive floor already ends the speech
-        where it fades."""
-        if not getattr(self._classify, "judged", False):
-            return 0  # no webrtcvad (a test's classifier), or the level ruled this frame out: no overhang to see
-        frames = list(self._recent)
-        quiet = rms_dbfs(frames[-1][0])
-        if quiet > self._room_dbfs() + ROOM_DB:
+        """At the first unvoiced frame after speech: how many of the voiced frames just before it were the room,
+        not speech. webrtcvad goes on saying "voiced" for ~100 ms after a voice stops (its built-in overhang), and
+        at times for a whole hiss tail, over any sound the level gates let through: under a -48 dBFS hiss after
+        digital silence (a noise gate, the benchmark's feed) every end of speech came 100-200 ms late, and with it
+        the pause, the transcription and the reply. Such frames are as quiet as the room; the speech's own last
+        frames, even a final "s", stand well above it, and a word's own decay passes the room's level in a frame.
+        Under a steady noise
+        the level gates already pass only frames 9 dB above it, so nothing changes there."""
+        if not self.reject_stationary:
+            return 0  # a test's classifier: the frames are what it says
+        room = self._room_dbfs()
+        if room is None:
             return 0
-        quiet += OVERHANG_DB
         k = 0
-        for audio, _, voiced in reversed(frames[-1 - OVERHANG_MAX : -1]):
-            if not voiced or rms_dbfs(audio) > quiet:
+        for audio, _, voiced in reversed(list(self._recent)[-1 - ROOM_FRAMES : -1]):
+            if not voiced or abs(rms_dbfs(audio) - room) > ROOM_DB:
                 break
             k += 1
+        if k < ROOM_MIN_FRAMES:
+            return 0  # a word's last few frames near the room: speech
         # Never back past the onset: an utterance keeps at least one voiced frame.
         return min(k, max(0, (self._voiced_end_n - self._onset_n) // FRAME_SAMPLES - 1))
 
-    def _room_dbfs(self) -> float:
+    def _room_dbfs(self) -> float | None:
         """What a silence sounds like here: the 10th percentile of the utterance's frame levels (pre-roll
-        included), digital silence left out (a feed or a noise gate between sounds, not the room)."""
+        included), digital silence left out (a feed or a noise gate between sounds, not the room); None when that
+        is not clearly below the speech (an utterance with no room in it)."""
         pcm = self._buf[: self._n].reshape(-1, FRAME_SAMPLES).astype(np.float32) / 32768.0
         levels = 10.0 * np.log10(np.mean(pcm * pcm, axis=1) + 1e-12)
         levels = levels[levels > DIGITAL_SILENCE_DBFS]
-        return float(np.percentile(levels, 10)) if levels.size else -math.inf
+        if not levels.size:
+            return None
+        room, speech = np.percentile(levels, [10, 50])
+        return float(room) if speech - room >= ROOM_BELOW_SPEECH_DB else None
 
     def _on_frame(self, voiced: bool, t: float, events: list[Event]) -> None:
         """Update the turn with the frame at `t`, already appended to the buffer."""
