@@ -345,8 +345,8 @@ class TurnDetector:
         digital silence (a noise gate, the benchmark's feed) every end of speech came 100-200 ms late, and with it
         the pause, the transcription and the reply. Such frames are as quiet as the room; the speech's own last
         frames, even a final "s", stand well above it, and a word's own decay passes the room's level in a frame.
-        Under a steady noise
-        the level gates already pass only frames 9 dB above it, so nothing changes there."""
+        Under a steady noise the level gates already pass only frames 9 dB above it, so nothing changes there.
+        Costs 0.2-1.2 ms (3-30 s of utterance) once per stretch of speech."""
         if not self.reject_stationary:
             return 0  # a test's classifier: the frames are what it says
         room = self._room_dbfs()
