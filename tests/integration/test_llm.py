@@ -288,6 +288,37 @@ def test_a_verdict_stops_the_reply_llms_prefill_on_their_shared_worker(tiny_gguf
     assert p is not None and 0.0 <= p <= 1.0
 
 
+def test_a_verdict_asked_during_a_reply_comes_between_its_tokens_not_after_it(tiny_gguf: Path) -> None:
+    """The judge is asked once the reply has started (pipeline.speculation): its verdict runs on the shared worker
+    after the reply's first clause, between two tokens, while Piper speaks that clause; not after the whole
+    reply. Here nobody reads the reply, so it stops at its bounded queue: a verdict queued behind it would never
+    come."""
+
+    async def run() -> tuple[float | None, bool, list[str], str]:
+        reply = LlamaLLM(tiny_gguf, n_ctx=2048, threads=1, system_prompt=SYSTEM)
+        await reply.start()
+        judge = LlamaLLM(tiny_gguf, n_ctx=512, threads=1, system_prompt=SYSTEM, worker_of=reply)
+        await judge.start()
+        try:
+            stream = reply.chat(ask("How is the weather?"), max_tokens=128)
+            asked = judge.end_of_turn(ask("How is the weather?"))
+            assert asked is not None
+            p = await asyncio.wait_for(asked, 20)
+            still_going = stream.stats.finished_at is None
+            deltas = [d async for d in stream]
+            after = await judge.end_of_turn(ask("And tomorrow?")) if still_going else None  # no reply: at once
+            return p, still_going, deltas, "" if after is None else "asked"
+        finally:
+            await judge.close()
+            await reply.close()
+
+    p, still_going, deltas, after = asyncio.run(asyncio.wait_for(run(), 60))
+    assert p is not None and 0.0 <= p <= 1.0
+    assert still_going  # the verdict came while the reply waited for its reader
+    assert "".join(deltas) == gen.DEFAULT_REPLY  # and the reply lost nothing
+    assert after == "asked"  # with no reply under way, a verdict is simply run
+
+
 def test_count_tokens_matches_what_llama_evaluates(llm: LlamaLLM) -> None:
     messages = ask("Count me, please.")
     stream_stats = asyncio.run(asyncio.wait_for(collect(llm, messages), 30))[1]

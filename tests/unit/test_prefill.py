@@ -113,7 +113,9 @@ def test_the_partial_words_worker_is_frozen_from_the_pause_until_the_user_speaks
     assert stt.finished and not any(c < 1.0 for c in stt.calls)  # the main worker: the pause and the turn only
     frozen = [t for t, f in partial.freezes if f]
     continued = [t for t, f in partial.freezes if not f]
-    assert frozen == pytest.approx(pauses, abs=0.03)  # the frame that signals it
+    # At the tail partial, 40 ms into the silence (the pause signal comes 80 ms later): a partial still in flight
+    # gives its core to the tail, on the main worker.
+    assert frozen == pytest.approx([p - 0.1 for p in pauses], abs=0.03)
     assert pauses[0] < continued[0] <= 9.3  # the next speech; the first found nothing frozen
     assert len(continued) == len(frozen)  # the last one at the end of the session: never left stopped
     assert [e.kind for e in events].count("llm_done") == 2
@@ -199,7 +201,8 @@ def test_partial_words_are_not_prefilled_after_the_pause() -> None:
     pause = next(e.t for e in events if e.kind == "pause")
     times = [t for t, _ in llm.prefills]
     assert len(times) >= 2 and max(times) < pause  # the words heard while speaking, none after
-    assert llm.stops == pytest.approx([pause], abs=0.03)  # and a prefill still running stops at the pause
+    # and a prefill still running stops at the tail partial (40 ms into the silence), and again at the pause
+    assert llm.stops == pytest.approx([pause - 0.1, pause], abs=0.03)
     assert [e.kind for e in events].count("llm_done") == 1
 
 
@@ -253,4 +256,5 @@ def test_with_a_partial_running_the_tail_goes_to_the_idle_main_worker() -> None:
     assert stt.calls == [pytest.approx(3.44)]  # the tail, on the main worker; the pause did not transcribe again
     assert first(events, "reply_prepared").t <= pause + 0.021  # the tail (at 3.44 s) + 0.1 s
     assert first(events, "stt_done").data["text"] == "question of 3.44 seconds"
-    assert [t for t, f in partial.freezes if f] == [pytest.approx(pause, abs=0.03)]  # the partial in flight stopped
+    # the partial in flight stopped when the tail started (40 ms into the silence), not 80 ms later at the pause
+    assert [t for t, f in partial.freezes if f] == [pytest.approx(pause - 0.1, abs=0.03)]

@@ -35,6 +35,9 @@ TH = Thresholds(complete_p=0.2, incomplete_p=0.01)
     ("p", "text", "kind", "by"),
     [
         (0.7, "How tall is Mount Everest?", COMPLETE, BY_LLM),
+        # whisper's "?" lands after the first half when the user paused there: the question word still tells
+        (0.61, "What should I cook? For dinner tonight with rice.", COMPLETE, BY_LLM),
+        (0.5, "can you tell me a fun fact about the moon", FALLBACK, BY_LLM),  # unpunctuated: it may go on
         # a command may be the first half of a longer one: left to the hangover, however likely the end token
         (0.2, "Play some jazz.", FALLBACK, BY_LLM),
         (0.77, "Tell me a joke.", FALLBACK, BY_LLM),
@@ -97,13 +100,13 @@ def test_the_vad_ends_a_pause_early_when_told_and_only_then() -> None:
     assert run(early=True) == pytest.approx(cfg.pause_ms / 1000, abs=0.021)
 
 
-def _judge(p: float) -> Judge:
+def _judge(p: float, beside_reply: bool = False) -> Judge:
     def score(messages: Sequence[ChatMessage]) -> asyncio.Future[float | None]:
         fut: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
         fut.set_result(p)
         return fut
 
-    judge = Judge(score, "sys", shares_prompt=False, name="fake", th=TH)
+    judge = Judge(score, "sys", shares_prompt=False, name="fake", th=TH, beside_reply=lambda: beside_reply)
     judge.usable = True
     return judge
 
@@ -123,6 +126,31 @@ def test_a_judge_that_hears_a_whole_question_ends_the_turn_at_the_pause() -> Non
     [verdict] = [e for e in judged.events if e.kind == "end_of_turn"]
     assert verdict.data["verdict"] == COMPLETE and not verdict.data["late"]
     assert judged.session.records[0]["assistant"] == plain.session.records[0]["assistant"]
+
+
+def test_a_whole_question_ends_at_the_verdict_not_on_the_next_frame() -> None:
+    # the transcript takes 110 ms: the verdict comes 10 ms into a 20 ms frame; the turn is confirmed then
+    speech = lambda r, t: 0.2 <= t < 1.2  # noqa: E731
+    rig = run_timeline(speech, 6.0, judge=_judge(0.8), stt_cls=PunctuatedSTT, stt_latency=0.11)
+    [verdict] = [e for e in rig.events if e.kind == "end_of_turn"]
+    eou = next(e for e in rig.events if e.kind == "eou")
+    assert verdict.data["verdict"] == COMPLETE
+    assert eou.t - verdict.t == pytest.approx(0.0, abs=0.002)
+
+
+@pytest.mark.parametrize("p", [0.8, 0.3, 0.001])
+def test_a_judge_beside_the_reply_is_asked_after_the_reply_starts_and_ends_the_turn_alike(p: float) -> None:
+    # Two free cores: the reply starts on the transcript, the verdict comes beside it (engines.llm._Lane). Whatever
+    # the verdict, the turns and the answers are those of a judge asked first.
+    speech = lambda r, t: 0.2 <= t < 1.2  # noqa: E731
+    first = run_timeline(speech, 12.0, judge=_judge(p), stt_cls=PunctuatedSTT)
+    beside = run_timeline(speech, 12.0, judge=_judge(p, beside_reply=True), stt_cls=PunctuatedSTT)
+    kinds = [e.kind for e in beside.events]
+    assert kinds.index("reply_prepared") < kinds.index("end_of_turn")
+    order = [e.kind for e in first.events]
+    assert "reply_prepared" not in order or order.index("end_of_turn") < order.index("reply_prepared")
+    assert _eou_delay(beside) == pytest.approx(_eou_delay(first), abs=0.021)
+    assert beside.session.records[0]["assistant"] == first.session.records[0]["assistant"]
 
 
 def test_a_judge_leaves_a_command_to_the_hangover_however_sure_it_is() -> None:

@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,6 +53,8 @@ PREFILL_MAX_DROP = 256  # cached tokens a prefill may replace (the tail of the l
 PUT_SLICE_S = 0.25  # how often a worker blocked on a full delta queue checks that a reader is still there
 _END = object()  # end-of-stream marker (always fits: the queue holds QUEUE_DELTAS + 2 items)
 _WARMUP_SYSTEM = "You are a helpful assistant."
+LANE_AFTER_TOKENS = 6  # a reply's lane jobs run at its first clause's punctuation, or after this many tokens
+_CLAUSE_END = ",.;:!?"
 _NEXT_USER = "\u2047next"  # stands for the next user message while its opening is prefilled (never sent)
 
 
@@ -59,6 +63,34 @@ class _Preempt:
 
     def __init__(self) -> None:
         self.gen = 0
+
+
+class _Lane:
+    """Short jobs for a llama worker thread that must not wait for a whole reply on it: run between two of the
+    reply's tokens, once its first clause is out (while Piper synthesises it), or when it ends. The end-of-turn
+    judge's verdict (~20-60 ms) is asked after the reply started, so that it no longer delays the reply."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.replies = 0  # replies asked for (chat) and not yet ended on the worker
+        self.jobs: deque[Callable[[], None]] = deque()
+
+    def offer(self, job: Callable[[], None]) -> bool:
+        """Queue `job` if a reply is under way (True); else the caller submits it as usual."""
+        with self.lock:
+            if self.replies == 0:
+                return False
+            self.jobs.append(job)
+            return True
+
+    def run(self) -> None:
+        """On the worker: the jobs queued so far."""
+        while True:
+            with self.lock:
+                if not self.jobs:
+                    return
+                job = self.jobs.popleft()
+            job()
 
 
 @dataclass(frozen=True)
@@ -141,6 +173,7 @@ class LlamaLLM:
         # model) stops at its next chunk. Shared, because the judge's verdict queued behind the reply LLM's prefill
         # of the user's partial words (1 thread, ~14 ms a token): a 30 ms verdict took 119 ms.
         self._preempt: _Preempt = worker_of._preempt if worker_of is not None else _Preempt()
+        self._lane: _Lane = worker_of._lane if worker_of is not None else _Lane()
         self.prefilled_tokens = 0  # evaluated ahead of a request by `prefill` (the benchmark reports it)
         self.history_prefilled_tokens = 0  # evaluated after a turn by `prefill_next`
         self.load_s = 0.0
@@ -160,7 +193,13 @@ class LlamaLLM:
             self._current.cancel()
         self._preempt.gen += 1
         stream = LlamaStream(asyncio.get_running_loop(), on_cancel=lambda: self.abort.fire(stream))
-        stream.job = self._submit(self._generate, stream, _dicts(messages), max_tokens, sampling or self._sampling)
+        with self._lane.lock:
+            self._lane.replies += 1  # from now on a verdict waits in the lane, not behind the whole reply
+        try:
+            stream.job = self._submit(self._generate, stream, _dicts(messages), max_tokens, sampling or self._sampling)
+        except BaseException:
+            self._reply_ended()
+            raise
         self._current = stream
         return stream
 
@@ -209,7 +248,28 @@ class LlamaLLM:
         if current is not None and current.stats.finished_at is None and not current.stopped:
             return None
         self._preempt.gen += 1  # the turn waits for the verdict; a prefill of partial words does not
-        return self._submit(self._end_of_turn, _dicts(messages))
+        return self._beside_reply(self._end_of_turn, _dicts(messages))
+
+    def _beside_reply(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """`fn` on the worker: between two tokens of a reply under way on it (`_Lane`), else as soon as it is free."""
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def job() -> None:
+            if done.set_running_or_notify_cancel():
+                try:
+                    done.set_result(fn(*args))
+                except BaseException as e:  # handed to the caller
+                    done.set_exception(e)
+
+        if self._lane.offer(job):
+            return asyncio.wrap_future(done)
+        return self._submit(fn, *args)
+
+    def _reply_ended(self) -> None:
+        """A reply ended on the worker (or was never started): the jobs that waited for it run now."""
+        with self._lane.lock:
+            self._lane.replies -= 1
+        self._lane.run()
 
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         """Prompt tokens exactly as `chat()` would send them (template + generation prompt)."""
@@ -419,6 +479,14 @@ class LlamaLLM:
     def _generate(
         self, stream: LlamaStream, messages: list[ChatCompletionRequestMessage], max_tokens: int, sp: Sampling
     ) -> None:
+        try:
+            self._reply(stream, messages, max_tokens, sp)
+        finally:
+            self._reply_ended()
+
+    def _reply(
+        self, stream: LlamaStream, messages: list[ChatCompletionRequestMessage], max_tokens: int, sp: Sampling
+    ) -> None:
         import llama_cpp
         from llama_cpp import LogitsProcessorList
 
@@ -463,6 +531,7 @@ class LlamaLLM:
         finish: str | None = None
         chunks: Any = None
         error: EngineError | None = None
+        clause_out = False  # the reply's text so far holds a clause's end
         self.abort.arm(stream)  # from now on stream.cancel() stops the decode in progress too
         try:
             if stream.stopped:
@@ -493,6 +562,9 @@ class LlamaLLM:
                         stats.first_token_at = time.monotonic()
                     if not stream.put(delta):
                         break
+                    clause_out = clause_out or any(c in delta for c in _CLAUSE_END)
+                if clause_out or sampled >= LANE_AFTER_TOKENS:
+                    self._lane.run()  # before the next token: the first clause is with Piper
         except Exception as e:
             if not (stream.stopped and is_abort(e)):  # an abort we asked for is a cancellation, not an error
                 stats.error = f"{type(e).__name__}: {e}"

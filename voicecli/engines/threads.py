@@ -248,6 +248,14 @@ def busy_elsewhere() -> int:
     return max(by_queue, by_time)
 
 
+def spare_cores() -> int:
+    """Cores other programs leave free by the CPU meter alone: cheap enough for the event loop (no run-queue
+    sampling), for decisions that can afford to be a second late."""
+    cores = METER.others_cores()
+    busy = 0 if cores is None else math.floor(cores + (1.0 - BUSY_CORE_SHARE))
+    return max(0, usable_cores() - busy)
+
+
 def current_plan(max_batch: int = 0, max_decode: int = 0) -> ThreadPlan:
     return plan(usable_cores(), busy_elsewhere(), max_batch, max_decode)
 

@@ -134,6 +134,18 @@ class Prefiller:
         self._tail_samples, self._tail_on_partials = len(pcm), on_partials
         self._tail = asyncio.ensure_future(transcribe(pcm))
         self._tail.add_done_callback(self._job_done)
+        self._make_way(on_partials)
+
+    def _make_way(self, tail_on_partials: bool) -> None:
+        """The tail runs: the cores are its own. A prefill of older partial words stops at its next chunk, and a
+        partial still running (its audio is part of the tail's) is frozen, as at the pause (`hold`). Beside
+        both, whisper base took the tail 170 ms instead of ~130 (2-core Xeon), and the reply waited for it."""
+        stop = getattr(self._llm, "stop_prefill", None)
+        if callable(stop):
+            stop()
+        if not tail_on_partials and self._freeze is not None and not self._held:
+            self._freeze(True)
+            self._held = True
 
     def _job_done(self, job: asyncio.Future[Transcript]) -> None:
         if not job.cancelled():

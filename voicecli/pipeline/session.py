@@ -134,15 +134,19 @@ class Session:
 
         def decided(verdict: Decision, text: str, cost_s: float) -> None:
             """The semantic end of turn's verdict on the current pause (pipeline.turn_end)."""
+            ended: list[vad.Event] = []
             if not verdict.late and verdict.kind == INCOMPLETE:
                 self.detector.wait_longer(vad_cfg.unfinished_extra_ms)
             elif not verdict.late and verdict.kind == COMPLETE:
                 self._ended_early = True
-                self.detector.end_sooner(min(vad_cfg.hangover_ms, max(vad_cfg.pause_ms, vad_cfg.complete_min_ms)))
+                sooner = min(vad_cfg.hangover_ms, max(vad_cfg.pause_ms, vad_cfg.complete_min_ms))
+                ended = self.detector.end_sooner(sooner, self.clock())
             self._emit(
                 "end_of_turn", verdict=verdict.kind, by=verdict.by, p=verdict.p, late=verdict.late,
                 cost_ms=round(cost_s * 1000.0, 1), judge_ms=round(verdict.judge_s * 1000.0, 1), text=text,
             )  # fmt: skip
+            for ev in ended:  # the turn ends at the verdict, not on the next frame
+                self._on_vad(ev)
 
         def may_prefill() -> bool:  # nothing else uses the LLM (pipeline.prefill)
             spec = self.speculator.current

@@ -181,14 +181,17 @@ class Speculator:
         # A verdict takes ~20-100 ms (SmolLM2 with the words prefilled: 2-8 tokens): not worth asking (nor holding
         # the reply back for) when the transcription took nearly the whole hangover (whisper base on 2 cores).
         in_time = self._clock() - spec.t_pause < self._window_s - JUDGE_MIN_S
-        asked = self.judge.ask(text, prompt) if self.judge is not None and in_time else None
+        judge = self.judge if in_time else None
+        if judge is not None and (judge.shares_prompt or judge.beside_reply()):
+            # The reply first. The reply LLM as the judge: the reply queues behind the verdict on its worker and
+            # reuses its prefill. A judge of its own beside the reply: its verdict runs once the reply's first
+            # clause is out, while Piper speaks it (engines.llm._Lane), instead of before the reply's prompt.
+            self._maybe_start_reply(spec, text, prompt)
+        asked = judge.ask(text, prompt) if judge is not None else None
         if asked is None:
             self._decided(Decision(FALLBACK, BY_VAD), text, 0.0)
             self._maybe_start_reply(spec, text, prompt)
             return
-        if self.judge is not None and self.judge.shares_prompt:
-            # The reply LLM judges: the reply queues behind the verdict on its worker and reuses its prefill.
-            self._maybe_start_reply(spec, text, prompt)
         t_asked = self._clock()
         asked.add_done_callback(lambda f: self._judged(spec, text, prompt, f, t_asked))
 
@@ -207,12 +210,12 @@ class Speculator:
         verdict = dataclasses.replace(verdict, late=late, judge_s=self._clock() - t_asked)
         self._decided(verdict, text, self._clock() - spec.t_pause)
         # A judge of its own ran alone (two models decoding at once on 2 cores slow both): the reply starts now,
-        # unless the user is not done.
+        # unless the user is not done, or it started before the verdict (Judge.beside_reply).
         if not late and verdict.kind != INCOMPLETE and judge is not None and not judge.shares_prompt:
             self._maybe_start_reply(spec, text, prompt)
 
     def _maybe_start_reply(self, spec: Speculation, text: str, prompt: list[ChatMessage] | None) -> None:
-        if self._prepare and not self._input_pending() and prompt is not None:
+        if self._prepare and spec.llm_stream is None and not self._input_pending() and prompt is not None:
             self._start_reply(spec, text, prompt)
 
     def _start_reply(self, spec: Speculation, text: str, prompt: list[ChatMessage]) -> None:

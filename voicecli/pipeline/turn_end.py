@@ -12,7 +12,8 @@ Three signals, in order (each is cheap next to the transcription it follows):
 Measured with real SmolLM2-135M and whisper-style punctuation (DESIGN.md): 0.000 after "Can you tell me",
 0.24-0.86 after whole questions, 0.1-0.4 after short commands. A first half that is itself a sentence
 ("Tell me a joke.") scores like a whole question: the words cannot tell that pause from an end, so only a
-question is ended at the pause; a command or a statement waits for the hangover.
+question (`is_question`: a "?", or a question word first) is ended at the pause; a command or a statement waits
+for the hangover.
 
 A model is trusted as a judge only if it separates whole questions from open phrases at start-up
 (`calibrated`): a generated test model or a random-weight one puts near-zero mass on the token everywhere.
@@ -21,6 +22,7 @@ A model is trusted as a judge only if it separates whole questions from open phr
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -61,6 +63,28 @@ def by_words(text: str) -> Decision | None:
     return Decision(INCOMPLETE, BY_WORDS) if sounds_unfinished(text) else None
 
 
+# Words that open an English question. Whisper does not always end one with "?": after a mid-sentence pause it
+# wrote "What should I cook? For dinner tonight with rice." (judge: 0.61), which then waited for the hangover.
+_QUESTION_TEXT = """
+    what what's whats how how's why when when's where where's who who's whom whose which
+    can could would will is isn't are aren't was were do does doesn't did didn't don't should shall may might
+    have has had won't wouldn't can't couldn't shouldn't am
+"""
+QUESTION_OPENERS = frozenset(_QUESTION_TEXT.split())
+_FIRST_WORD = re.compile(r"[a-z']+")
+
+
+def is_question(text: str) -> bool:
+    """The words are a question: they end with "?", or with "." after a question word first ("What should I
+    cook? For dinner tonight with rice."). Unpunctuated words are not: whisper leaves a sentence it hears going
+    on without a stop. Only a question is ended at the pause (`by_probability`)."""
+    stripped = text.strip()
+    if stripped.endswith("?"):
+        return True
+    first = _FIRST_WORD.match(stripped.lower())
+    return first is not None and first.group() in QUESTION_OPENERS and stripped.endswith(".")
+
+
 def by_probability(p: float | None, text: str, th: Thresholds) -> Decision:
     """The LLM's verdict. A high probability ends the turn at the pause only after a question: a command or a
     statement is as often the first half of a longer one ("Tell me a joke." + "about computers and cats." scored
@@ -70,7 +94,7 @@ def by_probability(p: float | None, text: str, th: Thresholds) -> Decision:
     is the largest"), and the model then puts no mass on the end token even after whole questions."""
     if p is None:
         return Decision(FALLBACK, BY_VAD)
-    if p >= th.complete_p and text.rstrip().endswith("?"):
+    if p >= th.complete_p and is_question(text):
         return Decision(COMPLETE, BY_LLM, p)
     if p < th.incomplete_p and text.rstrip().endswith((".", "?", "!")):
         return Decision(INCOMPLETE, BY_LLM, p)
@@ -108,9 +132,13 @@ class Judge:
         name: str,
         th: Thresholds,
         prefill: Prefill | None = None,
+        beside_reply: Callable[[], bool] | None = None,
     ) -> None:
-        """`prefill`: what evaluates a judge of its own's prompt into its cache ahead of `ask` (LlamaLLM.prefill)."""
+        """`prefill`: what evaluates a judge of its own's prompt into its cache ahead of `ask` (LlamaLLM.prefill).
+        `beside_reply()`: a judge of its own may be asked after the reply has started, without delaying it (see
+        pipeline.speculation)."""
         self._score = score
+        self.beside_reply = beside_reply or (lambda: False)
         self._prefill = prefill
         self._system = system
         self.shares_prompt = shares_prompt

@@ -274,12 +274,19 @@ class TurnDetector:
         if self._state is State.HANGOVER:
             self._extra_n = _frames(extra_ms)
 
-    def end_sooner(self, hangover_ms: float) -> None:
+    def end_sooner(self, hangover_ms: float, t: float | None = None) -> list[Event]:
         """End the current pause once its silence reaches `hangover_ms` (at least pause_ms), instead of the
-        configured hangover: the words say the user is done (pipeline.turn_end). A pause already longer ends on
-        the next frame. Cleared like `wait_longer`."""
-        if self._state is State.HANGOVER:
-            self._extra_n = max(self._pause_n, _frames(hangover_ms)) - self._hang_n
+        configured hangover: the words say the user is done (pipeline.turn_end). Cleared like `wait_longer`.
+        A pause already that long ends now, confirmed at `t`, if given (the events are returned, as `process`
+        returns them: the verdict comes between frames, and the next one is up to 20 ms away), else on the next
+        frame."""
+        if self._state is not State.HANGOVER:
+            return []
+        self._extra_n = max(self._pause_n, _frames(hangover_ms)) - self._hang_n
+        events: list[Event] = []
+        if t is not None and self._silent >= self._hang_n + self._extra_n:
+            self._end_turn(t, events)
+        return events
 
     def process(self, frame: np.ndarray, t: float) -> list[Event]:
         """Feed one 20 ms frame whose first sample is at `t` seconds; return the events it caused."""

@@ -150,6 +150,7 @@ async def _start_judge(cfg: Config, engines: Engines) -> None:
     """The semantic end of turn's judge (pipeline.turn_end): the reply LLM, or a small model of its own on one
     thread; used only if it tells whole questions from open phrases (a generated test model cannot)."""
     from voicecli.engines.llm import LlamaLLM
+    from voicecli.engines.threads import spare_cores
     from voicecli.pipeline.turn_end import Judge, Thresholds
 
     th = Thresholds(cfg.vad.complete_p, cfg.vad.incomplete_p)
@@ -169,8 +170,11 @@ async def _start_judge(cfg: Config, engines: Engines) -> None:
                        system_prompt=cfg.llm.system_prompt, pull_name=cfg.vad.turn_model, worker_of=reply)  # fmt: skip
         engines.judge_llm = own
         await own.start()
+        # Asked once the reply's first clause is out, beside Piper, when two cores are free (pipeline.speculation);
+        # next to a busy program, before the reply: on one thread its prompt and first clause take ~250 ms, and
+        # the verdict would come too late to end the turn before the hangover does.
         judge = Judge(own.end_of_turn, cfg.llm.system_prompt, shares_prompt=False, name=own.model_path.name, th=th,
-                      prefill=own.prefill)  # fmt: skip
+                      prefill=own.prefill, beside_reply=lambda: spare_cores() >= 2)  # fmt: skip
     elif isinstance(engines.llm, LlamaLLM):
         llm = engines.llm
         judge = Judge(llm.end_of_turn, cfg.llm.system_prompt, shares_prompt=True, name=llm.model_path.name, th=th)
