@@ -152,3 +152,25 @@ def test_a_word_s_own_fading_end_is_not_taken_for_the_room() -> None:
         ]
         assert len(turns) == len(plain) == 1
         assert turns[0].t_speech_end == plain[0].t_speech_end, hiss_dbfs
+
+
+def test_in_a_hiss_webrtcvad_calls_speech_the_words_are_transcribed_80_ms_after_the_voice_stops() -> None:
+    """The tail partial (`just_quiet`) waited for webrtcvad to stop saying "speech": 100-250 ms into a hiss after
+    the voice. Frames as quiet as the room start it after 80 ms, while webrtcvad still calls them voiced, and
+    the voice itself never starts one."""
+    signal, end = hissy_turn(3.0)
+    signal = np.concatenate([signal[: int((end + 0.25) * SAMPLE_RATE)], np.zeros(SAMPLE_RATE)])
+    for room_rule in (True, False):
+        det = TurnDetector(VadConfig())
+        det.reject_stationary = room_rule
+        hiss_voiced_to_its_end(det, end)
+        pcm = np.clip(signal * 32767, -32768, 32767).astype(np.int16)
+        quiet = []
+        for i in range(len(pcm) // FRAME_SAMPLES):
+            det.process(pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], i * 0.02)
+            if det.just_quiet:
+                quiet.append(round((i + 1) * 0.02 - end, 2))
+        if room_rule:
+            assert len(quiet) == 1 and 0.06 <= quiet[0] <= 0.12, quiet
+        else:  # what it was: when webrtcvad stops, at the digital silence after the 250 ms hiss tail
+            assert len(quiet) == 1 and quiet[0] >= 0.25, quiet

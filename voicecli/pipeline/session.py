@@ -250,10 +250,12 @@ class Session:
         for ev in self.detector.process(frame.pcm, frame.t):
             self._on_vad(ev)
         self.speculator.tick()
-        if self._prefill and self._turn is None and self.detector.state is vad.State.SPEECH:
-            self.prefiller.hearing(self.detector.speech_s, self.detector.last_voiced, self.detector.audio_so_far)
-        elif self._prefill and self._turn is None and self.detector.just_quiet:
+        listening = self._prefill and self._turn is None
+        if listening and self.detector.just_quiet:
             self.prefiller.tail(self.detector.audio_so_far)
+        elif listening and self.detector.state is vad.State.SPEECH and not self.detector.room_like:
+            # (a frame like the room is not the user: a tail partial started on it still holds)
+            self.prefiller.hearing(self.detector.speech_s, self.detector.last_voiced, self.detector.audio_so_far)
         if (
             self._input.monologue
             and self._turn is None
