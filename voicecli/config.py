@@ -112,7 +112,8 @@ class VadConfig:
     # 0.4 (was 0.2): SmolLM2 puts 0.46-0.79 after whole questions, 0.17-0.37 after first halves such as "What should
     # I cook?" and after short commands; at 0.2 such halves split 1-2 of the 4 paused clips per run, at 0.4 none.
     # A first half that is a whole command ("Tell me a joke.", 0.77) cannot be told from an end by the words: only
-    # a question ends the turn at the pause (pipeline.turn_end.by_probability); commands wait for the hangover.
+    # a question ends the turn at the pause (pipeline.turn_end.is_question: a "?", or a question word first and a
+    # final "."); commands wait for the hangover.
     turn_model: str = "auto"
     complete_p: float = 0.4
     incomplete_p: float = 0.01

@@ -174,3 +174,31 @@ def test_in_a_hiss_webrtcvad_calls_speech_the_words_are_transcribed_80_ms_after_
             assert len(quiet) == 1 and 0.06 <= quiet[0] <= 0.12, quiet
         else:  # what it was: when webrtcvad stops, at the digital silence after the 250 ms hiss tail
             assert len(quiet) == 1 and quiet[0] >= 0.25, quiet
+
+
+def test_a_hiss_webrtcvad_calls_speech_after_the_pause_signal_does_not_resume_the_turn() -> None:
+    """webrtcvad calls the hiss after a voice speech, but for one frame 100 ms in: the frames before it are the
+    room (the pause is signalled at once), and the "voiced" hiss after it must not resume the turn, which moved the
+    end of speech past the hiss and had the pause transcribe again (TTFA 335 -> 460 ms, tiny set)."""
+    signal, end = hissy_turn(3.0)
+    signal = np.concatenate([signal[: int((end + 0.3) * SAMPLE_RATE)], np.zeros(SAMPLE_RATE)])
+    det = TurnDetector(VadConfig())
+    real = det._classify
+    clock = {"t": 0.0}
+
+    def classify(frame: np.ndarray) -> bool:
+        t, clock["t"] = clock["t"], clock["t"] + 0.02
+        after = t - end
+        return real(frame) or (0.0 <= after < 0.3 and not 0.1 <= after < 0.12 and bool(np.any(frame != 0)))
+
+    det._classify = classify
+    pcm = np.clip(signal * 32767, -32768, 32767).astype(np.int16)
+    events = [
+        e
+        for i in range(len(pcm) // FRAME_SAMPLES)
+        for e in det.process(pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], i * 0.02)
+    ]
+    kinds = [type(e).__name__ for e in events]
+    assert kinds.count("Paused") == 1 and "Resumed" not in kinds, kinds
+    [turn] = [e for e in events if isinstance(e, Utterance)]
+    assert abs(turn.t_speech_end - end) <= 0.03, turn.t_speech_end - end

@@ -407,6 +407,11 @@ class TurnDetector:
 
     def _on_frame(self, voiced: bool, t: float, events: list[Event]) -> None:
         """Update the turn with the frame at `t`, already appended to the buffer."""
+        if voiced and self._state is State.HANGOVER and self._paused and self._sounds_like_room():
+            # The pause was signalled, and this "voiced" frame is as quiet as the room: webrtcvad's overhang over a
+            # hiss, not the user going on (it resumed the pause and moved the end of speech 120 ms later). Before
+            # the pause such frames still count: inside a sentence they are a word's quiet part.
+            voiced = False
         if voiced:
             self._t_voiced_end = t + FRAME_S
             self._voiced_end_n = self._n
