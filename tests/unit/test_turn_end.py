@@ -100,8 +100,10 @@ def test_the_vad_ends_a_pause_early_when_told_and_only_then() -> None:
     assert run(early=True) == pytest.approx(cfg.pause_ms / 1000, abs=0.021)
 
 
-def _judge(p: float, beside_reply: bool = False) -> Judge:
+def _judge(p: float, beside_reply: bool = False, order: list[str] | None = None) -> Judge:
     def score(messages: Sequence[ChatMessage]) -> asyncio.Future[float | None]:
+        if order is not None:
+            order.append("verdict")
         fut: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
         fut.set_result(p)
         return fut
@@ -142,13 +144,25 @@ def test_a_whole_question_ends_at_the_verdict_not_on_the_next_frame() -> None:
 def test_a_judge_beside_the_reply_is_asked_after_the_reply_starts_and_ends_the_turn_alike(p: float) -> None:
     # Two free cores: the reply starts on the transcript, the verdict comes beside it (engines.llm._Lane). Whatever
     # the verdict, the turns and the answers are those of a judge asked first.
+    from tests.fakes import FakeLLM
+
     speech = lambda r, t: 0.2 <= t < 1.2  # noqa: E731
-    first = run_timeline(speech, 12.0, judge=_judge(p), stt_cls=PunctuatedSTT)
-    beside = run_timeline(speech, 12.0, judge=_judge(p, beside_reply=True), stt_cls=PunctuatedSTT)
-    kinds = [e.kind for e in beside.events]
-    assert kinds.index("reply_prepared") < kinds.index("end_of_turn")
-    order = [e.kind for e in first.events]
-    assert "reply_prepared" not in order or order.index("end_of_turn") < order.index("reply_prepared")
+    asked: dict[bool, list[str]] = {False: [], True: []}
+
+    def llm_cls(order: list[str]) -> type[FakeLLM]:
+        class Ordered(FakeLLM):
+            def chat(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+                order.append("reply")
+                return super().chat(*args, **kwargs)
+
+        return Ordered
+
+    first, beside = (
+        run_timeline(speech, 12.0, judge=_judge(p, b, asked[b]), stt_cls=PunctuatedSTT, llm_cls=llm_cls(asked[b]))
+        for b in (False, True)
+    )
+    assert asked[True][:2] == ["reply", "verdict"]
+    assert asked[False][0] == "verdict"  # the reply after it, or (held open) not before the turn ends
     assert _eou_delay(beside) == pytest.approx(_eou_delay(first), abs=0.021)
     assert beside.session.records[0]["assistant"] == first.session.records[0]["assistant"]
 

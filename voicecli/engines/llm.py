@@ -197,8 +197,9 @@ class LlamaLLM:
             self._lane.replies += 1  # from now on a verdict waits in the lane, not behind the whole reply
         try:
             stream.job = self._submit(self._generate, stream, _dicts(messages), max_tokens, sampling or self._sampling)
-        except BaseException:
-            self._reply_ended()
+        except BaseException:  # the worker is gone: nothing will run there
+            with self._lane.lock:
+                self._lane.replies -= 1
             raise
         self._current = stream
         return stream

@@ -208,11 +208,12 @@ class Speculator:
         verdict = by_probability(p, text, judge.thresholds if judge is not None else Thresholds())
         late = self.current is not spec or not self._idle()  # the hangover (or the user's next words) came first
         verdict = dataclasses.replace(verdict, late=late, judge_s=self._clock() - t_asked)
-        self._decided(verdict, text, self._clock() - spec.t_pause)
         # A judge of its own ran alone (two models decoding at once on 2 cores slow both): the reply starts now,
-        # unless the user is not done, or it started before the verdict (Judge.beside_reply).
+        # unless the user is not done, or it started before the verdict (Judge.beside_reply). Before the verdict is
+        # handed on: a complete one ends the turn at once, and the turn adopts this reply.
         if not late and verdict.kind != INCOMPLETE and judge is not None and not judge.shares_prompt:
             self._maybe_start_reply(spec, text, prompt)
+        self._decided(verdict, text, self._clock() - spec.t_pause)
 
     def _maybe_start_reply(self, spec: Speculation, text: str, prompt: list[ChatMessage] | None) -> None:
         if self._prepare and spec.llm_stream is None and not self._input_pending() and prompt is not None:
