@@ -126,8 +126,24 @@ class VSound:
         for proc, _ in self._feeds:
             if proc.poll() is None:
                 proc.kill()
+        self._keep_log_if_dead()
         self.sh("stop", str(self.dir))
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _keep_log_if_dead(self) -> None:
+        """A daemon that died under the tests (one CI run lost it between two audio tests, and every test after
+        failed) leaves its log in the temp dir, named after the rig, for the next engineer to read."""
+        try:  # a killed daemon stays a zombie until the rig's shell reaps it: read its state, not just its pid
+            stat = Path(f"/proc/{int((self.dir / 'pids' / 'daemon').read_text())}/stat").read_text()
+            if stat.rsplit(")", 1)[1].split()[0] != "Z":
+                return
+        except (OSError, ValueError, IndexError):
+            pass
+        log = self.dir / "log" / "pulseaudio.log"
+        if log.exists():
+            kept = Path(tempfile.gettempdir()) / f"{self.dir.name}-pulseaudio.log"
+            shutil.copyfile(log, kept)
+            print(f"vsound: the daemon of {self.dir} had died; its log: {kept}", file=sys.stderr)
 
     def feed(self, source: str | Path | npt.NDArray[np.int16], rate: int | None = None) -> float:
         """Play `source` into the virtual mic; returns the monotonic time its first sample was queued."""
