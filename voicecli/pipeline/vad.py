@@ -432,6 +432,7 @@ class TurnDetector:
                 # end in a hiss, and once inside speech (three times with 40 ms instead of 80).
                 self._quiet_now = self._quiet_done = True
         else:
+            self._room_run = 0  # "in a row": a gap ends the run
             if self._state is State.SPEECH and (k := self._overhang()):
                 self._silent += k
                 self._t_voiced_end -= k * FRAME_S
