@@ -252,7 +252,7 @@ class Session:
         self.speculator.tick()
         listening = self._prefill and self._turn is None
         if listening and self.detector.just_quiet:
-            self.prefiller.tail(self.detector.audio_so_far)
+            self.prefiller.tail(self.detector.audio_so_far, self.detector.voiced_samples)
         elif listening and self.detector.state is vad.State.SPEECH and not self.detector.room_like:
             # (a frame like the room is not the user: a tail partial started on it still holds)
             self.prefiller.hearing(self.detector.speech_s, self.detector.last_voiced, self.detector.audio_so_far)
@@ -280,7 +280,7 @@ class Session:
                 self._set_state(State.HEARING)
         elif isinstance(ev, vad.Paused):
             self._emit("pause", t=ev.t)  # no new partial transcript; one in flight is frozen (pipeline.prefill)
-            self.prefiller.hold()
+            self.prefiller.hold(self.detector.voiced_samples)
             if self._turn is None and self.streaming:
                 self.speculator.start(ev.audio, self.prefiller.covering(self.detector.voiced_samples))
         elif isinstance(ev, vad.Resumed):
