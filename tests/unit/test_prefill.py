@@ -294,3 +294,9 @@ def test_a_partial_that_heard_every_voiced_frame_is_the_tail() -> None:
     assert stt.calls == [] and partial.freezes == []
     assert first(events, "stt_done").data["text"] == "question of 3.58 seconds"
     assert first(events, "reply_prepared").t == pytest.approx(3.58 + 0.15, abs=0.021)
+    # Done before the pause signal: its words are not prefilled (the pause asks the judge and the reply on them, and
+    # would queue behind that prefill on the LLM's worker).
+    _, partial, llm, events = run_with_partial_worker([(0.2, 3.58)], stt_s=0.15, partial_s=0.1)
+    assert partial.calls[-1] == pytest.approx(3.58)
+    assert first(events, "reply_prepared").t == pytest.approx(first(events, "pause").t, abs=0.021)
+    assert all(t < 3.58 for t, _ in llm.prefills), llm.prefills

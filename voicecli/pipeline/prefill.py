@@ -247,9 +247,11 @@ class Prefiller:
         tr = await asyncio.shield(partial)  # the pause may wait for these words (`covering`): `stop` decides
         self._start_tail()  # the user went silent while this one ran
         words = " ".join(tr.text.split()) if tr.is_speech else ""
-        if len(words.split()) < MIN_WORDS or self._paused:
-            # Paused since it started: the pause's own transcript supersedes these words, and the verdict on
-            # it must not queue behind their prefill on the LLM's worker (a 30 ms verdict took 119 ms).
+        if len(words.split()) < MIN_WORDS or self._paused or partial is self._tail:
+            # Paused since it started, or the tail (`tail`): the pause's transcript supersedes these words, or is
+            # them, and the verdict on it must not queue behind their prefill on the LLM's worker (a 30 ms verdict
+            # took 119 ms; next to a busy program an 8-token prefill on one thread held the verdict past the
+            # hangover).
             return
         judged = self._judge.prefill(words) if self._judge is not None else None
         if judged is not None:  # its own model, ahead of the reply's prefill on the same worker: nothing waits for it
