@@ -74,6 +74,12 @@ class SlowTailSTT(PartialSTT):
         return 1.0 if seconds > 3.4 else self.latency
 
 
+class StarvedPartialSTT(PartialSTT):
+    """A partials' worker at niceness 19 next to a busy program (WhisperSTT.keeps_up)."""
+
+    keeps_up = False
+
+
 def run_with_partial_worker(
     spans: list[tuple[float, float]],
     stt_s: float = 0.1,
@@ -300,3 +306,16 @@ def test_a_partial_that_heard_every_voiced_frame_is_the_tail() -> None:
     assert partial.calls[-1] == pytest.approx(3.58)
     assert first(events, "reply_prepared").t == pytest.approx(first(events, "pause").t, abs=0.021)
     assert all(t < 3.58 for t, _ in llm.prefills), llm.prefills
+
+
+def test_next_to_a_busy_program_a_running_partial_is_not_waited_for() -> None:
+    """The same partial, on a worker a busy program starves: the tail starts on the main worker and the partial is
+    frozen, as before."""
+    stt, partial, _, events = run_with_partial_worker(
+        [(0.2, 3.58)], stt_s=0.15, partial_s=0.15, partial_cls=StarvedPartialSTT
+    )
+    assert partial.calls[-1] == pytest.approx(3.58)
+    assert stt.calls == [pytest.approx(3.62)]  # the tail, 40 ms into the silence, on the main worker
+    assert [f for _, f in partial.freezes][:1] == [True]
+    assert first(events, "stt_done").data["text"] == "question of 3.62 seconds"
+

@@ -149,3 +149,17 @@ def test_whisper_takes_one_thread_on_two_cores_and_two_on_more(monkeypatch: pyte
     assert threads.stt_threads(3) == 3  # the user's stt.threads wins
     monkeypatch.setattr(threads, "usable_cores", lambda: 16)
     assert threads.stt_threads() == 2
+
+
+def test_a_niceness_19_whisper_worker_does_not_keep_up_next_to_a_busy_program(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from voicecli.engines.priority import COMPUTE_NICE, PARTIAL_NICE
+    from voicecli.engines.stt import WhisperSTT
+
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    partials, main = WhisperSTT("/nowhere", nice=PARTIAL_NICE), WhisperSTT("/nowhere", nice=COMPUTE_NICE)
+    monkeypatch.setattr(threads, "spare_cores", lambda: 2)
+    assert partials.keeps_up and main.keeps_up
+    monkeypatch.setattr(threads, "spare_cores", lambda: 1)  # one busy program
+    assert not partials.keeps_up and main.keeps_up

@@ -570,6 +570,14 @@ class WhisperSTT:
         """No transcription runs or waits: one asked now starts at once."""
         return self._pool is not None and self._busy == 0 and not self._slot_waiters
 
+    @property
+    def keeps_up(self) -> bool:
+        """A transcription runs at its usual pace now: the workers' niceness is the compute one, or no other
+        program is busy (a niceness-19 worker next to one gets a sliver of a core)."""
+        from voicecli.engines.threads import spare_cores, usable_cores
+
+        return self.nice <= COMPUTE_NICE or spare_cores() >= min(2, usable_cores())
+
     def freeze(self, frozen: bool) -> None:
         """Stop (SIGSTOP) or continue (SIGCONT) the workers where they are. For work that may be thrown away (the
         user's partial words): niceness alone still lets it take slices of a core, and two llama.cpp threads

@@ -157,6 +157,7 @@ class Session:
             llm=llm, history=history, emit=self._emit, may_prefill=may_prefill,
             freeze=getattr(partial_stt, "freeze", None), judge=judge,
             main=(self._transcribe, lambda: bool(getattr(stt, "idle", False))) if partial_stt is not None else None,
+            keeps_up=lambda: bool(getattr(partial_stt, "keeps_up", True)),
         )  # fmt: skip
         self._prefill = streaming and talk_cfg.prefill_while_speaking and self.prefiller.enabled
         self.speculator = Speculator(
