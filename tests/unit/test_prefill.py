@@ -318,4 +318,3 @@ def test_next_to_a_busy_program_a_running_partial_is_not_waited_for() -> None:
     assert stt.calls == [pytest.approx(3.62)]  # the tail, 40 ms into the silence, on the main worker
     assert [f for _, f in partial.freezes][:1] == [True]
     assert first(events, "stt_done").data["text"] == "question of 3.62 seconds"
-
