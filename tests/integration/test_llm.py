@@ -319,6 +319,41 @@ def test_a_verdict_asked_during_a_reply_comes_between_its_tokens_not_after_it(ti
     assert after == "asked"  # with no reply under way, a verdict is simply run
 
 
+def test_a_verdict_beside_a_reply_runs_right_after_a_standalone_opener(tiny_gguf: Path, tmp_path: Path) -> None:
+    """The reply's first clause may be its first word ("Sure", voicecli.openers), spoken before the comma after it:
+    the verdict waiting in the lane then runs right after that token, beside Piper, not one token (~40 ms with
+    the 0.5B model) later. A reply opening on an ordinary word still waits for its first clause's punctuation."""
+    plain = "The sky, as far as I know, is blue today."
+    other = gen.generate(tmp_path / "other", reply=plain)
+
+    async def tokens_before_verdict(path: Path) -> int:
+        reply = LlamaLLM(path, n_ctx=2048, threads=1, system_prompt=SYSTEM)
+        await reply.start()
+        judge = LlamaLLM(path, n_ctx=512, threads=1, system_prompt=SYSTEM, worker_of=reply)
+        await judge.start()
+        seen: list[int] = []
+        score = judge._end_of_turn
+        try:
+            stream = reply.chat(ask("How is the weather?"), max_tokens=128)
+
+            def counted(messages: Any) -> float | None:  # on the worker, between two of the reply's tokens
+                seen.append(stream.stats.completion_tokens)
+                return score(messages)
+
+            judge._end_of_turn = counted  # type: ignore[method-assign]
+            asked = judge.end_of_turn(ask("How is the weather?"))
+            assert asked is not None
+            await asyncio.wait_for(asked, 20)
+            assert "".join([d async for d in stream]) in (gen.DEFAULT_REPLY, plain)  # and the reply lost nothing
+            return seen[0]
+        finally:
+            await judge.close()
+            await reply.close()
+
+    assert asyncio.run(asyncio.wait_for(tokens_before_verdict(tiny_gguf), 60)) == 1  # "Sure"
+    assert asyncio.run(asyncio.wait_for(tokens_before_verdict(other), 60)) == 3  # "The", " sky", ","
+
+
 def test_count_tokens_matches_what_llama_evaluates(llm: LlamaLLM) -> None:
     messages = ask("Count me, please.")
     stream_stats = asyncio.run(asyncio.wait_for(collect(llm, messages), 30))[1]

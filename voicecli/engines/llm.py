@@ -38,6 +38,7 @@ from voicecli.engines.llm_abort import AbortSwitch, is_abort
 from voicecli.engines.priority import lower_this_thread
 from voicecli.engines.threads import StallWatch, ThreadPlan, current_plan
 from voicecli.errors import EngineError, ModelError
+from voicecli.openers import is_standalone_opener
 
 if TYPE_CHECKING:
     from llama_cpp.llama_types import ChatCompletionRequestMessage
@@ -53,7 +54,9 @@ PREFILL_MAX_DROP = 256  # cached tokens a prefill may replace (the tail of the l
 PUT_SLICE_S = 0.25  # how often a worker blocked on a full delta queue checks that a reader is still there
 _END = object()  # end-of-stream marker (always fits: the queue holds QUEUE_DELTAS + 2 items)
 _WARMUP_SYSTEM = "You are a helpful assistant."
-LANE_AFTER_TOKENS = 6  # a reply's lane jobs run at its first clause's punctuation, or after this many tokens
+# A reply's lane jobs run at its first clause's end (its punctuation, or a standalone opener: voicecli.openers),
+# or after this many tokens.
+LANE_AFTER_TOKENS = 6
 _CLAUSE_END = ",.;:!?"
 _NEXT_USER = "\u2047next"  # stands for the next user message while its opening is prefilled (never sent)
 
@@ -533,6 +536,7 @@ class LlamaLLM:
         chunks: Any = None
         error: EngineError | None = None
         clause_out = False  # the reply's text so far holds a clause's end
+        opening = ""  # the reply's text until then: a standalone opener ("Sure") is a clause of its own
         self.abort.arm(stream)  # from now on stream.cancel() stops the decode in progress too
         try:
             if stream.stopped:
@@ -563,7 +567,9 @@ class LlamaLLM:
                         stats.first_token_at = time.monotonic()
                     if not stream.put(delta):
                         break
-                    clause_out = clause_out or any(c in delta for c in _CLAUSE_END)
+                    if not clause_out:
+                        opening += delta
+                        clause_out = any(c in delta for c in _CLAUSE_END) or is_standalone_opener(opening)
                 if clause_out or sampled >= LANE_AFTER_TOKENS:
                     self._lane.run()  # before the next token: the first clause is with Piper
         except Exception as e:

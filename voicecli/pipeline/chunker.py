@@ -10,8 +10,9 @@ Two small streaming transducers, both pure and synchronous:
 
 Each decision waits until enough text has arrived to be certain (a trailing "." may be "3.14"), so
 the clauses do not depend on how the text was cut into deltas, and joining the clauses with single
-spaces always gives `normalise(text)`. Splits only ever happen at whitespace. One opt-in exception,
-the reply's: `first_eager` ends the first clause on its own punctuation ("Sure,") a token sooner.
+spaces always gives `normalise(text)`. Splits only ever happen at whitespace. Two opt-in exceptions,
+the reply's: `first_eager` ends the first clause on its own punctuation ("Sure,") a token sooner, and
+`first_opener` ends it on a standalone opening word ("Sure", voicecli.openers) before its punctuation.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from typing import Any
+
+from voicecli.openers import is_standalone_opener
 
 CODE_MENTION = "There is a code example on screen."
 # A run of non-space characters longer than this is broken with a space: nothing that long is a
@@ -358,20 +361,28 @@ class _Splitter:
         first_min_words: int,
         first_soft_words: int | None = None,
         first_eager: bool = False,
+        first_opener: bool = False,
     ) -> None:
         self._min = min_clause_words
         self._max = max_words
         self._first_min = first_min_words
         self._first_soft = first_soft_words
         self._first_eager = first_eager
+        self._first_opener = first_opener
         self.reset()
 
     def reset(self) -> None:
         self._pending = ""
         self._tokens: list[str] = []
         self._emitted = False
+        self._opener = ""  # the opening word spoken on its own, until the text after it shows how it goes on
 
     def feed(self, text: str, final: bool = False) -> list[str]:
+        if self._opener and text:
+            # "Sure" + "ly": the word went on after it was spoken; the next clause says it whole ("Surely").
+            if not self._pending and (text[0].isalnum() or text[0] == "'"):
+                text = self._opener + text
+            self._opener = ""
         self._pending += text
         p = self._pending
         out: list[str] = []
@@ -398,7 +409,7 @@ class _Splitter:
             if len(self._tokens) >= self._max:
                 self._flush(out, force=True)
         self._pending = p[i:]
-        if self._first_eager and not self._emitted and not final:
+        if (self._first_eager or self._first_opener) and not self._emitted and not final:
             self._end_first_now(out)
         if final:
             rest = self._pending.split()
@@ -418,7 +429,15 @@ class _Splitter:
         next clause instead (spoken the same)."""
         token = self._pending.rstrip(" \n")
         whole_word = token and not any(c in " \n" for c in token)
-        if whole_word and _ends_for_sure(token) and len(self._tokens) + 1 >= self._first_min:
+        if self._first_opener and whole_word and not self._tokens and is_standalone_opener(token):
+            # `first_opener`: "Sure" before its comma, one more token sooner. What follows it is glued on
+            # ("," starts the next clause) or, if the word went on, repeated (`feed`).
+            self._tokens.append(token)
+            self._pending = ""
+            self._flush(out, force=False)
+            self._opener = token
+            return
+        if self._first_eager and whole_word and _ends_for_sure(token) and len(self._tokens) + 1 >= self._first_min:
             self._tokens.append(token)  # letters in it: _flush always emits
             self._pending = ""
             self._flush(out, force=False)
@@ -469,11 +488,14 @@ class ClauseChunker:
         first_min_words: int = 2,
         first_soft_words: int | None = None,
         first_eager: bool = False,
+        first_opener: bool = False,
     ) -> None:
         """first_soft_words: the first clause may also end before a SOFT_BREAK_BEFORE word once it has this
         many words (None: only at punctuation or max_words). first_eager: the first clause ends as soon as
         its punctuation arrives (see `_Splitter._end_first_now`), so its clauses may depend on where the
-        deltas were cut."""
+        deltas were cut. first_opener: a reply's standalone opening word ("Sure", voicecli.openers) is the
+        first clause as soon as it is written; the punctuation after it then opens the next clause ("Sure" |
+        ", here is"), and a word that went on is said again whole ("Sure" | "Surely, ...")."""
         if min(min_clause_words, max_words, first_min_words) < 1 or max(min_clause_words, first_min_words) > max_words:
             raise ValueError(
                 "ClauseChunker needs 1 <= min_clause_words, first_min_words <= max_words; got "
@@ -482,7 +504,9 @@ class ClauseChunker:
             )
         self.max_words = max_words
         self._norm = _Normaliser()
-        self._split = _Splitter(min_clause_words, max_words, first_min_words, first_soft_words, first_eager)
+        self._split = _Splitter(
+            min_clause_words, max_words, first_min_words, first_soft_words, first_eager, first_opener
+        )
 
     def push(self, text: str) -> list[str]:
         return self._split.feed(self._norm.feed(text))

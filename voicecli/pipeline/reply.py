@@ -222,8 +222,11 @@ class ReplyPipeline:
         clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=CLAUSE_QUEUE)
         speaker = self._speaker = asyncio.create_task(self._speak(clauses))
         # The first clause may be a single word ("Sure,"): it starts the speaker ~5 tokens sooner; and it ends on
-        # its own punctuation, not on the token after it (first_eager): one token sooner still.
-        chunker = ClauseChunker(first_min_words=1, first_soft_words=self.first_soft_words or None, first_eager=True)
+        # its own punctuation, not on the token after it (first_eager): one token sooner still. A standalone
+        # opener ("Sure", voicecli.openers) is a clause before its punctuation (first_opener): one more token.
+        chunker = ClauseChunker(
+            first_min_words=1, first_soft_words=self.first_soft_words or None, first_eager=True, first_opener=True
+        )
         guard = ReplyGuard(max_words=self.max_reply_words)
         whole: list[str] = []  # sequential mode: the reply is spoken only once it is complete
         try:
@@ -309,7 +312,7 @@ class ReplyPipeline:
                 yield delta
             return
         question, earlier = regen.prompt[-1].content, reply_copy.exchanges(regen.prompt[:-1])
-        judge = ClauseChunker(first_min_words=1, first_eager=True)
+        judge = ClauseChunker(first_min_words=1, first_eager=True, first_opener=True)
         held: list[str] = []
         check = reply_copy.CopyCheck(reply_copy.Verdict.UNDECIDED)
         async for delta in stream:
