@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from voicecli.pipeline.chunker import CODE_MENTION, LONG_WORD_CHARS, ClauseChunker, normalise, split_clauses
+from voicecli.pipeline.reply import played_text
 
 
 def stream(text: str, sizes: list[int], **options: Any) -> list[str]:
@@ -420,3 +421,12 @@ def test_opener_clauses_say_every_word_once_in_order(text: str, cuts: list[int])
         joined = clauses[0] + " ".join(clauses[1:])
     assert joined == normalise(text)
     assert all(c and c == c.strip() and len(c.split()) <= 6 for c in clauses)
+
+
+def test_what_the_user_heard_of_an_opener_reads_as_the_llm_wrote_it() -> None:
+    """The history and the transcript join the clauses: the comma that opened the clause after "Sure" is glued
+    back on, whole or cut short by barge-in."""
+    clauses = [(0, 100, "Sure"), (100, 400, ", here is a quick answer:"), (400, 500, "the sky is blue.")]
+    assert played_text(clauses, 500) == "Sure, here is a quick answer: the sky is blue."
+    assert played_text(clauses, 250) == "Sure, here is"
+    assert played_text([(0, 100, "Yes"), (100, 200, "! It is. Really .")], 200) == "Yes! It is. Really."

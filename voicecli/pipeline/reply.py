@@ -48,6 +48,9 @@ _REPLY_TIMINGS = (  # the TurnMetrics fields a reply fills in
 )  # fmt: skip
 _BLANK = TurnMetrics(0)
 _WORD = re.compile(r"\w+")
+# A mark that opens a clause after a standalone opener ("Sure" | ", here is"): glued back on when clauses are
+# joined into what the user heard ("Sure, here is").
+_LONE_MARK = re.compile(r" (?=[,;:!?.]+(?: |$))")
 
 Emit = Callable[..., None]  # (kind, t=None, turn_id=0, **data), the session's event emitter
 
@@ -66,7 +69,7 @@ def played_text(clauses: list[tuple[int, int, str]], played: int) -> str:
             break
         else:
             break
-    return " ".join(words)
+    return _LONE_MARK.sub("", " ".join(words))
 
 
 # One fresh answer when a reply opens by copying an earlier one (issue 18: measured with real SmolLM2-135M over
@@ -179,7 +182,7 @@ class ReplyPipeline:
         """What the user heard of this reply: all of it, or (cut short) up to where playback stopped."""
         if cut_short and self.started:
             return played_text(self.clauses, self.sink.played_samples(self.turn_id))
-        return " ".join(text for _, _, text in self.clauses)
+        return _LONE_MARK.sub("", " ".join(text for _, _, text in self.clauses))
 
     def history_text(self, cut_short: bool) -> str:
         """What the history keeps of this reply: the clauses that were played, in the LLM's own text when
