@@ -17,6 +17,8 @@ EventKind = Literal[
     "speech_start",  # user voice onset (t = first voiced frame)
     "pause",  # early pause: speculative STT starts
     "prefill",  # while the user spoke: the LLM prefilled their stable words so far; data: text, tokens, stt_s
+    "tail",  # the user went quiet: their words so far are transcribed at once; data: worker (partials | main)
+    "tail_overdue",  # the pause stopped waiting for the tail partial and transcribes on its own as well
     "resume",  # user spoke again after a pause: speculation discarded
     "discarded",  # a blip shorter than the minimum utterance
     "turn_resumed",  # a barge-in's sound was discarded: the question it cut off is asked again; data: text

@@ -318,3 +318,19 @@ def test_next_to_a_busy_program_a_running_partial_is_not_waited_for() -> None:
     assert stt.calls == [pytest.approx(3.62)]  # the tail, 40 ms into the silence, on the main worker
     assert [f for _, f in partial.freezes][:1] == [True]
     assert first(events, "stt_done").data["text"] == "question of 3.62 seconds"
+
+
+def test_next_to_a_busy_program_the_tail_goes_to_the_main_worker() -> None:
+    """With the partials' worker idle but starved by a busy program (niceness 19: whisper base took the tail 355 ms
+    there against ~180 on the main worker, and the pause waited for it), the tail runs on the idle main worker."""
+    stt, partial, _, events = run_with_partial_worker(
+        [(0.2, 3.4)], stt_s=0.1, partial_s=0.08, partial_cls=StarvedPartialSTT
+    )
+    assert stt.calls == [pytest.approx(3.44)]  # the tail, 40 ms into the silence, on the main worker
+    assert all(c < 3.4 for c in partial.calls)
+    assert first(events, "tail").data["worker"] == "main"
+    assert first(events, "reply_prepared").t <= first(events, "pause").t + 0.021
+    # Where nothing is busy the idle partials' worker takes it, as before.
+    stt, partial, _, events = run_with_partial_worker([(0.2, 3.4)], stt_s=0.1, partial_s=0.08)
+    assert stt.calls == [] and partial.calls[-1] == pytest.approx(3.44)
+    assert first(events, "tail").data["worker"] == "partials"

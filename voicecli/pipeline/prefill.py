@@ -126,7 +126,8 @@ class Prefiller:
 
     def tail(self, audio: Callable[[], Float32Array], voiced_samples: int | None = None) -> None:
         """The user has been silent `vad.tail_ms`: transcribe their words so far now (see the module docstring), on
-        the partials' worker, or on the main one when a partial runs and the main worker is idle; with both busy,
+        the partials' worker, or on the main one when it is idle and a partial runs or a busy program starves the
+        partials' worker (`keeps_up`); with both busy,
         as soon as one is free, unless the user paused or spoke by then. A partial that heard the utterance's
         `voiced_samples` (`_heard_all`) is the tail already: it runs on, and nothing starts or is frozen."""
         if self._llm is None:
@@ -145,10 +146,13 @@ class Prefiller:
         if audio is None or self._paused:
             return
         transcribe: Callable[[Float32Array], Awaitable[Transcript]]
-        if self._partial_jobs == 0:
+        main = self._main if self._main is not None and self._main[1]() else None
+        # Next to a busy program the partials' worker (niceness 19) crawls even when idle: the tail goes to the
+        # main worker (target set, loaded: whisper base 355 ms there against ~180, and the pause waited for it).
+        if self._partial_jobs == 0 and (main is None or self._keeps_up()):
             transcribe, on_partials = self._partial, True
-        elif self._main is not None and self._main[1]():
-            transcribe, on_partials = self._main[0], False
+        elif main is not None:
+            transcribe, on_partials = main[0], False
         else:
             return  # `_job_done` tries again
         self._tail_wanted = None
@@ -156,6 +160,7 @@ class Prefiller:
         self._tail_samples, self._tail_on_partials = len(pcm), on_partials
         self._tail = asyncio.ensure_future(transcribe(pcm))
         self._tail.add_done_callback(self._job_done)
+        self._emit("tail", worker="partials" if on_partials else "main")
         self._make_way(on_partials)
 
     def _make_way(self, tail_on_partials: bool) -> None:

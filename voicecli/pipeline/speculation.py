@@ -146,6 +146,7 @@ class Speculator:
             self._overdue = None
         if tail.done() and not tail.cancelled() and tail.exception() is None:
             return tail.result()
+        self._emit("tail_overdue")
         own = asyncio.ensure_future(self._transcribe(audio))
         try:
             pending: set[asyncio.Future[Transcript]] = {own} if tail.done() else {tail, own}
