@@ -567,7 +567,7 @@ class LlamaLLM:
                         stats.first_token_at = time.monotonic()
                     if not stream.put(delta):
                         break
-                    if not clause_out:
+                    if not clause_out and sampled < LANE_AFTER_TOKENS:  # after that the lane runs anyway
                         opening += delta
                         clause_out = any(c in delta for c in _CLAUSE_END) or is_standalone_opener(opening)
                 if clause_out or sampled >= LANE_AFTER_TOKENS:

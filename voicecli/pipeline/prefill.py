@@ -127,9 +127,9 @@ class Prefiller:
     def tail(self, audio: Callable[[], Float32Array], voiced_samples: int | None = None) -> None:
         """The user has been silent `vad.tail_ms`: transcribe their words so far now (see the module docstring), on
         the partials' worker, or on the main one when it is idle and a partial runs or a busy program starves the
-        partials' worker (`keeps_up`); with both busy,
-        as soon as one is free, unless the user paused or spoke by then. A partial that heard the utterance's
-        `voiced_samples` (`_heard_all`) is the tail already: it runs on, and nothing starts or is frozen."""
+        partials' worker (`keeps_up`); with both busy, as soon as one is free, unless the user paused or spoke by
+        then. A partial that heard the utterance's `voiced_samples` (`_heard_all`) is the tail already: it runs on,
+        and nothing starts or is frozen."""
         if self._llm is None:
             return
         last = self._last
