@@ -74,6 +74,13 @@ class SlowTailSTT(PartialSTT):
         return 1.0 if seconds > 3.4 else self.latency
 
 
+class LongerTailSTT(PartialSTT):
+    """The tail partial (the longest audio) takes 0.3 s: one and a half times a partial's usual 0.2 s."""
+
+    def latency_for(self, seconds: float) -> float:
+        return 0.3 if seconds > 3.4 else self.latency
+
+
 class StarvedPartialSTT(PartialSTT):
     """A partials' worker at niceness 19 next to a busy program (WhisperSTT.keeps_up)."""
 
@@ -244,6 +251,20 @@ def test_a_starved_tail_partial_does_not_hold_the_pause() -> None:
     assert len(stt.calls) == 1
     assert first(events, "reply_prepared").t == pytest.approx(pause + 0.15 + 0.1, abs=0.021)
     assert first(events, "stt_done").data["text"] == "question of 3.52 seconds"  # the pause's own, all the words
+
+
+def test_on_a_slower_host_the_pause_waits_for_a_tail_partial_at_its_usual_pace() -> None:
+    """Whisper takes 0.2 s on a partial and 0.3 s on the tail here (a host twice as slow as the Xeon the 0.15 s
+    wait was set on): the tail, within its usual pace, is waited for past 0.15 s after the pause, and the same words
+    are not transcribed a second time beside it (on 2 cores the reply's prompt then ran on one thread next to
+    that redundant transcription)."""
+    stt, partial, _, events = run_with_partial_worker([(0.2, 3.4)], stt_s=0.3, partial_s=0.2, partial_cls=LongerTailSTT)
+    pause = first(events, "pause").t
+    assert "tail_overdue" not in [e.kind for e in events]
+    assert stt.calls + partial.calls[-1:] == [3.44, 3.32]  # the tail (on the idle main worker), the last partial
+    assert first(events, "reply_prepared").t == pytest.approx(3.44 + 0.3, abs=0.021)
+    assert first(events, "reply_prepared").t > pause + 0.15 + 0.02
+    assert first(events, "stt_done").data["text"] == "question of 3.44 seconds"
 
 
 def test_words_spoken_after_a_tail_are_not_lost() -> None:

@@ -33,6 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -47,6 +50,13 @@ EVERY_S = 0.25  # seconds of speech between partial transcriptions (back to back
 # had a WER of 0.086 against 0.078 for the pause's own transcript of the same turns, 40-80 ms before 0.173.
 COVER_SLACK_S = 0.04
 MIN_WORDS = 2  # words worth a prefill
+# A transcription handed to the pause is overdue after this many times the worker's usual compute time (the median
+# of its last PACE_SAMPLES) from its start: then the pause transcribes on its own as well (pipeline.speculation).
+# Whisper's pace differs 2x between hosts (base, one thread: ~130 ms on a Xeon with MKL, ~250 ms on an AMD EPYC
+# without it): a fixed wait had the pause start a second transcription of the same words in most turns there, and
+# the reply's prompt then ran on one thread beside it.
+OVERDUE_PACE = 1.75
+PACE_SAMPLES = 9
 
 
 class Prefills(Protocol):
@@ -71,6 +81,7 @@ class Prefiller:
         judge: JudgePrefills | None = None,
         main: tuple[Callable[[Float32Array], Awaitable[Transcript]], Callable[[], bool]] | None = None,
         keeps_up: Callable[[], bool] = lambda: True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`freeze(True/False)`: stop / continue whatever runs `transcribe` (a worker of the partials' own).
         `judge`: the semantic end of turn's judge, prefilled with the same words (Judge.prefill). `main`: the
@@ -78,6 +89,11 @@ class Prefiller:
         worker is busy. `keeps_up`: a partial still running finishes at its usual pace (not starved next to a busy
         program): only then is one that heard all the words waited for as the tail (`_heard_all`)."""
         self._transcribe = transcribe
+        self._clock = clock
+        # Compute times of the last transcriptions on each worker (True: the partials' one), for `due`.
+        self._paces: dict[bool, deque[float]] = {True: deque(maxlen=PACE_SAMPLES), False: deque(maxlen=PACE_SAMPLES)}
+        self._started: dict[asyncio.Future[Transcript], tuple[float, bool]] = {}  # job -> (start, on partials)
+        self.handed_due: float | None = None  # when what `covering` handed the pause is overdue (None: unknown)
         self._keeps_up = keeps_up
         self._main = main
         self._partial_jobs = 0  # transcriptions running (or queued) on the partials' worker
@@ -121,6 +137,7 @@ class Prefiller:
         self._next_s = speech_s + self._every_s
         pcm = audio()
         self._last, self._last_samples = asyncio.ensure_future(self._partial(pcm)), len(pcm)
+        self._track(self._last, on_partials=True)
         self._last.add_done_callback(lambda f: f.cancelled() or f.exception())  # `_run` may be gone: retrieved
         self._task = asyncio.create_task(self._run(self._last))
 
@@ -159,6 +176,7 @@ class Prefiller:
         pcm = audio()
         self._tail_samples, self._tail_on_partials = len(pcm), on_partials
         self._tail = asyncio.ensure_future(transcribe(pcm))
+        self._track(self._tail, on_partials)
         self._tail.add_done_callback(self._job_done)
         self._emit("tail", worker="partials" if on_partials else "main")
         self._make_way(on_partials)
@@ -173,6 +191,27 @@ class Prefiller:
         if not tail_on_partials and self._freeze is not None and not self._held:
             self._freeze(True)
             self._held = True
+
+    def _track(self, job: asyncio.Future[Transcript], on_partials: bool) -> None:
+        """Note when `job` started and, once it is in, how long its worker took (`due`)."""
+        self._started[job] = (self._clock(), on_partials)
+
+        def done(f: asyncio.Future[Transcript]) -> None:
+            self._started.pop(f, None)
+            if not f.cancelled() and f.exception() is None and f.result().compute_s > 0:
+                self._paces[on_partials].append(f.result().compute_s)
+
+        job.add_done_callback(done)
+
+    def due(self, job: asyncio.Future[Transcript]) -> float | None:
+        """When `job`, still running, is overdue: OVERDUE_PACE times its worker's usual compute time after it
+        started (the other worker's pace where its own has none yet; None where neither has one)."""
+        started = self._started.get(job)
+        if started is None:
+            return None
+        t0, on_partials = started
+        paces = self._paces[on_partials] or self._paces[not on_partials]
+        return t0 + OVERDUE_PACE * statistics.median(paces) if paces else None
 
     def _job_done(self, job: asyncio.Future[Transcript]) -> None:
         if not job.cancelled():
@@ -201,6 +240,9 @@ class Prefiller:
             jobs.append(last)  # (the tail itself when `tail` adopted it)
         if last is not None and last in jobs:
             self._handed = last
+        dues = [self.due(job) for job in jobs]
+        known = [d for d in dues if d is not None]
+        self.handed_due = max(known) if known and len(known) == len(dues) else None  # overdue once all are
         if len(jobs) < 2:
             return jobs[0] if jobs else None
         return asyncio.ensure_future(_first_heard(jobs))

@@ -157,7 +157,7 @@ class Session:
             llm=llm, history=history, emit=self._emit, may_prefill=may_prefill,
             freeze=getattr(partial_stt, "freeze", None), judge=judge,
             main=(self._transcribe, lambda: bool(getattr(stt, "idle", False))) if partial_stt is not None else None,
-            keeps_up=lambda: bool(getattr(partial_stt, "keeps_up", True)),
+            keeps_up=lambda: bool(getattr(partial_stt, "keeps_up", True)), clock=clock,
         )  # fmt: skip
         self._prefill = streaming and talk_cfg.prefill_while_speaking and self.prefiller.enabled
         self.speculator = Speculator(
@@ -283,7 +283,8 @@ class Session:
             self._emit("pause", t=ev.t)  # no new partial transcript; one in flight is frozen (pipeline.prefill)
             self.prefiller.hold(self.detector.voiced_samples)
             if self._turn is None and self.streaming:
-                self.speculator.start(ev.audio, self.prefiller.covering(self.detector.voiced_samples))
+                words = self.prefiller.covering(self.detector.voiced_samples)
+                self.speculator.start(ev.audio, words, due=self.prefiller.handed_due)
         elif isinstance(ev, vad.Resumed):
             self._emit("resume", t=ev.t)
             self.speculator.drop()

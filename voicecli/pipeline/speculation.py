@@ -37,8 +37,9 @@ from voicecli.pipeline.turn_end import (
 )
 
 JUDGE_MIN_S = 0.08  # the least time left in the hangover for the judge's verdict to still matter
-# How long the pause waits for the tail partial (pipeline.prefill) before transcribing on its own as well: it
-# started >= 80 ms before the pause and takes ~120 ms (whisper base, one thread); a starved one must not hold it.
+# The least the pause waits for the tail partial (pipeline.prefill) before transcribing on its own as well: it
+# started >= 80 ms before the pause and takes ~120 ms (whisper base, one thread, Xeon); a starved one must not hold
+# it. Longer where the worker's own pace says so (Prefiller.due).
 TAIL_WAIT_S = 0.15
 
 # Why a prepared reply was thrown away (the `reply_wasted` event's reason, the keys of `Speculator.wasted`).
@@ -123,21 +124,26 @@ class Speculator:
         self.wasted: Counter[str] = Counter()  # prepared replies thrown away, by reason
 
     # ---- the pause ----------------------------------------------------------------------------------------
-    def start(self, audio: Float32Array, tail: asyncio.Future[Transcript] | None = None) -> None:
+    def start(
+        self, audio: Float32Array, tail: asyncio.Future[Transcript] | None = None, due: float | None = None
+    ) -> None:
         """The pause: transcribe `audio`, or take `tail`, the transcript of the same words started a little
-        earlier on the partials' worker (Prefiller.covering)."""
+        earlier on the partials' worker (Prefiller.covering), expected by `due` (Prefiller.handed_due)."""
         self.drop()
         now = self._clock()
-        words = self._transcribe(audio) if tail is None else self._tail_or_own(tail, audio, now)
+        words = self._transcribe(audio) if tail is None else self._tail_or_own(tail, audio, now, due)
         spec = Speculation(asyncio.create_task(words), TurnLifecycle.proposed(now), t_pause=now)
         spec.transcript.add_done_callback(lambda _: self._transcribed(spec))
         self.current = spec
 
-    async def _tail_or_own(self, tail: asyncio.Future[Transcript], audio: Float32Array, t_pause: float) -> Transcript:
-        """The tail partial's transcript; if it failed, or is not in TAIL_WAIT_S after the pause (a worker starved
-        next to a busy program; `tick` tells), the pause's own transcription as well, and whichever comes first."""
+    async def _tail_or_own(
+        self, tail: asyncio.Future[Transcript], audio: Float32Array, t_pause: float, due: float | None
+    ) -> Transcript:
+        """The tail partial's transcript; if it failed, or is not in by `due` nor TAIL_WAIT_S after the pause (a
+        worker starved next to a busy program; `tick` tells), the pause's own transcription as well, and whichever
+        comes first."""
         overdue = asyncio.Event()
-        self._overdue = (t_pause + TAIL_WAIT_S, overdue)
+        self._overdue = (max(t_pause + TAIL_WAIT_S, due or 0.0), overdue)
         waiting: asyncio.Future[Any] = asyncio.ensure_future(overdue.wait())
         try:
             await asyncio.wait({tail, waiting}, return_when=asyncio.FIRST_COMPLETED)
