@@ -9,13 +9,15 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
-def _amd_with_avx512() -> bool:
-    """An AMD CPU with every AVX-512 subset CTranslate2's AVX-512 kernels need (its cpu_supports_avx512)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            info = f.read(65536)
-    except OSError:
-        return False
+def _amd_with_avx512(info: str | None = None) -> bool:
+    """An AMD CPU with every AVX-512 subset CTranslate2's AVX-512 kernels need (its cpu_supports_avx512; forced
+    on a CPU without one, CTranslate2 refuses to load a model). `info`: /proc/cpuinfo's text (read when None)."""
+    if info is None:
+        try:
+            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+                info = f.read(65536)
+        except OSError:
+            return False
     flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
     need = {"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"}
     return "AuthenticAMD" in info and need <= set(flags)
