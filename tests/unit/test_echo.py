@@ -8,6 +8,7 @@ time. Nothing here knows the delay except the generator.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -452,3 +453,26 @@ def test_the_neural_vad_rests_in_a_quiet_room_and_wakes_for_sound() -> None:
         conf.observe(room, T0 + 0.02 * k, room, None, playing=True)  # a reply plays: always scored
     assert len(scored) > 6 and resets == 1
     assert conf.classifies(-80.0, playing=True) and not conf.classifies(-80.0, playing=False)
+
+
+def test_a_reply_after_a_rest_starts_on_a_fresh_aec3_and_one_right_after_another_does_not() -> None:
+    """Resumed after a rest in the state the reply before left it, AEC3's removal drifted down reply by reply (to
+    16 dB on the test rig); a fresh one starts each such reply. A reply that follows another within its tail keeps
+    the AEC3 that is still running (the room may still ring with the reply before)."""
+    rng = np.random.default_rng(11)
+    ec = EchoCanceller(OUT_RATE)
+    past = time.monotonic() - 10.0  # a reply that ended 9 s ago, far beyond ACTIVE_TAIL_S
+    ec.add_reference(rng.normal(0, 3000, OUT_RATE).astype(np.int16), past)
+    frame = rng.normal(0, 300, 320).astype(np.int16)
+    for k in range(50):
+        ec.process(frame, past + 0.02 * k)
+    rested = ec._apm
+    ec.hold()  # the next reply begins after the rest
+    ec.process(frame, time.monotonic())
+    assert ec._apm is not rested
+    fresh = ec._apm
+    ec.release(time.monotonic())
+    ec.hold()  # another reply right after it
+    ec.process(frame, time.monotonic())
+    assert ec._apm is fresh
+    assert ec.apm_frames == 52
