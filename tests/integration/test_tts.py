@@ -207,3 +207,15 @@ def test_use_after_close_is_a_clear_error(voice: Path) -> None:
 
     with pytest.raises(EngineError, match="start"):
         asyncio.run(run())
+
+
+def test_a_standalone_opener_is_spoken_from_memory_with_no_synthesis_on_the_reply_path(voice: Path) -> None:
+    # "Sure" is a reply's first clause of its own (pipeline.chunker); the speaker must not wait for Piper on it.
+    sure, again, clause = synth(voice, ["Sure", "Sure", CLAUSE], output_rate=48000)
+    assert abs(sure.duration_s - expected_duration_s(voice, "Sure")) < TOLERANCE_S  # the word itself, whole
+    assert rms_dbfs(sure.pcm) > -25.0
+    assert sure.compute_s == 0.0 and sure.extra.get("cached") == 1.0
+    assert np.array_equal(sure.pcm, again.pcm)
+    sure.pcm[:] = 0  # playback owns what it was given: the next reply still says the word
+    assert np.abs(again.pcm).max() > 1000
+    assert clause.compute_s > 0 and "cached" not in clause.extra  # anything else is synthesised as before
