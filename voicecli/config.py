@@ -51,10 +51,12 @@ class SttConfig:
     language: str = "en"
     initial_prompt: str = ""
     # Shortest whisper encoder window: an utterance is encoded in max(its length + 1 s, this) instead of 30 s
-    # (3-4x faster, same word error rate; 5 s floors make the models loop). 0 = always 30 s. 8 s rather than 10:
-    # scripts/stt_window_wer.py, 100 utterances, 2-core AMD EPYC: base 3.8% WER, 212 ms p50 against 4.2%, 237 ms;
-    # tiny.en 5.2%, 89 ms against 5.2%, 106 ms (one utterance re-run on 30 s against none).
-    window_floor_s: float = 8.0
+    # (3-4x faster, same word error rate; 5 s floors make the models loop). 0 = always 30 s.
+    # scripts/stt_window_wer.py, 100 utterances of 5 voices, 2-core AMD EPYC: base 4.1% WER, 201 ms p50 at 7 s,
+    # 4.2%, 211 ms at 8 s, 4.0%, 241 ms at 10 s (6 s: 4.5%, and two decodes looped and re-ran on 30 s); tiny.en
+    # 4.8%, 112 ms at 7 s against 5.3%, 117 ms at 8 s (one re-run at either). The pause's transcription in the
+    # pipeline's worker (base, one thread, the benchmark's 12 questions): 171 ms p50 at 7 s, 181 at 8.
+    window_floor_s: float = 7.0
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ def test_transcribes_speech_with_timings(
     assert t.compute_s > 0.0
     assert 0.0 <= t.queue_wait_s < 30.0
     assert not t.retried
-    assert (t.window_s, t.window_retry) == (8.0, "")  # the short window (default floor 8 s)
+    assert (t.window_s, t.window_retry) == (7.0, "")  # the short window (default floor 7 s)
 
 
 @pytest.mark.parametrize("level", [0.0, 0.001])  # digital silence, white noise at -60 dBFS
@@ -93,7 +93,7 @@ def test_silence_and_faint_noise_are_not_speech(stt: WhisperSTT, runner: asyncio
     assert t.no_speech_prob > 0.6
     assert t.text != PHRASE
     assert not t.is_speech
-    assert t.window_s == 8.0
+    assert t.window_s == 7.0
 
 
 def test_empty_audio_is_not_speech(stt: WhisperSTT, runner: asyncio.Runner) -> None:

@@ -91,7 +91,7 @@ def test_a_spoken_question_is_heard_on_the_short_window(
     engine: WhisperSTT, runner: asyncio.Runner, question: Audio
 ) -> None:
     t = runner.run(engine.transcribe(fit(question, 3.5)))
-    assert (t.window_s, t.window_retry) == (8.0, "")
+    assert (t.window_s, t.window_retry) == (7.0, "")
     assert t.is_speech
     assert wer(QUESTION, t.text) <= 0.2, t.text
     assert t.language == "en"
@@ -102,7 +102,7 @@ def test_a_3_s_utterance_uses_the_short_window_and_a_35_s_one_30_s(
     engine: WhisperSTT, runner: asyncio.Runner, question: Audio, tmp_path: Path
 ) -> None:
     short = runner.run(engine.transcribe(fit(question, 3.0)))
-    assert (short.audio_s, short.window_s, short.window_retry) == (3.0, 8.0, "")
+    assert (short.audio_s, short.window_s, short.window_retry) == (3.0, 7.0, "")
     assert wer(QUESTION, short.text) <= 0.2, short.text
 
     gap = np.zeros(SAMPLE_RATE // 2, np.float32)
@@ -118,7 +118,7 @@ def test_a_3_s_utterance_uses_the_short_window_and_a_35_s_one_30_s(
 def test_silence_on_the_short_window_is_not_speech(engine: WhisperSTT, runner: asyncio.Runner, level: float) -> None:
     audio = (np.random.default_rng(3).standard_normal(SAMPLE_RATE) * level).astype(np.float32)
     t = runner.run(engine.transcribe(audio))
-    assert t.window_s == 8.0
+    assert t.window_s == 7.0
     assert not t.is_speech, t
 
 

@@ -66,7 +66,7 @@ PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent thre
 # Whisper's window and the short one (see the module docstring).
 FULL_WINDOW_S = 30.0
 WINDOW_MARGIN_S = 1.0  # silence after the speech inside the window
-DEFAULT_WINDOW_FLOOR_S = 8.0  # see config.SttConfig.window_floor_s
+DEFAULT_WINDOW_FLOOR_S = 7.0  # see config.SttConfig.window_floor_s
 # The repetition guard: Whisper's own compression-ratio limit, a phrase said over and over, and a token rate
 # no speech reaches (the short-window decode is also capped there, so a loop stops early). Fast English is
 # ~6 Whisper tokens/s; 20 leaves room for digits, spelling, other scripts and byte-level test tokenizers.
