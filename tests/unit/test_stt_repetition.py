@@ -11,7 +11,6 @@ from voicecli.engines.stt import (
     compression_ratio,
     repeated_ngram,
     repetition,
-    retry_windows,
     token_budget,
     window_for,
 )
@@ -33,23 +32,6 @@ from voicecli.engines.stt import (
 )
 def test_window_for(audio_s: float, floor_s: float, window_s: float) -> None:
     assert window_for(audio_s, floor_s) == pytest.approx(window_s)
-
-
-@pytest.mark.parametrize(
-    ("audio_s", "floor_s", "windows"),
-    [
-        (3.0, 7.0, [7.0, 10.0]),  # a loop on the floor's window is decoded on 10 s before 30 s
-        (9.5, 7.0, [10.5]),  # the second floor would give the same window: no second try
-        (12.0, 7.0, [13.0]),
-        (3.0, 12.0, [12.0]),  # a floor above 10 s: no shorter retry
-        (29.0, 7.0, []),  # no room for the margin: straight to 30 s
-        (3.0, 0.0, []),  # short windows off
-    ],
-)
-def test_a_looping_decode_is_retried_on_a_longer_short_window_before_30_s(
-    audio_s: float, floor_s: float, windows: list[float]
-) -> None:
-    assert retry_windows(audio_s, floor_s) == pytest.approx(windows)
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,7 @@ CTranslate2 accepts shorter features, so an utterance is encoded in a window of 
 (scripts/stt_window_wer.py, 2 cores: 3.5x faster with real tiny.en at the same WER, 4x with base at a WER about
 one point higher, 4.3 % against 3.2 %, mostly on one espeak voice). A model that loops on the
 short window (too compressible, a repeated phrase, or more tokens than any speech of that length) is re-run
-on a 10 s floor window, then on the full 30 s one (`retry_windows`); audio that does not fit goes to 30 s at
-once. Transcript.window_s says which window produced the text.
+on the full 30 s window; so is audio that does not fit. Transcript.window_s says which window produced the text.
 
 Queueing: the pool only ever holds as many requests as it has workers; the rest wait in the parent, where
 cancelling them (a speculative transcription the user talked over) means they never run at all.
@@ -68,10 +67,6 @@ PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent thre
 FULL_WINDOW_S = 30.0
 WINDOW_MARGIN_S = 1.0  # silence after the speech inside the window
 DEFAULT_WINDOW_FLOOR_S = 7.0  # see config.SttConfig.window_floor_s
-# A short-window decode that loops is run again on this floor before the full 30 s: the loop belongs to the window
-# (real tiny.en repeated "Give me a short recipe for pancakes" on 7 and 8 s, not on 10 s), and 30 s costs ~4x
-# the short window (tiny.en on one thread in the benchmark: 1.04 s for that turn instead of ~0.1 s).
-RETRY_FLOOR_S = 10.0
 # The repetition guard: Whisper's own compression-ratio limit, a phrase said over and over, and a token rate
 # no speech reaches (the short-window decode is also capped there, so a loop stops early). Fast English is
 # ~6 Whisper tokens/s; 20 leaves room for digits, spelling, other scripts and byte-level test tokenizers.
@@ -243,7 +238,7 @@ class _Result:
     started_at: float  # time.monotonic() in the worker (same clock as the parent on Linux/macOS)
     compute_s: float
     window_s: float = FULL_WINDOW_S
-    window_retry: str = ""  # why a short-window decode was discarded and re-run (on RETRY_FLOOR_S, or 30 s)
+    window_retry: str = ""  # why a short-window decode was discarded and re-run on 30 s
 
 
 # Per-process state set by the pool initializer: the model (or why it failed to load).
@@ -291,27 +286,15 @@ def _worker_transcribe(audio: npt.NDArray[np.float32], options: _Options) -> _Re
         raise _worker_state["error"]
     model = _worker_state["model"]
     audio_s = len(audio) / SAMPLE_RATE
+    window_s = window_for(audio_s, options.window_floor_s)
     reason = ""
-    for window_s in retry_windows(audio_s, options.window_floor_s):
+    if window_s < FULL_WINDOW_S:
         short = _transcribe_window(model, audio, window_s, options)
         if isinstance(short, _Result):
-            return replace(short, started_at=started_at, compute_s=time.monotonic() - started_at, window_retry=reason)
+            return replace(short, started_at=started_at, compute_s=time.monotonic() - started_at)
         reason = short
     full = _transcribe_full(model, audio, options)
     return replace(full, started_at=started_at, compute_s=time.monotonic() - started_at, window_retry=reason)
-
-
-def retry_windows(audio_s: float, floor_s: float) -> list[float]:
-    """The short windows to decode `audio_s` on, in order, before the full 30 s: the floor's, then
-    RETRY_FLOOR_S's if it is longer (and still short). None when short windows are off or the audio does not fit."""
-    if floor_s <= 0:
-        return []
-    windows: list[float] = []
-    for floor in (floor_s, RETRY_FLOOR_S):
-        window = window_for(audio_s, floor)
-        if window < FULL_WINDOW_S and (not windows or window > windows[-1]):
-            windows.append(window)
-    return windows
 
 
 def _transcribe_full(model: Any, audio: npt.NDArray[np.float32], options: _Options) -> _Result:
