@@ -9,6 +9,7 @@ from voicecli.engines.stt import (
     COMPRESSION_RATIO_MAX,
     FULL_WINDOW_S,
     compression_ratio,
+    first_of_loop,
     repeated_ngram,
     repetition,
     token_budget,
@@ -91,3 +92,23 @@ def test_more_tokens_than_speech_can_hold_is_a_loop() -> None:
     assert repetition("What is the weather like today?", n_tokens=budget, audio_s=3.0) == "tokens"
     assert repetition("What is the weather like today?", n_tokens=budget - 1, audio_s=3.0) == ""
     assert token_budget(20.0) > token_budget(3.0)
+
+
+LOOP = "Give me a short recipe for pancakes"
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        (" ".join([LOOP] * 11), LOOP),  # real tiny.en on a 7 s window, up to the token cap
+        (f"{LOOP}. {LOOP}. {LOOP}. Give me a", f"{LOOP}."),  # the last copy cut short by the cap
+        ("What time is it? What time is it?", "What time is it?"),
+        (LOOP, None),  # said once: no loop
+        ("the the the the the the the the", None),  # one word over and over is no phrase
+        ("yes no yes no yes no yes no", None),
+        ("Set a timer for ten minutes ten minutes ten minutes ten minutes", None),  # a loop from mid-way: 30 s
+        ("What is it? What is it? Tell me.", None),
+    ],
+)
+def test_a_whole_utterance_said_over_and_over_is_cut_to_its_first_copy(text: str, first: str | None) -> None:
+    assert first_of_loop(text) == first

@@ -28,7 +28,8 @@ class Transcript:
     Times are seconds. `queue_wait_s`: from the request to the worker starting it (waiting behind other
     utterances). `retried`: the worker died and the utterance ran again on a fresh one. `window_s`: the encoder
     window that produced the text (Whisper's 30 s, or a shorter one fitted to the audio); `window_retry`: why a
-    short-window decode was discarded and re-run on 30 s ("compression", "tokens", "ngram"), else "".
+    short-window decode was discarded and re-run on 30 s ("compression", "tokens", "ngram"), else "";
+    `loop_trimmed`: the same for a decode that said the whole utterance over and over and was cut to its first copy.
     """
 
     text: str
@@ -42,6 +43,7 @@ class Transcript:
     retried: bool = False
     window_s: float = 30.0
     window_retry: str = ""
+    loop_trimmed: str = ""
 
 
 class SpeechToText(Protocol):

@@ -198,6 +198,19 @@ def repeated_ngram(words: list[str]) -> bool:
     return False
 
 
+def first_of_loop(text: str) -> str | None:
+    """The first copy when `text` is one phrase of 3 words or more said over and over from its first word (the
+    last copy may be cut short): the loop a short window sends a small model into after a whole utterance (real
+    tiny.en, 7-10 s windows: "Give me a short recipe for pancakes Give me a short recipe for pancakes ..." up to
+    the token cap). None for anything else: a loop that starts mid-way is left to the 30 s window."""
+    raw = [w for w in text.split() if normalize(w)]
+    words = [normalize(w) for w in raw]
+    for n in range(1, len(words) // 2 + 1):  # the shortest period: "the the the ..." is no phrase
+        if all(words[i] == words[i % n] for i in range(n, len(words))):
+            return " ".join(raw[:n]) if n >= 3 else None
+    return None
+
+
 def repetition(text: str, n_tokens: int, audio_s: float) -> str:
     """Why a decode of `audio_s` of audio looks like a decoder loop: "compression", "tokens" or "ngram";
     "" when it does not. `n_tokens` counts the text tokens the decoder produced."""
@@ -239,6 +252,7 @@ class _Result:
     compute_s: float
     window_s: float = FULL_WINDOW_S
     window_retry: str = ""  # why a short-window decode was discarded and re-run on 30 s
+    loop_trimmed: str = ""  # why a short-window decode was cut to its first copy (`first_of_loop`)
 
 
 # Per-process state set by the pool initializer: the model (or why it failed to load).
@@ -375,7 +389,7 @@ def _transcribe_window(model: Any, audio: npt.NDArray[np.float32], window_s: flo
     max_length = min(MAX_DECODER_LENGTH, max(len(prompt) + budget, 2 * budget))
     suppress = list(get_suppressed_tokens(tokenizer, [-1]))
 
-    decodes: list[tuple[str, float, float]] = []  # (text, avg_logprob, no_speech_prob)
+    decodes: list[tuple[str, float, float, str]] = []  # (text, avg_logprob, no_speech_prob, loop_trimmed)
     for temperature in TEMPERATURES:
         if temperature > 0:
             sampling: dict[str, Any] = {
@@ -403,16 +417,22 @@ def _transcribe_window(model: Any, audio: npt.NDArray[np.float32], window_s: flo
         tokens = result.sequences_ids[0]
         avg_logprob = float(result.scores[0]) * len(tokens) / (len(tokens) + 1)
         text = tokenizer.decode(tokens).strip()
+        trimmed = ""
         reason = repetition(text, len(tokens), audio_s)
         if reason:
-            return reason
+            # A whole utterance said again and again: its first copy is the transcript (the 30 s window would
+            # take ~4x as long to say the same).
+            first = first_of_loop(text)
+            if first is None or repetition(first, len(tokenizer.encode(" " + first)), audio_s):
+                return reason
+            text, trimmed = first, reason
         no_speech = float(result.no_speech_prob)
-        decodes.append((text, avg_logprob, no_speech))
+        decodes.append((text, avg_logprob, no_speech, trimmed))
         # faster-whisper's fallback rule (its compression-ratio part is the guard above).
         if avg_logprob >= LOW_LOGPROB or no_speech > NO_SPEECH_PROB:
             break
     else:  # every temperature failed: the most probable decode
-        text, avg_logprob, no_speech = max(decodes, key=lambda d: d[1])
+        text, avg_logprob, no_speech, trimmed = max(decodes, key=lambda d: d[1])
     if no_speech > NO_SPEECH_PROB and avg_logprob < LOW_LOGPROB:
         text = ""  # faster-whisper drops such a window as silence
     return _Result(
@@ -423,6 +443,7 @@ def _transcribe_window(model: Any, audio: npt.NDArray[np.float32], window_s: flo
         started_at=0.0,
         compute_s=0.0,
         window_s=window_s,
+        loop_trimmed=trimmed,
     )
 
 
@@ -549,6 +570,7 @@ class WhisperSTT:
             retried=retried,
             window_s=result.window_s,
             window_retry=result.window_retry,
+            loop_trimmed=result.loop_trimmed,
         )
 
     async def close(self) -> None:
