@@ -8,6 +8,7 @@ import pytest
 
 from tests.fakes import REPLY, FakeSTT
 from tests.unit.test_session import run_timeline
+from voicecli.config import VadConfig
 from voicecli.pipeline.endpoint import sounds_unfinished
 
 
@@ -15,7 +16,8 @@ from voicecli.pipeline.endpoint import sounds_unfinished
     "text",
     ["I was wondering if...", "What is the weather in Paris and", "Tell me about the, um", "So I went to the",
      "Can you remind me to call my mother because", "I need,", "What is the?", "I think that.",
-     "The problem is that.", "I was wondering that", "Tell me about the movie that"],
+     "The problem is that.", "I was wondering that", "Tell me about the movie that",
+     "How far away is the...", "Which fly to our...", "Actually...", "Wait…"],  # the voice trailing off mid-way
 )  # fmt: skip
 def test_unfinished(text: str) -> None:
     assert sounds_unfinished(text)
@@ -25,7 +27,8 @@ def test_unfinished(text: str) -> None:
     "text",
     ["What is the weather like today?", "Tell me a joke.", "What are you thinking of?", "Stop!", "", "Thanks",
      "Actually, never mind that.", "I like that.", "Don't do that.", "That.",
-     "Actually never mind that", "Don't do that"],  # whisper tiny.en leaves them unpunctuated
+     "Actually never mind that", "Don't do that",  # whisper tiny.en leaves them unpunctuated
+     "Actually, never mind that...", "Set a timer for ten minutes…"],  # ... after a whole command
 )  # fmt: skip
 def test_finished(text: str) -> None:
     assert not sounds_unfinished(text)
@@ -54,3 +57,24 @@ def test_a_pause_after_an_unfinished_sentence_does_not_split_the_turn() -> None:
 def test_the_same_pause_after_a_finished_sentence_ends_the_turn() -> None:
     rig = run_timeline(lambda r, t: 0.2 <= t < 1.2 or 1.9 <= t < 2.9, 14.0)
     assert [e.kind for e in rig.events].count("eou") == 2  # two questions, two answers
+
+
+class TrailingOffSTT(FakeSTT):
+    """Whisper's "..." after a whole command, where the voice trailed off (a benchmark turn waited 1.44 s)."""
+
+    async def transcribe(self, audio):  # type: ignore[no-untyped-def]
+        tr = await super().transcribe(audio)
+        return dataclasses.replace(tr, text="Actually, never mind that...")
+
+
+def test_a_whole_command_that_trails_off_ends_at_the_hangover_and_is_not_held_open() -> None:
+    held = run_timeline(lambda r, t: 0.2 <= t < 1.2, 12.0, stt_cls=TrailingAndSTT)
+    trailed = run_timeline(lambda r, t: 0.2 <= t < 1.2, 12.0, stt_cls=TrailingOffSTT)
+    eou = {name: [e.t for e in rig.events if e.kind == "eou"] for name, rig in (("held", held), ("trailed", trailed))}
+    assert len(eou["held"]) == len(eou["trailed"]) == 1, eou
+    verdicts = [e.data for e in trailed.events if e.kind == "end_of_turn"]
+    assert all(v["verdict"] != "incomplete" for v in verdicts), verdicts
+    # The held sentence waits unfinished_extra_ms more; the command that trailed off only the hangover.
+    extra = VadConfig().unfinished_extra_ms / 1000
+    assert eou["trailed"][0] < eou["held"][0] - extra + 0.1, eou
+    assert eou["trailed"][0] - 1.2 < VadConfig().hangover_ms / 1000 + 0.15, eou

@@ -45,6 +45,9 @@ TH = Thresholds(complete_p=0.2, incomplete_p=0.01)
         (0.001, "Can you tell me?", INCOMPLETE, BY_LLM),
         # whisper leaves a continued sentence unpunctuated: a low score there is no evidence
         (0.0, "which planet in our solar system is the largest", FALLBACK, BY_LLM),
+        # whisper's "..." where the voice trailed off, after half a sentence as after a whole one: the hangover
+        (0.6, "What should I cook...", FALLBACK, BY_LLM),
+        (0.001, "Actually, never mind that...", FALLBACK, BY_LLM),
         (None, "How tall is Mount Everest?", FALLBACK, BY_VAD),
     ],
 )

@@ -85,17 +85,29 @@ THAT_OBJECT_OF = frozenset(_THAT_OBJECT_TEXT.split())
 # Words no sentence ends on, question mark or not ("What are you thinking of?" may end on "of").
 NEVER_LAST = frozenset(["the", "a", "an", "my", "your", "our", "their"])
 _WORD = re.compile(r"[a-z0-9']+")  # digits too: "in 10." ends on "10", not on "in"
+TRAILED_MIN_WORDS = 3  # "Actually...", "Wait...": an opener trailing off, the rest is still to come
 
 
 def sounds_unfinished(text: str) -> bool:
-    """True when the transcript so far ends like a speaker who is going on: a trailing "...", a dash or a
-    comma, or a last word from UNFINISHED_WORDS (a "that." only after THAT_OPENS_AFTER, an unpunctuated "that"
-    unless after THAT_OBJECT_OF)."""
+    """True when the transcript so far ends like a speaker who is going on: a dash or a comma, a last word from
+    UNFINISHED_WORDS (a "that." only after THAT_OPENS_AFTER, an unpunctuated "that" unless after THAT_OBJECT_OF),
+    or a trailing "..." after such a word or after fewer than TRAILED_MIN_WORDS words ("Actually...")."""
     stripped = text.strip()
     if not stripped:
         return False
-    if stripped.endswith(("...", "…", "-", "—", ",")):
+    if stripped.endswith(("...", "…")):
+        # Whisper writes "..." where the voice trails off: mid-sentence ("How far away is the...") and after a
+        # whole command ("Actually, never mind that...", which then waited 700 ms more: TTFA 1.44 s). The words
+        # before it tell them apart; such a turn is left to the hangover (pipeline.turn_end.ends_sentence).
+        body = stripped.rstrip(".… ")
+        return len(_WORD.findall(body.lower())) < TRAILED_MIN_WORDS or (bool(body) and _ends_unfinished(body))
+    if stripped.endswith(("-", "—", ",")):
         return True
+    return _ends_unfinished(stripped)
+
+
+def _ends_unfinished(stripped: str) -> bool:
+    """The last-word rules of `sounds_unfinished`."""
     words = _WORD.findall(stripped.lower())
     if words and words[-1] in NEVER_LAST:
         return True  # whisper may still write "What is the?"

@@ -1,8 +1,8 @@
 """The semantic end of turn: at the user's early pause, do the words say they are done?
 
 Three signals, in order (each is cheap next to the transcription it follows):
-1. **The words, by rule** (pipeline.endpoint): a transcript ending on "and", "the", "um", a comma or "..." is a
-   speaker going on: the pause is held open longer.
+1. **The words, by rule** (pipeline.endpoint): a transcript ending on "and", "the", "um" or a comma (or on "..."
+   after such a word) is a speaker going on: the pause is held open longer.
 2. **The words, by the LLM**: the probability of the chat template's end-of-turn token right after the user's
    words (LlamaLLM.end_of_turn, LiveKit's method). High: the turn ends now, at the pause, instead of after
    the full hangover. Near zero: held open like an unfinished sentence.
@@ -74,6 +74,13 @@ QUESTION_OPENERS = frozenset(_QUESTION_TEXT.split())
 _FIRST_WORD = re.compile(r"[a-z']+")
 
 
+def ends_sentence(text: str) -> bool:
+    """The transcript ends on a sentence's own punctuation; a trailing "..." is not one (the voice trailed off:
+    whisper writes it after half a sentence as after a whole one)."""
+    stripped = text.rstrip()
+    return stripped.endswith((".", "?", "!")) and not stripped.endswith(("...", "…"))
+
+
 def is_question(text: str) -> bool:
     """The words are a question: they end with "?", or with "." after a question word first ("What should I
     cook? For dinner tonight with rice."). Unpunctuated words are not: whisper leaves a sentence it hears going
@@ -82,21 +89,21 @@ def is_question(text: str) -> bool:
     if stripped.endswith("?"):
         return True
     first = _FIRST_WORD.match(stripped.lower())
-    return first is not None and first.group() in QUESTION_OPENERS and stripped.endswith(".")
+    return first is not None and first.group() in QUESTION_OPENERS and ends_sentence(stripped)
 
 
 def by_probability(p: float | None, text: str, th: Thresholds) -> Decision:
     """The LLM's verdict. A high probability ends the turn at the pause only after a question: a command or a
     statement is as often the first half of a longer one ("Tell me a joke." + "about computers and cats." scored
     0.77, above most whole questions, and split the turn in most runs; whole commands scored 0.0-0.75): those
-    are left to the hangover. A low probability holds the pause open only after a
-    punctuated transcript: whisper leaves a continued sentence unpunctuated ("which planet in our solar system
-    is the largest"), and the model then puts no mass on the end token even after whole questions."""
+    are left to the hangover. A low probability holds the pause open only after a punctuated transcript
+    (`ends_sentence`: a "..." is not one): whisper leaves a continued sentence unpunctuated ("which planet in our
+    solar system is the largest"), and the model then puts no mass on the end token even after whole questions."""
     if p is None:
         return Decision(FALLBACK, BY_VAD)
     if p >= th.complete_p and is_question(text):
         return Decision(COMPLETE, BY_LLM, p)
-    if p < th.incomplete_p and text.rstrip().endswith((".", "?", "!")):
+    if p < th.incomplete_p and ends_sentence(text):
         return Decision(INCOMPLETE, BY_LLM, p)
     return Decision(FALLBACK, BY_LLM, p)
 
