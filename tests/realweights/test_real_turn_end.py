@@ -107,7 +107,11 @@ def test_a_judge_prefilled_while_the_user_speaks_evaluates_only_the_tail_and_jud
     assert tail <= 5, tail  # " dinner tonight?" ... no more than the words after the partial and its last word
     assert p_cold is not None and p_warm is not None
     assert abs(p_cold - p_warm) < 0.02, (p_cold, p_warm)
-    # a shared-prompt judge (the reply LLM) is prefilled with the reply's prompt instead: nothing to do here
-    shared = Judge(lambda m: None, SYSTEM, shares_prompt=True, name="reply", th=Thresholds(), prefill=lambda m: None)
+    # a shared-prompt judge (the reply LLM) is prefilled with the reply's prompt instead: its own prefill never runs
+    prefills: list[object] = []
+    shared = Judge(lambda m: None, SYSTEM, shares_prompt=True, name="reply", th=Thresholds(),
+                   prefill=lambda m: prefills.append(m))  # fmt: skip
     shared.usable = True
+    shared.prefill(partial)
+    assert prefills == []
     assert shared.prefill(partial) is None

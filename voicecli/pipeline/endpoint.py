@@ -100,7 +100,7 @@ def sounds_unfinished(text: str) -> bool:
         # whole command ("Actually, never mind that...", which then waited 700 ms more: TTFA 1.44 s). The words
         # before it tell them apart; such a turn is left to the hangover (pipeline.turn_end.ends_sentence).
         body = stripped.rstrip(".… ")
-        return len(_WORD.findall(body.lower())) < TRAILED_MIN_WORDS or (bool(body) and _ends_unfinished(body))
+        return len(_WORD.findall(body.lower())) < TRAILED_MIN_WORDS or _ends_unfinished(body)
     if stripped.endswith(("-", "—", ",")):
         return True
     return _ends_unfinished(stripped)
