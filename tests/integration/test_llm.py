@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
+from voicecli.engines import llm as llm_mod
 from voicecli.engines.base import ChatMessage, LLMStats
 from voicecli.engines.llm import PREFILL_CHUNK, QUEUE_DELTAS, LlamaLLM, LlamaStream
+from voicecli.engines.threads import ThreadPlan
 from voicecli.errors import EngineError, ModelError
 from voicecli.pipeline.history import History
 from voicecli.testmodels import llama as gen
@@ -319,39 +321,46 @@ def test_a_verdict_asked_during_a_reply_comes_between_its_tokens_not_after_it(ti
     assert after == "asked"  # with no reply under way, a verdict is simply run
 
 
-def test_a_verdict_beside_a_reply_runs_right_after_a_standalone_opener(tiny_gguf: Path, tmp_path: Path) -> None:
+def test_a_verdict_beside_a_reply_runs_right_after_a_standalone_opener_on_the_cores_piper_leaves_free(
+    tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The reply's first clause may be its first word ("Sure", voicecli.openers), spoken before the comma after it:
-    the verdict waiting in the lane then runs right after that token, beside Piper, not one token (~40 ms with
-    the 0.5B model) later. A reply opening on an ordinary word still waits for its first clause's punctuation."""
+    the verdict waiting in the lane then runs right after that token, not one token (~40 ms with the 0.5B model)
+    later. That clause is spoken from memory (engines.tts), so the verdict gets the reply's cores (a judge of its
+    own on one thread: SmolLM2's 7 tokens after a misheard word took 52 ms on one, ~30 on two). A reply opening on
+    an ordinary word still waits for its first clause's punctuation, and its verdict stays on one thread beside
+    Piper synthesising that clause."""
     plain = "The sky, as far as I know, is blue today."
     other = gen.generate(tmp_path / "other", reply=plain)
+    monkeypatch.setattr(llm_mod, "current_plan", lambda *_: ThreadPlan(batch=2, decode=1, cores=2, busy=0))
 
-    async def tokens_before_verdict(path: Path) -> int:
+    async def before_verdict(path: Path) -> tuple[int, int]:
+        """(reply tokens out, threads the verdict may use) when the verdict runs."""
         reply = LlamaLLM(path, n_ctx=2048, threads=1, system_prompt=SYSTEM)
         await reply.start()
-        judge = LlamaLLM(path, n_ctx=512, threads=1, system_prompt=SYSTEM, worker_of=reply)
+        judge = LlamaLLM(path, n_ctx=512, threads=1, batch_threads=1, system_prompt=SYSTEM, worker_of=reply)
         await judge.start()
-        seen: list[int] = []
+        seen: list[tuple[int, int]] = []
         score = judge._end_of_turn
         try:
             stream = reply.chat(ask("How is the weather?"), max_tokens=128)
 
             def counted(messages: Any) -> float | None:  # on the worker, between two of the reply's tokens
-                seen.append(stream.stats.completion_tokens)
+                seen.append((stream.stats.completion_tokens, judge._lane.threads))
                 return score(messages)
 
             judge._end_of_turn = counted  # type: ignore[method-assign]
             asked = judge.end_of_turn(ask("How is the weather?"))
             assert asked is not None
-            await asyncio.wait_for(asked, 20)
+            assert await asyncio.wait_for(asked, 20) is not None
             assert "".join([d async for d in stream]) in (gen.DEFAULT_REPLY, plain)  # and the reply lost nothing
             return seen[0]
         finally:
             await judge.close()
             await reply.close()
 
-    assert asyncio.run(asyncio.wait_for(tokens_before_verdict(tiny_gguf), 60)) == 1  # "Sure"
-    assert asyncio.run(asyncio.wait_for(tokens_before_verdict(other), 60)) == 3  # "The", " sky", ","
+    assert asyncio.run(asyncio.wait_for(before_verdict(tiny_gguf), 60)) == (1, 2)  # "Sure": both cores
+    assert asyncio.run(asyncio.wait_for(before_verdict(other), 60)) == (3, 1)  # "The", " sky", ",": one, beside Piper
 
 
 def test_count_tokens_matches_what_llama_evaluates(llm: LlamaLLM) -> None:

@@ -77,6 +77,10 @@ class _Lane:
         self.lock = threading.Lock()
         self.replies = 0  # replies asked for (chat) and not yet ended on the worker
         self.jobs: deque[Callable[[], None]] = deque()
+        # Threads the jobs being run may use (0: outside `run`, their own). The reply's prompt and first clause ran
+        # on the free cores and it waits for the jobs; Piper is idle when that clause is a standalone opener (spoken
+        # from memory, engines.tts), else it synthesises the clause beside them on one core.
+        self.threads = 0
 
     def offer(self, job: Callable[[], None]) -> bool:
         """Queue `job` if a reply is under way (True); else the caller submits it as usual."""
@@ -86,14 +90,18 @@ class _Lane:
             self.jobs.append(job)
             return True
 
-    def run(self) -> None:
-        """On the worker: the jobs queued so far."""
-        while True:
-            with self.lock:
-                if not self.jobs:
-                    return
-                job = self.jobs.popleft()
-            job()
+    def run(self, threads: int = 0) -> None:
+        """On the worker: the jobs queued so far, each on `threads` threads (0: as it would outside the lane)."""
+        self.threads = threads
+        try:
+            while True:
+                with self.lock:
+                    if not self.jobs:
+                        return
+                    job = self.jobs.popleft()
+                job()
+        finally:
+            self.threads = 0
 
 
 @dataclass(frozen=True)
@@ -450,7 +458,9 @@ class LlamaLLM:
         p = min(self._cached_prefix(tokens), len(tokens) - 1)
         # However few tokens are left, on the prefill threads: the turn waits for the verdict (SmolLM2 alone, the
         # 2-8 tokens left after the words were prefilled while the user spoke: ~19 ms on one thread, ~12 on two).
-        threads = current_plan(self._max_batch, self._max_decode).batch
+        # A judge of its own on one thread takes the free cores in the reply's lane (`_Lane.threads`): after a
+        # misheard word its 6-9 tokens took 39-65 ms on one thread, 30-32 on two, while the speaker waited.
+        threads = self._lane.threads or current_plan(self._max_batch, self._max_decode).batch
         llama_cpp.llama_set_n_threads(llm.ctx, threads, threads)
         llm.n_tokens = p
         llm.eval(tokens[p:])
@@ -537,6 +547,7 @@ class LlamaLLM:
         error: EngineError | None = None
         clause_out = False  # the reply's text so far holds a clause's end
         opening = ""  # the reply's text until then: a standalone opener ("Sure") is a clause of its own
+        opener = False  # that first clause is a standalone opener, and the lane has not run since
         self.abort.arm(stream)  # from now on stream.cancel() stops the decode in progress too
         try:
             if stream.stopped:
@@ -569,9 +580,15 @@ class LlamaLLM:
                         break
                     if not clause_out and sampled < LANE_AFTER_TOKENS:  # after that the lane runs anyway
                         opening += delta
-                        clause_out = any(c in delta for c in _CLAUSE_END) or is_standalone_opener(opening)
+                        opener = is_standalone_opener(opening)
+                        clause_out = opener or any(c in delta for c in _CLAUSE_END)
                 if clause_out or sampled >= LANE_AFTER_TOKENS:
-                    self._lane.run()  # before the next token: the first clause is with Piper
+                    # Before the next token: the first clause is with Piper, or spoken from memory when it is a
+                    # standalone opener ("Sure"; engines.tts), and then the jobs may take the reply's cores (its
+                    # plan of ~0.1 s ago: sampling the run queue again costs ~4 ms the speaker would wait for).
+                    # Later, Piper may be synthesising the next clause.
+                    self._lane.run(plan.batch if opener else 1)
+                    opener = False
         except Exception as e:
             if not (stream.stopped and is_abort(e)):  # an abort we asked for is a cancellation, not an error
                 stats.error = f"{type(e).__name__}: {e}"
