@@ -10,8 +10,9 @@ prompt "<|im_start|>assistant\\n", whose last token "\\n" starts the chain. Ever
 embedding points at a shared "default" direction that predicts <|im_end|>. All rows hold a single
 non-zero value, so the chain survives any quantisation.
 
-The reply is split into pieces along the qwen2 pre-tokenizer's word boundaries; a piece that
-would repeat an earlier one is glued to its predecessor so the chain has no repeated token.
+The tiny model's reply is split into pieces along the qwen2 pre-tokenizer's word boundaries; a piece
+that would repeat an earlier one is glued to its predecessor so the chain has no repeated token. The
+real-size model's reply is Qwen2's own tokens (which must not repeat).
 
 "tiny": hidden 64+, 2 layers, ~2k vocab: generated in well under a second.
 "real": Qwen2.5-0.5B dimensions (hidden 896, 24 layers, 14 heads / 2 kv heads, FFN 4864), random
