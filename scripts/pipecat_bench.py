@@ -15,8 +15,14 @@ cross-correlation (sample exact), its true speech end comes from the clip itself
 anchors can differ by up to one PulseAudio render block (~20 ms at the 20 ms latency requested), typically a few
 ms, plus the 5 ms onset window.
 
+`--models tiny` measures voicecli alone on issue 20's second set (real whisper tiny.en, the tiny generated LLM and
+voice, the same judge), and reports what that set's done-when asks for: the TTFA over the complete clips (no
+mid-sentence pause, not an interruption) and the paused clips split into two turns (the reply audible before the
+true end of speech, or voicecli's events showing a second end of turn inside the clip).
+
 Usage (the whole run holds the shared benchmark lock):
     flock /tmp/bench.lock /work/main/.venv/bin/python scripts/pipecat_bench.py run [--stacks voicecli,pipecat]
+    flock /tmp/bench.lock /work/main/.venv/bin/python scripts/pipecat_bench.py run --models tiny --stacks voicecli
 Internal (started by `run` in the pipecat venv):
     /work/pipecat-venv/bin/python scripts/pipecat_bench.py pipecat-bot --llm-url URL --llm-model NAME
 """
@@ -49,6 +55,7 @@ PIPER_VOICE = "en_US-joe-medium"
 LLM_GGUF = ROOT / ".models/real/llm/scripted-qwen2.5-0.5b-q4_k_m.gguf"
 # voicecli's end-of-turn judge, which `voicecli models pull` fetches with the defaults (vad.turn_model "auto").
 JUDGE_GGUF = HOME / ".cache/voicecli/real/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf"
+
 OWN_VENV = ROOT / ".venv"
 PIPECAT_VENV = Path("/work/pipecat-venv")
 LLM_PORT = 8765
@@ -60,6 +67,26 @@ WIN_S = 0.005
 QUIET_END_S = 3.0  # the reply is over after this much silence (longer than any sentence gap seen)
 NO_REPLY_S = 30.0  # a clip with no reply this long after its end is a miss
 GAP_S = 1.0  # between the end of a reply and the next clip
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    name: str
+    stt: Path
+    llm: Path
+    voice: Path  # the Piper .onnx
+
+
+TARGET = ModelSet("target", WHISPER_DIR, LLM_GGUF, PIPER_DIR / f"{PIPER_VOICE}.onnx")
+
+
+def tiny_set() -> ModelSet:
+    """Real tiny.en with the tiny generated LLM and voice (generated here if missing; run by the voicecli venv)."""
+    from voicecli import paths
+    from voicecli.testmodels import generate_all, realweights
+
+    generated = generate_all(paths.data_dir() / "generated-models", "tiny")
+    return ModelSet("tiny", realweights.fetch("whisper-tiny.en"), generated["llm"], generated["tts"])
 
 
 # ----------------------------------------------------------------------------------------------- the rig
@@ -216,6 +243,21 @@ class Turn:
     window_end_t: float  # the next clip's feed (or the end of the run)
     ttfa_s: float | None = None
     early: bool = False  # the speaker was already playing at the true end of speech (a split turn)
+    turns_ended: int | None = None  # voicecli only: its end-of-turn events inside this clip's window (1 = one turn)
+    verdicts: list[str] = field(default_factory=list)  # voicecli only: its end-of-turn judge's, at each pause
+
+    @property
+    def paused(self) -> bool:
+        return "pause" in self.clip
+
+    @property
+    def complete(self) -> bool:
+        """A complete question or command: no mid-sentence pause, not one of the interrupting clips."""
+        return not self.paused and "interrupt" not in self.clip
+
+    @property
+    def split(self) -> bool:
+        return self.early or (self.turns_ended or 0) > 1
 
 
 @dataclass
@@ -225,13 +267,13 @@ class StackResult:
     notes: list[str] = field(default_factory=list)
 
 
-def start_stack(stack: str, env: dict[str, str], out: Path) -> list[subprocess.Popen[bytes]]:
+def start_stack(stack: str, env: dict[str, str], out: Path, models: ModelSet) -> list[subprocess.Popen[bytes]]:
     """Start the stack under test in its own process group; returns its processes (server first)."""
     procs: list[subprocess.Popen[bytes]] = []
     if stack == "voicecli":
         cmd = [
             str(OWN_VENV / "bin/voicecli"), "talk", "--input", "voicecli_mic", "--output", "voicecli_speaker",
-            "--stt", str(WHISPER_DIR), "--llm", str(LLM_GGUF), "--voice", str(PIPER_DIR / f"{PIPER_VOICE}.onnx"),
+            "--stt", str(models.stt), "--llm", str(models.llm), "--voice", str(models.voice),
             "--plain", "--max-turns", "1000", "--transcript", str(out / "voicecli-transcript.jsonl"),
             "--events", str(out / "voicecli-events.jsonl"),
         ]  # fmt: skip
@@ -301,13 +343,13 @@ def run_turn(env: dict[str, str], mic: Monitor, spk: Monitor, pcm: npt.NDArray[n
     return mic_at
 
 
-def measure_stack(stack: str, env: dict[str, str], clips: list[ClipInfo], out: Path) -> StackResult:
+def measure_stack(stack: str, env: dict[str, str], clips: list[ClipInfo], out: Path, models: ModelSet) -> StackResult:
     result = StackResult(stack)
     mic = Monitor(env, "vmic_feed.monitor", MIC_RATE)
     spk = Monitor(env, "vspeaker.monitor", SPK_RATE)
     time.sleep(1.0)
     base = capture_streams_on_vmic(env)
-    procs = start_stack(stack, env, out)
+    procs = start_stack(stack, env, out, models)
     feeds: list[tuple[ClipInfo | None, int]] = []
     try:
         t0 = time.monotonic()
@@ -328,6 +370,7 @@ def measure_stack(stack: str, env: dict[str, str], clips: list[ClipInfo], out: P
         spk_pcm = spk.stop()
     result.notes.append(f"anchor drift over the run: mic {mic.drift_ms():+.1f} ms, speaker {spk.drift_ms():+.1f} ms")
     spk_lv = np.array(spk.levels)
+    events = _voicecli_events(out / "voicecli-events.jsonl") if stack == "voicecli" else None
     for k, (fed, at) in enumerate(feeds):
         if fed is None:  # the warm-up turn
             continue
@@ -339,6 +382,11 @@ def measure_stack(stack: str, env: dict[str, str], clips: list[ClipInfo], out: P
         nxt = feeds[k + 1][1] if k + 1 < len(feeds) else None
         window_end_t = mic_anchor + nxt / MIC_RATE if nxt is not None else end_t
         turn = Turn(c.name, start, speech_end_t, window_end_t)
+        if events is not None:
+            clip_t = mic_anchor + start / MIC_RATE
+            inside = [e for e in events if clip_t <= float(e["t"]) < window_end_t]
+            turn.turns_ended = sum(1 for e in inside if e.get("kind") == "eou")
+            turn.verdicts = [_verdict(e) for e in inside if e.get("kind") == "end_of_turn"]
         spk_anchor = spk.anchor(speech_end_t)
         w0 = int(np.ceil((speech_end_t - spk_anchor) / spk.win_s))
         w1 = int((window_end_t - spk_anchor) / spk.win_s)
@@ -353,6 +401,18 @@ def measure_stack(stack: str, env: dict[str, str], clips: list[ClipInfo], out: P
     np.save(out / f"{stack}-speaker.npy", spk_pcm)
     np.save(out / f"{stack}-mic.npy", mic_pcm)
     return result
+
+
+def _voicecli_events(events: Path) -> list[dict[str, Any]]:
+    """voicecli's events file (`talk --events`); its times are CLOCK_MONOTONIC, as this script's."""
+    if not events.exists():
+        return []
+    return [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
+
+
+def _verdict(e: dict[str, Any]) -> str:
+    p = "" if e.get("p") is None else f" p={float(e['p']):.2f}"
+    return f"{e.get('verdict')} by {e.get('by')}{p}: {e.get('text', '')!r}"
 
 
 # ----------------------------------------------------------------------------------------------- pipecat bot
@@ -438,18 +498,23 @@ def versions() -> dict[str, str]:
     return v
 
 
-def report(results: list[StackResult], out: Path, clips: list[ClipInfo]) -> dict[str, Any]:
+def report(results: list[StackResult], out: Path, clips: list[ClipInfo], models: ModelSet) -> dict[str, Any]:
     cpu = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True,
                text=True).stdout.splitlines() if ln.startswith("Model name")), "?")  # fmt: skip
     doc: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "versions": versions(),
-                           "models": {"stt": str(WHISPER_DIR), "llm": str(LLM_GGUF),
-                                      "tts": str(PIPER_DIR / f"{PIPER_VOICE}.onnx")},
+                           "models": {"set": models.name, "stt": str(models.stt), "llm": str(models.llm),
+                                      "tts": str(models.voice), "judge": str(JUDGE_GGUF)},
                            "clips": [asdict(c) for c in clips], "stacks": {}}  # fmt: skip
     for r in results:
         ok = [t.ttfa_s for t in r.turns if t.ttfa_s is not None and not t.early]
+        complete = [t.ttfa_s for t in r.turns if t.complete and t.ttfa_s is not None and not t.early]
+        paused = [t for t in r.turns if t.paused]
         summary: dict[str, Any] = {"p50_s": pct(ok, 50), "p95_s": pct(ok, 95), "n": len(ok),
                    "misses": [t.clip for t in r.turns if t.ttfa_s is None],
-                   "early": [t.clip for t in r.turns if t.early]}  # fmt: skip
+                   "early": [t.clip for t in r.turns if t.early],
+                   "complete_p50_s": pct(complete, 50), "complete_p95_s": pct(complete, 95),
+                   "complete_n": len(complete), "paused_n": len(paused),
+                   "paused_split": [t.clip for t in paused if t.split]}  # fmt: skip
         doc["stacks"][r.stack] = {"summary": summary, "turns": [asdict(t) for t in r.turns], "notes": r.notes}
         print(f"\n{r.stack}  (CPU: {cpu})")
         for t in r.turns:
@@ -458,10 +523,16 @@ def report(results: list[StackResult], out: Path, clips: list[ClipInfo]) -> dict
                 if t.ttfa_s is None
                 else f"{t.ttfa_s * 1000:7.0f} ms" + ("  EARLY (split turn)" if t.early else "")
             )
+            if t.turns_ended is not None and t.turns_ended != 1:
+                v += f"  ({t.turns_ended} ends of turn)"
+            v += "".join(f"\n{'':<20}{x}" for x in t.verdicts)
             print(f"  {t.clip:<16} {v}")
         fmt = lambda x: "-" if x is None else f"{x * 1000:.0f} ms"  # noqa: E731
         print(f"  p50 {fmt(summary['p50_s'])}  p95 {fmt(summary['p95_s'])}  n {summary['n']}  "
               f"misses {len(summary['misses'])}  early {len(summary['early'])}")  # fmt: skip
+        print(f"  complete clips ({summary['complete_n']}): p50 {fmt(summary['complete_p50_s'])}  "
+              f"p95 {fmt(summary['complete_p95_s'])};  paused clips split: {len(summary['paused_split'])} of "
+              f"{summary['paused_n']}")  # fmt: skip
         for n in r.notes:
             print(f"  note: {n}")
     s = doc["stacks"]
@@ -480,6 +551,9 @@ def main() -> None:
     r.add_argument("--out", type=Path, default=Path("/tmp/pc"))
     r.add_argument("--stacks", default="voicecli,pipecat")
     r.add_argument("--clips", type=int, default=12, help="fewer clips for a smoke test")
+    r.add_argument("--models", choices=("target", "tiny"), default="target",
+                   help="target: whisper base, the real-size 0.5B, Piper joe; tiny: real tiny.en, tiny generated "
+                        "LLM and voice (voicecli only)")  # fmt: skip
     b = sub.add_parser("pipecat-bot")
     b.add_argument("--llm-url", required=True)
     b.add_argument("--llm-model", required=True)
@@ -488,6 +562,9 @@ def main() -> None:
     if a.cmd == "pipecat-bot":
         pipecat_bot(a.llm_url, a.llm_model, a.system)
         return
+    models = TARGET if a.models == "target" else tiny_set()
+    if models is not TARGET and "pipecat" in a.stacks.split(","):
+        ap.error("--models tiny measures voicecli only: pass --stacks voicecli")
     out: Path = a.out
     out.mkdir(parents=True, exist_ok=True)
     clips = write_clips(out)[: a.clips]
@@ -497,10 +574,10 @@ def main() -> None:
     try:
         for stack in a.stacks.split(","):
             print(f"== {stack}", flush=True)
-            results.append(measure_stack(stack, env, clips, out))
+            results.append(measure_stack(stack, env, clips, out, models))
     finally:
         rig_stop(rig)
-    report(results, out, clips)
+    report(results, out, clips, models)
 
 
 if __name__ == "__main__":
