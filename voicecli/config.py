@@ -105,7 +105,10 @@ class VadConfig:
     # pipeline.prefill): when the pause signal comes pause_ms - tail_ms later, its transcript is done or nearly, and
     # the pause does not start one of its own. 0: off (the pause transcribes).
     tail_ms: int = 40
-    unfinished_extra_ms: int = 700  # more, when the speculative transcript sounds unfinished ("and", "um")
+    unfinished_extra_ms: int = 700  # more, when the speculative transcript sounds unfinished ("for", "that", "...")
+    # More instead, when it ends like a speaker still looking for words ("the", "and", "um", a comma:
+    # pipeline.endpoint.still_thinking): ~2.5 s of silence in all before the turn ends.
+    thinking_extra_ms: int = 2000
     # The semantic end of turn (pipeline.turn_end): the LLM's probability that the user is done after the words
     # heard at the pause. "auto" (the default): the manifest's judge (SmolLM2-135M), if `voicecli models pull` got
     # it, else none; "off"; "" = the reply LLM judges (when it is local); or the path (or manifest name) of a small

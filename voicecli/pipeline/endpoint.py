@@ -86,6 +86,13 @@ THAT_OBJECT_OF = frozenset(_THAT_OBJECT_TEXT.split())
 NEVER_LAST = frozenset(["the", "a", "an", "my", "your", "our", "their"])
 _WORD = re.compile(r"[a-z0-9']+")  # digits too: "in 10." ends on "10", not on "in"
 TRAILED_MIN_WORDS = 3  # "Actually...", "Wait...": an opener trailing off, the rest is still to come
+# A speaker looking for their next words: a filler, an article or a possessive, or a conjunction last, or a comma or
+# a dash. No whole turn ends like that, so the pause is held open longer (`vad.thinking_extra_ms`, ~2.5 s of silence
+# in all; LiveKit's agents wait up to 6 s when their turn model says the user is not done, pipecat's Smart Turn 3 s).
+# The other unfinished endings (a preposition, "that", "so", a trailing "...") also close whole turns whisper heard
+# a little wrong ("What are you looking for", "Actually..."): they only get `vad.unfinished_extra_ms`.
+FILLERS = frozenset(["um", "uh", "er", "erm", "hmm", "mm"])
+THINKING_LAST = FILLERS | NEVER_LAST | frozenset(["and", "or", "but", "because", "if", "unless", "although"])
 
 
 def sounds_unfinished(text: str) -> bool:
@@ -104,6 +111,21 @@ def sounds_unfinished(text: str) -> bool:
     if stripped.endswith(("-", "—", ",")):
         return True
     return _ends_unfinished(stripped)
+
+
+def still_thinking(text: str) -> bool:
+    """True when the transcript so far ends like a speaker looking for words (THINKING_LAST, a comma, a dash; also
+    before a trailing "..."): a stronger case of `sounds_unfinished`, held open longer."""
+    stripped = text.strip()
+    if stripped.endswith(("-", "—", ",")):
+        return True
+    body = stripped.rstrip(".… ") if stripped.endswith(("...", "…")) else stripped
+    words = _WORD.findall(body.lower())
+    if not words:
+        return False
+    if words[-1] in NEVER_LAST:
+        return True  # "What is the?" too
+    return words[-1] in THINKING_LAST and not body.endswith(("?", "!"))
 
 
 def _ends_unfinished(stripped: str) -> bool:

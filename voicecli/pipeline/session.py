@@ -136,14 +136,17 @@ class Session:
             """The semantic end of turn's verdict on the current pause (pipeline.turn_end)."""
             ended: list[vad.Event] = []
             if not verdict.late and verdict.kind == INCOMPLETE:
-                self.detector.wait_longer(vad_cfg.unfinished_extra_ms)
+                self.detector.wait_longer(
+                    vad_cfg.thinking_extra_ms if verdict.thinking else vad_cfg.unfinished_extra_ms
+                )
             elif not verdict.late and verdict.kind == COMPLETE:
                 self._ended_early = True
                 sooner = min(vad_cfg.hangover_ms, max(vad_cfg.pause_ms, vad_cfg.complete_min_ms))
                 ended = self.detector.end_sooner(sooner, self.clock())
             self._emit(
                 "end_of_turn", verdict=verdict.kind, by=verdict.by, p=verdict.p, late=verdict.late,
-                cost_ms=round(cost_s * 1000.0, 1), judge_ms=round(verdict.judge_s * 1000.0, 1), text=text,
+                thinking=verdict.thinking, cost_ms=round(cost_s * 1000.0, 1),
+                judge_ms=round(verdict.judge_s * 1000.0, 1), text=text,
             )  # fmt: skip
             for ev in ended:  # the turn ends at the verdict, not on the next frame
                 self._on_vad(ev)

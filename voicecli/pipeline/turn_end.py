@@ -2,7 +2,8 @@
 
 Three signals, in order (each is cheap next to the transcription it follows):
 1. **The words, by rule** (pipeline.endpoint): a transcript ending on "and", "the", "um" or a comma (or on "..."
-   after such a word) is a speaker going on: the pause is held open longer.
+   after such a word) is a speaker going on: the pause is held open longer (a speaker still looking for words,
+   `still_thinking`, up to ~2.5 s of silence in all).
 2. **The words, by the LLM**: the probability of the chat template's end-of-turn token right after the user's
    words (LlamaLLM.end_of_turn, LiveKit's method). High: the turn ends now, at the pause, instead of after
    the full hangover. Near zero: held open like an unfinished sentence.
@@ -27,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from voicecli.engines.base import ChatMessage
-from voicecli.pipeline.endpoint import sounds_unfinished
+from voicecli.pipeline.endpoint import sounds_unfinished, still_thinking
 
 COMPLETE = "complete"
 INCOMPLETE = "incomplete"
@@ -56,11 +57,14 @@ class Decision:
     p: float | None = None  # the end-of-turn probability, when the LLM judged
     late: bool = False  # the verdict came after the turn had already ended
     judge_s: float = 0.0  # from asking the judge to its verdict
+    thinking: bool = False  # INCOMPLETE by the words, and they end like a speaker looking for words (held longer)
 
 
 def by_words(text: str) -> Decision | None:
     """The rule on the words alone: INCOMPLETE if they sound unfinished, else None (ask the LLM)."""
-    return Decision(INCOMPLETE, BY_WORDS) if sounds_unfinished(text) else None
+    if not sounds_unfinished(text):
+        return None
+    return Decision(INCOMPLETE, BY_WORDS, thinking=still_thinking(text))
 
 
 # Words that open an English question. Whisper does not always end one with "?": after a mid-sentence pause it
