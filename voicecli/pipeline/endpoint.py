@@ -88,7 +88,8 @@ _WORD = re.compile(r"[a-z0-9']+")  # digits too: "in 10." ends on "10", not on "
 TRAILED_MIN_WORDS = 3  # "Actually...", "Wait...": an opener trailing off, the rest is still to come
 # A speaker looking for their next words: a filler, an article or a possessive, or a conjunction last, or a comma or
 # a dash. No whole turn ends like that, so the pause is held open longer (`vad.thinking_extra_ms`, ~2.5 s of silence
-# in all; LiveKit's agents wait up to 6 s when their turn model says the user is not done, pipecat's Smart Turn 3 s).
+# in all; LiveKit's agents wait up to 3 s (max_delay) when their turn model says the user is not done, pipecat's
+# Smart Turn 3 s).
 # The other unfinished endings (a preposition, "that", "so", a trailing "...") also close whole turns whisper heard
 # a little wrong ("What are you looking for", "Actually..."): they only get `vad.unfinished_extra_ms`.
 FILLERS = frozenset(["um", "uh", "er", "erm", "hmm", "mm"])
