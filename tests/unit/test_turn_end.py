@@ -4,6 +4,7 @@ ending a pause early, and the session answering at the pause, or taking the user
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,6 +27,7 @@ from voicecli.pipeline.turn_end import (
     by_probability,
     by_words,
     calibrated,
+    closes_request,
 )
 
 TH = Thresholds(complete_p=0.2, incomplete_p=0.01)
@@ -60,6 +62,22 @@ def test_unfinished_words_hold_the_pause_before_any_model_is_asked() -> None:
     verdict = by_words("What is the weather in Paris and")
     assert verdict is not None and (verdict.kind, verdict.by) == (INCOMPLETE, BY_WORDS)
     assert by_words("Set a timer for 10.") is None  # a number ends it, not the "for" before it
+
+
+@pytest.mark.parametrize(
+    ("text", "closed"),
+    [("Set a timer for 10 minutes, please.", True), ("Turn off the lights, thanks!", True),
+     ("Read me the news, thank you.", True),
+     ("Could you please.", False),  # no comma: "please" inside the request, not after it
+     ("Yes, please.", False),  # a reply to the assistant's question: too short to be a request of its own
+     ("Set a timer for 10 minutes, please...", False),  # the voice trailed off
+     ("Set a timer for 10 minutes, please", False),  # unpunctuated: whisper heard it go on
+     ("Please, tell me a joke.", False), ("Set a timer for 10 minutes.", False), ("", False)],
+)  # fmt: skip
+def test_a_request_closed_by_a_courtesy_tag(text: str, closed: bool) -> None:
+    assert closes_request(text) is closed
+    verdict = by_words(text)
+    assert (verdict is not None and (verdict.kind, verdict.by) == (COMPLETE, BY_WORDS)) is closed
 
 
 def _scores(table: dict[str, float]):  # type: ignore[no-untyped-def]
@@ -239,3 +257,31 @@ def test_no_verdict_is_waited_for_when_the_transcription_took_the_hangover() -> 
     prepared = next(e for e in rig.events if e.kind == "reply_prepared")
     assert prepared.t <= verdict.t + 0.001  # the reply was started at once, not held for a verdict
     assert _eou_delay(rig) == pytest.approx(0.5, abs=0.03)
+
+
+class PleaseSTT:
+    """FakeSTT hearing a request closed by "please" (or, `bare`, the same request without it)."""
+
+    def __new__(cls, clock, latency=0.1, bare: bool = False):  # type: ignore[no-untyped-def]
+        from tests.fakes import FakeSTT
+
+        text = "Set a timer for ten minutes." if bare else "Set a timer for ten minutes, please."
+
+        class _P(FakeSTT):
+            async def transcribe(self, audio):  # type: ignore[no-untyped-def]
+                tr = await super().transcribe(audio)
+                return dataclasses.replace(tr, text=text)
+
+        return _P(clock, latency)
+
+
+def test_a_request_closed_by_please_is_answered_at_the_pause_without_a_judge() -> None:
+    speech = lambda r, t: 0.2 <= t < 1.2  # noqa: E731
+    closed = run_timeline(speech, 6.0, stt_cls=PleaseSTT)  # no judge at all: the words decide
+    bare = run_timeline(speech, 6.0, stt_cls=lambda c, lat: PleaseSTT(c, lat, bare=True))  # type: ignore[arg-type]
+    # pause_ms (120) + the fake STT (100 ms), instead of the 500 ms hangover the bare command waits for
+    assert _eou_delay(closed) < 0.36 < 0.45 < _eou_delay(bare)
+    [verdict] = [e for e in closed.events if e.kind == "end_of_turn"]
+    assert (verdict.data["verdict"], verdict.data["by"]) == (COMPLETE, BY_WORDS)
+    assert any(e.kind == "reply_prepared" for e in closed.events)  # started on the transcript, then adopted
+    assert closed.session.records[0]["assistant"] == bare.session.records[0]["assistant"]

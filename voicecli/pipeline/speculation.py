@@ -27,6 +27,7 @@ from voicecli.pipeline.reply import Emit, ReplyPipeline, regeneration
 from voicecli.pipeline.turn import TurnLifecycle
 from voicecli.pipeline.turn_end import (
     BY_VAD,
+    COMPLETE,
     FALLBACK,
     INCOMPLETE,
     Decision,
@@ -181,10 +182,12 @@ class Speculator:
         if not task.result().is_speech:
             return
         verdict = by_words(text)
+        prompt = self._history.preview_user(text)
         if verdict is not None:
+            if verdict.kind == COMPLETE:  # the reply first: the turn ends at once and adopts it (as in `_judged`)
+                self._maybe_start_reply(spec, text, prompt)
             self._decided(verdict, text, self._clock() - spec.t_pause)
             return
-        prompt = self._history.preview_user(text)
         # A verdict takes ~20-100 ms (SmolLM2 with the words prefilled: 2-8 tokens): not worth asking (nor holding
         # the reply back for) when the transcription took nearly the whole hangover (whisper base on 2 cores).
         in_time = self._clock() - spec.t_pause < self._window_s - JUDGE_MIN_S

@@ -3,7 +3,8 @@
 Three signals, in order (each is cheap next to the transcription it follows):
 1. **The words, by rule** (pipeline.endpoint): a transcript ending on "and", "the", "um" or a comma (or on "..."
    after such a word) is a speaker going on: the pause is held open longer (a speaker still looking for words,
-   `still_thinking`, up to ~2.5 s of silence in all).
+   `still_thinking`, up to ~2.5 s of silence in all). A request closed by a courtesy tag ("..., please.") is done:
+   the turn ends at the pause (`closes_request`).
 2. **The words, by the LLM**: the probability of the chat template's end-of-turn token right after the user's
    words (LlamaLLM.end_of_turn, LiveKit's method). High: the turn ends now, at the pause, instead of after
    the full hangover. Near zero: held open like an unfinished sentence.
@@ -61,10 +62,29 @@ class Decision:
 
 
 def by_words(text: str) -> Decision | None:
-    """The rule on the words alone: INCOMPLETE if they sound unfinished, else None (ask the LLM)."""
-    if not sounds_unfinished(text):
-        return None
-    return Decision(INCOMPLETE, BY_WORDS, thinking=still_thinking(text))
+    """The rules on the words alone: INCOMPLETE if they sound unfinished, COMPLETE after a request closed by a
+    courtesy tag (`closes_request`), else None (ask the LLM)."""
+    if sounds_unfinished(text):
+        return Decision(INCOMPLETE, BY_WORDS, thinking=still_thinking(text))
+    if closes_request(text):
+        return Decision(COMPLETE, BY_WORDS)
+    return None
+
+
+# What a speaker adds after a whole request, last: "Set a timer for ten minutes, please." ends there. SmolLM2 gave
+# those words 0.35, under the question threshold, and as a command they waited for the hangover (~560 ms).
+COURTESY_TAGS = frozenset(["please", "thanks", "thank you"])
+REQUEST_MIN_WORDS = 3  # before the tag: "Yes, please." is a reply to the assistant's question, left to the rest
+
+
+def closes_request(text: str) -> bool:
+    """The words are a request closed by a courtesy tag: a clause of at least REQUEST_MIN_WORDS words, a comma,
+    then "please", "thanks" or "thank you" and a full stop or "!" ("Could you please." has no comma: not one)."""
+    stripped = text.strip()
+    if not stripped.endswith((".", "!")) or stripped.endswith(("...", "…")):
+        return False
+    head, comma, tag = stripped.rstrip(".!").rpartition(",")
+    return bool(comma) and tag.strip().lower() in COURTESY_TAGS and len(head.split()) >= REQUEST_MIN_WORDS
 
 
 # Words that open an English question. Whisper does not always end one with "?": after a mid-sentence pause it
